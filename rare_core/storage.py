@@ -67,12 +67,12 @@ def read_frame(path: str | os.PathLike) -> pd.DataFrame:
         if fmt == "parquet":
             df = pd.read_parquet(path)
         elif fmt == "jsonl":
-            df = pd.read_json(path, lines=True, dtype=False, convert_dates=False)
+            df = pd.DataFrame.from_records(_read_jsonl(path))
         elif fmt == "json":
             with open(path, encoding="utf-8") as fh:
                 records = json.load(fh)
-            if not isinstance(records, list):
-                raise StorageError(f"{path}: a .json input must hold a list of records")
+            if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+                raise StorageError(f"{path}: a .json input must hold a list of records (objects)")
             df = pd.DataFrame.from_records(records)
         else:
             df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
@@ -93,6 +93,22 @@ def read_frame(path: str | os.PathLike) -> pd.DataFrame:
         if df[col].dtype == object:
             df[col] = df[col].map(_to_plain)
     return df
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    records = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise StorageError(f"{path}, line {lineno}: not valid JSON ({exc.msg})") from exc
+            if not isinstance(rec, dict):
+                raise StorageError(f"{path}, line {lineno}: expected a JSON object, got {type(rec).__name__}")
+            records.append(rec)
+    return records
 
 
 def _restore_dtype(series: pd.Series, dtype: str) -> pd.Series:

@@ -29,7 +29,7 @@ import httpx
 import openai
 from pydantic import BaseModel, Field
 
-from rare_core.errors import LLMAuthError
+from rare_core.errors import LLMAuthError, LLMConfigError
 from rare_core.llm.cache import ResponseCache, cache_key
 from rare_core.llm.config import GenerationParams, LLMConfig, redact_url
 from rare_core.llm.ratelimit import RateLimiter
@@ -151,6 +151,8 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
             config = LLMConfig(**fields, generation=GenerationParams(**gen))
         elif api_url or model_name or max_workers or key_name_of_api_key or overrides:
             raise TypeError("pass either config=LLMConfig(...) or keyword settings, not both")
+        if not config.base_url:
+            raise LLMConfigError("no LLM endpoint configured: set api_url (base_url) to an OpenAI-compatible URL")
         self.config = config
         self._cache: ResponseCache | None = None
 
@@ -283,8 +285,8 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
             if status in RETRYABLE_STATUS or status >= 500:
                 raise _Retry(text, parse_retry_after(exc.response.headers)) from None
             return LLMResponse(error=text)
-        except openai.APIError as exc:  # e.g. a body that is not JSON
-            return LLMResponse(error=f"invalid response: {_scrub(str(exc), key)}")
+        except (openai.APIError, ValueError) as exc:  # a 200 whose body is not JSON or not a completion
+            return LLMResponse(error=f"invalid response: {type(exc).__name__}: {_scrub(str(exc), key)[:200]}")
         if not completion.choices:
             return LLMResponse(error="response has no choices", model=completion.model)
         choice = completion.choices[0]

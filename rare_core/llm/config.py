@@ -33,7 +33,9 @@ class LLMConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    base_url: str = Field(..., description="OpenAI-compatible base URL or full /chat/completions URL.")
+    base_url: str | None = Field(
+        None, description="OpenAI-compatible base URL or full /chat/completions URL. "
+        "Empty: the pipeline runs against the built-in simulator and marks every answer as simulated.")
     model: str = Field(..., min_length=1, description="Model name sent to the endpoint.")
     api_key_env: str = Field(
         "DF_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
@@ -54,8 +56,8 @@ class LLMConfig(BaseModel):
 
     @field_validator("base_url")
     @classmethod
-    def _normalize_url(cls, value: str) -> str:
-        return normalize_base_url(value)
+    def _normalize_url(cls, value: str | None) -> str | None:
+        return normalize_base_url(value) if value else None
 
 
 def normalize_base_url(url: str) -> str:

@@ -1,0 +1,25 @@
+"""Shared fixtures."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def simulator():
+    """One OpenAI-compatible LLM simulator subprocess for the whole session (no latency, no key).
+
+    Prefer the function-scoped ``sim`` fixture, which resets it before each test.
+    """
+    from rare_core.llm.simulator import SimulatorProcess
+
+    with SimulatorProcess(latency=0.0) as process:
+        yield process
+
+
+@pytest.fixture
+def sim(simulator):
+    """The session simulator with counters zeroed, no pending faults and no latency."""
+    simulator.set_latency(0.0)
+    simulator.reset()
+    return simulator
