@@ -240,15 +240,19 @@ def reason_distill_answer(question: str, documents: list[str]) -> str:
 
 def simulated_answer(messages: list[ChatMessage]) -> str:
     """The deterministic answer to ``messages``, in the format their prompt asks for."""
-    prompt = next((m.text() for m in reversed(messages) if m.role == "user"), "")
-    num = _NUM_QUESTIONS.search(prompt)
-    if num and DOC_OPEN in prompt and DOC_CLOSE in prompt:
-        document = prompt[prompt.index(DOC_OPEN) + len(DOC_OPEN) : prompt.rindex(DOC_CLOSE)]
-        return doc2query_answer(document.strip(), int(num.group(1)))
-    question, docs = _QUESTION.search(prompt), _DOCUMENTS.search(prompt)
-    if question and docs:
-        parts = _DOC_HEADER.split(docs.group(1))[1:]  # [number, text, number, text, ...]
-        return reason_distill_answer(question.group(1), [t.strip() for t in parts[1::2]])
+    # The newest user message that carries a known prompt: a re-ask appends a short
+    # correction after the original prompt, and must be answered like the original.
+    user_turns = [m.text() for m in reversed(messages) if m.role == "user"]
+    for prompt in user_turns:
+        num = _NUM_QUESTIONS.search(prompt)
+        if num and DOC_OPEN in prompt and DOC_CLOSE in prompt:
+            document = prompt[prompt.index(DOC_OPEN) + len(DOC_OPEN) : prompt.rindex(DOC_CLOSE)]
+            return doc2query_answer(document.strip(), int(num.group(1)))
+        question, docs = _QUESTION.search(prompt), _DOCUMENTS.search(prompt)
+        if question and docs:
+            parts = _DOC_HEADER.split(docs.group(1))[1:]  # [number, text, number, text, ...]
+            return reason_distill_answer(question.group(1), [t.strip() for t in parts[1::2]])
+    prompt = user_turns[0] if user_turns else ""
     return f"[simulated] echo: {_clip(prompt, 24) or '(empty prompt)'}"
 
 

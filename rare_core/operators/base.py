@@ -86,9 +86,7 @@ def init_status(df: pd.DataFrame) -> pd.DataFrame:
 
 def mark_failed(df: pd.DataFrame, index, step: str, reason: str) -> None:
     """Mark one row failed by ``step`` with ``reason``."""
-    df.at[index, STATUS] = FAILED
-    df.at[index, ERROR] = f"{step}: {reason}"
-    df.at[index, f"{step}_status"] = FAILED
+    df.loc[index, [STATUS, ERROR, f"{step}_status"]] = [FAILED, f"{step}: {reason}", FAILED]
 
 
 def failure_counts(reasons: Iterable[str]) -> dict[str, int]:
