@@ -291,3 +291,18 @@ def test_api_key_is_checked_and_the_process_stops_cleanly():
 def test_start_failure_reports_the_child_stderr():
     with pytest.raises(RuntimeError, match=r"did not become ready(.|\n)*stderr"):
         SimulatorProcess(host="256.256.256.256").start()
+
+
+def test_invalid_request_is_a_400_in_the_openai_shape(client):
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="m", messages=[{"content": "no role"}])
+    assert err.value.type == "invalid_request_error" and "role" in err.value.message
+
+
+def test_a_reask_is_answered_like_the_original_prompt(client):
+    original = doc2query.build_messages(DOC_A, 1)
+    reask = original + [
+        {"role": "assistant", "content": "not json"},
+        {"role": "user", "content": "Your reply was not valid JSON. Answer again."},
+    ]
+    assert ask(client, reask).choices[0].message.content == ask(client, original).choices[0].message.content

@@ -266,7 +266,9 @@ def estimate_tokens(text: str) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def _error(status: int, message: str, type_: str, code: str | None, headers: dict | None = None) -> JSONResponse:
+def _error(
+    status: int, message: str, type_: str, code: str | None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     """An error in the OpenAI shape ``{"error": {"message", "type", "param", "code"}}``."""
     body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)
@@ -376,12 +378,12 @@ class _Simulator:
             while time.monotonic() < deadline and not await request.is_disconnected():
                 await asyncio.sleep(0.05)
             return _error(504, "Simulated hang ended.", "timeout", None)
-        answer = simulated_answer(body.messages)
-        finish_reason = "stop"
-        if kind == "malformed_json":
+        answer, finish_reason = simulated_answer(body.messages), "stop"
+        if kind == "malformed_json":  # an unterminated prefix: never valid JSON
             answer = answer[: len(answer) // 2]
-        elif kind == "length":
-            answer, finish_reason = " ".join(answer.split()[: max(1, len(answer.split()) // 3)]), "length"
+        elif kind == "length":  # the first third of the words, as if max_tokens ran out
+            words = answer.split(" ")
+            answer, finish_reason = " ".join(words[: max(1, len(words) // 3)]), "length"
         else:  # empty
             answer = ""
         return JSONResponse(self.completion(body.model, answer, estimate_tokens(" ".join(texts)), finish_reason))
@@ -395,7 +397,8 @@ def create_app(latency: float = 0.0, api_key: str | None = None, jitter: float =
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error(400, f"Invalid request (simulated): {exc.errors()}", "invalid_request_error", None)
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return _error(400, f"Invalid request (simulated): {problems}", "invalid_request_error", None)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request, body: ChatRequest) -> Response:
@@ -489,10 +492,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds per chat completion")
     parser.add_argument("--jitter", type=float, default=0.0, help="latency jitter fraction in [0, 1]")
-    parser.add_argument("--api-key", default=os.environ.get(API_KEY_ENV), help=f"required bearer token (or ${API_KEY_ENV})")
+    parser.add_argument(
+        "--api-key", default=os.environ.get(API_KEY_ENV), help=f"required bearer token (default: ${API_KEY_ENV})"
+    )
     parser.add_argument("--stop-on-stdin-eof", action="store_true", help="exit when stdin closes")
     args = parser.parse_args(argv)
-    serve(args.host, args.port, args.latency, args.api_key, jitter=args.jitter, stop_on_stdin_eof=args.stop_on_stdin_eof)
+    serve(
+        args.host, args.port, args.latency, args.api_key, jitter=args.jitter, stop_on_stdin_eof=args.stop_on_stdin_eof
+    )
 
 
 # --------------------------------------------------------------------------------------------

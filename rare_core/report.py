@@ -1,0 +1,160 @@
+"""The run report: one markdown text and one summary dict from the steps of a pipeline run.
+
+In: one :class:`StepRecord` per step (the step's :class:`StepSummary`, its wall time in this run
+and whether this run reused a cached result), optional token prices, whether the answers are
+simulated, and a few header facts (input, model, output...). Out: :class:`Report` with
+``markdown`` (what the Prefect UI, ``report.md`` and the CLI show) and ``summary`` (the same
+numbers as a JSON-ready dict, written to ``summary.json``).
+
+A cached step made no requests in this run: its rows and failures come from the run that
+computed it, its requests, tokens and cost in this run are zero. Framework-free: no Prefect.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from pydantic import BaseModel, Field
+
+from rare_core.config import Prices
+from rare_core.operators.base import StepSummary
+
+# Counters of the LLM steps (``StepSummary.extra``, from the client's RunTotals).
+LLM_COUNTERS = ("requests", "retries", "cache_hits", "prompt_tokens", "completion_tokens")
+SIMULATED_BANNER = (
+    "**SIMULATED ANSWERS.** No LLM endpoint was configured, so every question, scenario, "
+    "reasoning and answer was written by the built-in simulator, not by a model. "
+    "Use this output to check the pipeline, never to train a model."
+)
+
+
+class StepRecord(BaseModel):
+    """One step of one run: what it did (``summary``), how long it took in this run, and
+    whether this run reused a cached result instead of running it."""
+
+    summary: StepSummary
+    wall_seconds: float = Field(0.0, ge=0)
+    cached: bool = False
+
+
+class Report(BaseModel):
+    """The rendered report and its numbers."""
+
+    markdown: str
+    summary: dict[str, Any]
+
+
+def step_cost(prompt_tokens: int, completion_tokens: int, prices: Prices | None) -> float | None:
+    """Cost of the tokens at ``prices`` (per million tokens); None when no prices are configured."""
+    if prices is None:
+        return None
+    return (prompt_tokens * prices.input_per_million + completion_tokens * prices.output_per_million) / 1e6
+
+
+def _step_row(record: StepRecord, prices: Prices | None) -> dict[str, Any]:
+    s = record.summary
+    # This run's counters: a cached step sent nothing.
+    counters = {k: 0 if record.cached else int(s.extra.get(k, 0) or 0) for k in LLM_COUNTERS}
+    known = set(LLM_COUNTERS) | {"failures"}
+    return {
+        "step": s.step,
+        "status": "cached" if record.cached else "ran",
+        "rows_in": s.rows_in,
+        "rows_out": s.rows_out,
+        "failed": s.failed,
+        "skipped_upstream_failed": s.skipped_upstream_failed,
+        "failures_by_reason": dict(s.failures_by_reason),
+        **counters,
+        "wall_seconds": round(record.wall_seconds, 3),
+        "cost": step_cost(counters["prompt_tokens"], counters["completion_tokens"], prices),
+        "simulated": s.simulated,
+        "extra": {k: v for k, v in s.extra.items() if k not in known},
+    }
+
+
+def build_report(
+    steps: Sequence[StepRecord],
+    prices: Prices | None = None,
+    *,
+    simulated: bool = False,
+    dataset_rows: int | None = None,
+    header: Mapping[str, str] | None = None,
+    title: str = "RARE pipeline report",
+) -> Report:
+    """The report of one run; ``simulated`` is also set when any step's summary says so."""
+    rows = [_step_row(r, prices) for r in steps]
+    simulated = simulated or any(r.summary.simulated for r in steps)
+    totals = {k: sum(r[k] for r in rows) for k in LLM_COUNTERS}
+    totals["wall_seconds"] = round(sum(r["wall_seconds"] for r in rows), 3)
+    totals["cost"] = step_cost(totals["prompt_tokens"], totals["completion_tokens"], prices)
+    summary = {
+        "simulated": simulated,
+        "dataset_rows": dataset_rows,
+        "header": dict(header or {}),
+        "steps": rows,
+        "totals": totals,
+    }
+    return Report(markdown=_render(title, summary, prices), summary=summary)
+
+
+def _num(value: int | float) -> str:
+    return f"{value:,}"
+
+
+def _cost(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _render(title: str, summary: dict[str, Any], prices: Prices | None) -> str:
+    lines = [f"# {title}", ""]
+    if summary["simulated"]:
+        lines += [f"> {SIMULATED_BANNER}", ""]
+    for key, value in summary["header"].items():
+        lines.append(f"- **{key}**: {value}")
+    if summary["dataset_rows"] is not None:
+        lines.append(f"- **Rows in the final dataset**: {_num(summary['dataset_rows'])}")
+    lines += [
+        "",
+        "## Steps",
+        "",
+        "| Step | Status | Rows in | Rows out | Failed | Skipped (failed upstream) | Requests | Retries "
+        "| Cache hits | Prompt tokens | Completion tokens | Wall time (s) | Cost |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in summary["steps"]:
+        lines.append(
+            f"| {r['step']} | {r['status']} | {_num(r['rows_in'])} | {_num(r['rows_out'])} | {_num(r['failed'])} "
+            f"| {_num(r['skipped_upstream_failed'])} | {_num(r['requests'])} | {_num(r['retries'])} "
+            f"| {_num(r['cache_hits'])} | {_num(r['prompt_tokens'])} | {_num(r['completion_tokens'])} "
+            f"| {r['wall_seconds']:.2f} | {_cost(r['cost'])} |"
+        )
+    t = summary["totals"]
+    lines.append(
+        f"| **total** | | | | | | {_num(t['requests'])} | {_num(t['retries'])} | {_num(t['cache_hits'])} "
+        f"| {_num(t['prompt_tokens'])} | {_num(t['completion_tokens'])} | {t['wall_seconds']:.2f} | {_cost(t['cost'])} |"
+    )
+    if any(r["status"] == "cached" for r in summary["steps"]):
+        lines += ["", "Cached steps reused the result of an earlier run with the same input and "
+                      "settings: they made no requests in this run (their rows and failures are "
+                      "those of that earlier run)."]
+    lines += ["", "## Failures by reason", ""]
+    failures = [(r["step"], reason, n) for r in summary["steps"] for reason, n in r["failures_by_reason"].items()]
+    lines += [f"- {step}: {reason}: {_num(n)}" for step, reason, n in failures] or ["None."]
+    short = [(r["step"], r["extra"]["short_rows"]) for r in summary["steps"] if "short_rows" in r["extra"]]
+    if short:
+        lines += ["", "## Shortfall of hard negatives", ""]
+        lines += [f"- {step}: {_num(int(n))} row(s) got fewer negatives than asked (kept, marked `short`)"
+                  for step, n in short]
+    details = [(r["step"], k, v) for r in summary["steps"] for k, v in r["extra"].items() if k != "short_rows"]
+    if details:
+        lines += ["", "## Step details", ""]
+        lines += [f"- {step}: {key} = {value}" for step, key, value in details]
+    lines += ["", "## Cost", ""]
+    if prices is None:
+        lines.append("No token prices configured (set `prices` in the config for a cost estimate).")
+    else:
+        lines.append(
+            f"{_cost(t['cost'])} at {prices.input_per_million:g} per million prompt tokens and "
+            f"{prices.output_per_million:g} per million completion tokens (requests of this run only)."
+        )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,66 @@
+"""Progress of the LLM steps: a Prefect progress artifact, and a hook for local listeners.
+
+In: the client's ``on_progress(done, total)`` calls. Out: a Prefect progress artifact per
+step run, updated at most once per ``min_interval`` seconds (and always at the end), and a
+call of every listener registered in this process with ``(step, done, total)`` each time:
+that is how ``rare run`` draws its progress bar while the flow runs in the same process.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+ProgressListener = Callable[[str, int, int], None]
+
+_listeners: list[ProgressListener] = []
+_lock = threading.Lock()
+
+
+@contextmanager
+def progress_listener(listener: ProgressListener) -> Iterator[None]:
+    """Call ``listener(step, done, total)`` on every progress event of this process while inside."""
+    with _lock:
+        _listeners.append(listener)
+    try:
+        yield
+    finally:
+        with _lock:
+            _listeners.remove(listener)
+
+
+class StepProgress:
+    """The ``on_progress`` callback of one step run (create it inside the task run)."""
+
+    def __init__(self, step: str, label: str, min_interval: float = 1.0) -> None:
+        self.step, self.label, self.min_interval = step, label, min_interval
+        self._last_update = time.monotonic()
+        self._done = self._total = 0
+        self.artifact_id = create_progress_artifact(
+            progress=0.0, key=f"rare-{step}-progress", description=f"{label}: starting", _sync=True)
+
+    def __call__(self, done: int, total: int) -> None:
+        self._done, self._total = done, total
+        with _lock:
+            listeners = list(_listeners)
+        for listener in listeners:
+            listener(self.step, done, total)
+        now = time.monotonic()
+        if done >= total or now - self._last_update >= self.min_interval:
+            self._last_update = now
+            self._publish(done, total)
+
+    def finish(self) -> None:
+        """Set the artifact to 100% (a step with nothing to ask never calls back)."""
+        self._publish(self._total, self._total)
+
+    def _publish(self, done: int, total: int) -> None:
+        percent = 100.0 if total == 0 else 100.0 * done / total
+        # _sync: the client calls back from inside its event loop, where Prefect's
+        # async-dispatching helpers would otherwise return an un-awaited coroutine.
+        update_progress_artifact(artifact_id=self.artifact_id, progress=percent,
+                                 description=f"{self.label}: {done}/{total} rows answered", _sync=True)
