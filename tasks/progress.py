@@ -33,6 +33,14 @@ def progress_listener(listener: ProgressListener) -> Iterator[None]:
             _listeners.remove(listener)
 
 
+@contextmanager
+def step_progress(step: str, label: str) -> Iterator["StepProgress"]:
+    """A :class:`StepProgress` for the block (inside a task run); at 100% when the block ends."""
+    progress = StepProgress(step, label)
+    yield progress
+    progress.finish()
+
+
 class StepProgress:
     """The ``on_progress`` callback of one step run (create it inside the task run)."""
 

@@ -44,9 +44,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
+from rare_core.llm.client import SIMULATED_FINGERPRINT
 from rare_core.prompts.doc2query import DOC_CLOSE, DOC_OPEN
 
-SIMULATED_MODEL_MARKER = "rare-simulator"
+SIMULATED_MODEL_MARKER = SIMULATED_FINGERPRINT  # the client marks answers carrying it as simulated
 """The ``system_fingerprint`` of every simulated completion (and the simulator's own model id)."""
 
 READY_PREFIX = "RARE_SIMULATOR_READY"
