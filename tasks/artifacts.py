@@ -40,6 +40,8 @@ DISTILL: StepName = "distill"
 STEP_INDEX: dict[StepName, int] = {DOC2QUERY: 1, HARDNEG: 2, DISTILL: 3}
 INPUT_STEP_INDEX = 0
 RESULTS_DIRNAME = "prefect_results"
+RESPONSE_CACHE_NAME = "llm_responses.sqlite"
+BM25_INDEX_NAME = "bm25_index"
 _META_SUFFIX = ".meta.json"
 _CHUNK = 1 << 20
 
@@ -94,6 +96,34 @@ class StepResult(BaseModel):
     summary: StepSummary
 
 
+def resolve_paths(config: PipelineConfig) -> PipelineConfig:
+    """``config`` with every path absolute (against the working directory), so that a run finds
+    the same files wherever its tasks execute.
+
+    The response cache (``llm.cache_path``) and the BM25 index folder (``hardneg.index_dir``)
+    default to paths under ``./cache``; left at their defaults they move under ``cache_path``
+    (``{cache_path}/llm_responses.sqlite``, ``{cache_path}/bm25_index``). An ``llm.cache_path``
+    of None keeps the response cache off.
+    """
+    cache = Path(config.cache_path).resolve()
+
+    def place(value: str | None, model: BaseModel, field: str, name: str) -> str | None:
+        if value is None:
+            return None
+        return str(cache / name) if value == type(model).model_fields[field].default else str(Path(value).resolve())
+
+    llm, hardneg = config.llm, config.hardneg
+    corpus = hardneg.corpus_path and str(Path(hardneg.corpus_path).resolve())
+    return config.model_copy(update={
+        "input_path": str(Path(config.input_path).resolve()),
+        "cache_path": str(cache),
+        "output_path": str(Path(config.output_path).resolve()),
+        "llm": llm.model_copy(update={"cache_path": place(llm.cache_path, llm, "cache_path", RESPONSE_CACHE_NAME)}),
+        "hardneg": hardneg.model_copy(update={
+            "index_dir": place(hardneg.index_dir, hardneg, "index_dir", BM25_INDEX_NAME), "corpus_path": corpus}),
+    })
+
+
 def step_path(config: PipelineConfig, index: int) -> Path:
     """The file of step ``index`` in the documented layout, as an absolute path."""
     storage = FileStorage(
@@ -114,9 +144,10 @@ def step_settings(step: StepName, config: PipelineConfig) -> dict[str, Any]:
     That is the step's own settings, the columns it reads and writes, its output file and,
     for the LLM steps, the prompt version, the model, the generation parameters and whether
     the answers come from the simulator. Endpoint URL, key variable, concurrency, rate limits
-    and timeouts are left out: they change how answers are fetched, not what they are.
+    and timeouts are left out, and so are the BM25 index folder and thread count: they change
+    how results are computed, not what they are.
     """
-    k = config.keys
+    k = config.columns
     llm = {
         "model": config.llm.model,
         "generation": config.llm.generation.model_dump(mode="json"),
@@ -127,7 +158,7 @@ def step_settings(step: StepName, config: PipelineConfig) -> dict[str, Any]:
         return {**common, **llm, "settings": config.doc2query.model_dump(mode="json"),
                 "prompt_version": Doc2Query.prompt_version, "columns": [k.text, k.question, k.scenario]}
     if step == HARDNEG:
-        return {**common, "settings": config.hardneg.model_dump(mode="json"),
+        return {**common, "settings": config.hardneg.model_dump(mode="json", exclude={"index_dir", "threads"}),
                 "columns": [k.id, k.text, k.question, k.hard_negatives]}
     if step == DISTILL:
         return {**common, **llm, "settings": config.distill.model_dump(mode="json"),

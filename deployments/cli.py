@@ -1,0 +1,218 @@
+"""The ``rare`` command.
+
+    rare run   --input docs.jsonl --output out/ [--base-url URL --model NAME] [options]
+    rare serve --input docs.jsonl --output out/ [--cron "0 3 * * *"] [options]
+
+``run`` runs the flow in this process (against ``PREFECT_API_URL`` when set, else a temporary
+local Prefect server), draws a progress bar of the LLM steps on stderr, prints the report on
+stdout at the end. ``serve`` registers a scheduled deployment and executes its runs.
+
+The config is :class:`rare_core.config.PipelineConfig`: from ``--config FILE`` (JSON or YAML),
+then the options below, then ``--set dotted.key=value`` (e.g. ``--set hardneg.num_neg=5``).
+Without ``--base-url`` the run uses the built-in simulator, and says so.
+
+Exit status: 0 the run completed; 1 the run failed (a step raised, e.g. the endpoint refused
+the key or a column is missing, or no document made it through every step; rows failing one
+by one are reported, not fatal); 2 invalid arguments or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from pydantic import ValidationError
+
+from rare_core.config import PipelineConfig
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+STEP_LABELS = {"doc2query": "Doc2Query", "distill": "ReasonDistill"}
+SIMULATED_NOTICE = (
+    "NO LLM ENDPOINT CONFIGURED: this run uses the built-in SIMULATOR.\n"
+    "Every question, scenario, reasoning and answer will be SIMULATED, not written by a model.\n"
+    "Pass --base-url and --model (key in $DF_API_KEY, or --api-key-env NAME) for real answers."
+)
+
+
+class ConfigError(ValueError):
+    """The command line or the config file does not make a valid PipelineConfig."""
+
+
+# -- configuration ----------------------------------------------------------------------------
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot set {dotted}: {part} is not a section")
+        node = child
+    node[leaf] = value
+
+
+def _parse_assignment(text: str) -> tuple[str, Any]:
+    """``key=value``; the value is read as JSON when it parses (numbers, true, null, lists), else as text."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set expects dotted.key=value, got {text!r}")
+    try:
+        return key.strip(), json.loads(raw)
+    except json.JSONDecodeError:
+        return key.strip(), raw
+
+
+def _read_config_file(path: str) -> dict[str, Any]:
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    import yaml  # comes with Prefect; a JSON file is valid YAML too
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid JSON or YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of PipelineConfig fields")
+    return data
+
+
+def build_config(args: argparse.Namespace) -> PipelineConfig:
+    """The PipelineConfig of the command line (``ConfigError`` with every problem listed)."""
+    data = _read_config_file(args.config) if args.config else {}
+    options = {
+        "input_path": args.input, "output_path": args.output, "cache_path": args.cache_path,
+        "output_format": args.output_format, "limit": args.limit, "llm.base_url": args.base_url,
+        "llm.model": args.model, "llm.api_key_env": args.api_key_env, "llm.max_workers": args.max_workers,
+    }
+    assignments = [(k, v) for k, v in options.items() if v is not None]
+    assignments += [_parse_assignment(a) for a in args.set or []]
+    for key, value in assignments:
+        _set_dotted(data, key, value)
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "\n".join(f"  {'.'.join(map(str, e['loc'])) or '(config)'}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid configuration:\n{problems}") from None
+
+
+# -- rare run ---------------------------------------------------------------------------------
+
+class _ProgressBars:
+    """A progress listener (tasks.progress) drawing one bar per LLM step on stderr."""
+
+    def __init__(self, console) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=console)
+        self._bars: dict[str, Any] = {}
+
+    def __call__(self, step: str, done: int, total: int) -> None:
+        if step not in self._bars:
+            self._bars[step] = self.progress.add_task(STEP_LABELS.get(step, step), total=total)
+        self.progress.update(self._bars[step], completed=done, total=total)
+
+
+def _notice(console, text: str, style: str) -> None:
+    from rich.panel import Panel
+
+    console.print(Panel(text, style=style))
+
+
+def run(config: PipelineConfig, verbose: bool = False) -> int:
+    """Run the flow on ``config`` in this process; prints the report; returns the exit status."""
+    if not verbose:  # Prefect's console logs would tear the progress bar; the API still gets them
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    # Without PREFECT_API_URL, Prefect starts a temporary server for this run: keep it from
+    # phoning home (offline machines would log an error on every run).
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from rich.console import Console
+
+    from flows.rare_pipeline import rare_pipeline
+    from tasks.io import REPORT_FILE
+    from tasks.progress import progress_listener
+
+    err = Console(stderr=True)
+    simulated = not config.llm.base_url
+    if simulated:
+        _notice(err, SIMULATED_NOTICE, "bold yellow")
+    started = time.time()
+    bars = _ProgressBars(err)
+    with bars.progress, progress_listener(bars):
+        state = rare_pipeline(config, return_state=True)
+    report_file = Path(config.output_path).resolve() / REPORT_FILE
+    if state.is_completed():
+        result = state.result()
+        print(result.report.markdown)
+        err.print(f"Dataset: {result.exported.dataset.path} ({result.exported.dataset.rows} rows); "
+                  f"report: {report_file}", soft_wrap=True, highlight=False)
+        if result.simulated:
+            _notice(err, "The answers of this run are SIMULATED (built-in simulator), not model output.", "bold yellow")
+        return EXIT_OK
+    if report_file.is_file() and report_file.stat().st_mtime >= started:  # written by this run
+        print(report_file.read_text(encoding="utf-8"))
+    err.print(f"[bold red]The run failed:[/] {state.message}", soft_wrap=True, markup=True, highlight=False)
+    return EXIT_FAILED
+
+
+# -- command line -----------------------------------------------------------------------------
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("configuration (PipelineConfig)")
+    group.add_argument("--config", metavar="FILE", help="JSON or YAML file with PipelineConfig fields")
+    group.add_argument("--input", metavar="PATH", help="documents file (.json, .jsonl, .csv, .parquet)")
+    group.add_argument("--output", metavar="DIR", help="folder of the dataset and the report (default ./out)")
+    group.add_argument("--cache-path", metavar="DIR", help="folder of the step files and caches (default ./cache)")
+    group.add_argument("--output-format", choices=["json", "jsonl", "csv", "parquet"], help="dataset format")
+    group.add_argument("--limit", type=int, metavar="N", help="use only the first N documents")
+    group.add_argument("--base-url", metavar="URL", help="OpenAI-compatible endpoint; omit to use the simulator")
+    group.add_argument("--model", metavar="NAME", help="model name (required with --base-url)")
+    group.add_argument("--api-key-env", metavar="VAR", help="NAME of the environment variable holding the key")
+    group.add_argument("--max-workers", type=int, metavar="N", help="LLM requests in flight at once")
+    group.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="any config field by dotted path, e.g. hardneg.num_neg=5 (repeatable)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rare", description="RARE training-data pipeline (Prefect).")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_parser = commands.add_parser("run", help="run the pipeline once, here, with a progress bar")
+    _add_config_options(run_parser)
+    run_parser.add_argument("-v", "--verbose", action="store_true", help="show Prefect's run logs on stderr")
+    serve_parser = commands.add_parser("serve", help="serve the flow as a scheduled deployment (Ctrl-C stops)")
+    _add_config_options(serve_parser)
+    serve_parser.add_argument("--name", help="deployment name (default rare-served)")
+    serve_parser.add_argument("--cron", help='cron schedule, UTC (default "0 3 * * *")')
+    serve_parser.add_argument("--no-schedule", action="store_true", help="serve without a schedule")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``rare`` console script; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        config = build_config(args)
+        if args.command == "run":
+            return run(config, verbose=args.verbose)
+        from deployments.serve import ServeOptions, serve
+
+        given = {"name": args.name, "cron": args.cron}
+        options = ServeOptions(**{k: v for k, v in given.items() if v is not None})
+        serve(config, options.model_copy(update={"cron": None}) if args.no_schedule else options)
+        return EXIT_OK
+    except ConfigError as exc:
+        print(f"rare: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Prefect flows of the RARE pipeline (composition only)."""

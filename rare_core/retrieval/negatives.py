@@ -1,0 +1,91 @@
+"""Pick hard negatives from one query's BM25 ranking: pure Python, no JVM.
+
+In: the ranking (ids and scores, best first), the positive's ids and normalized text, its score,
+and the guard settings. Out: :class:`Selection` with the chosen ids/scores, the positive's rank
+and whether the ranking ran out before ``num_neg`` negatives were found.
+
+Rules, applied walking down the ranking (rank 1 = best):
+
+1. ranks ``1..skip_top`` are skipped (counted over the raw ranking, positive included);
+2. the positive is excluded by id, and so is every document whose normalized text equals the
+   positive's (``normalize_text``: casefold, collapse whitespace, strip);
+3. a candidate scoring ``<= 0`` is dropped (it shares no weighted term with the query);
+4. with ``max_score_ratio`` set and the positive's score known, a candidate scoring
+   ``>= max_score_ratio * positive_score`` is dropped: it matches the question about as well as
+   the positive does, so it is likely a false negative. A positive that scores 0 drops every
+   candidate (they all match the question better than the positive does);
+5. no two negatives share an id or a normalized text;
+6. stop at ``num_neg``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Callable, Collection, Sequence
+
+
+def normalize_text(text: object) -> str:
+    """Casefold, collapse runs of whitespace to one space, strip."""
+    return " ".join(str(text).casefold().split())
+
+
+def text_key(text: object) -> int:
+    """A 64-bit fingerprint of ``normalize_text(text)`` (compact for large corpora)."""
+    digest = hashlib.blake2b(normalize_text(text).encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+@dataclass
+class Selection:
+    """The negatives of one query and what the walk saw.
+
+    ``positive_rank``: 1-based rank of the first ranking entry that is the positive or a copy of
+    its text, -1 when neither is in the ranking. ``exhausted``: the walk reached
+    the end of the ranking with fewer than ``num_neg`` negatives (a deeper ranking may give more).
+    """
+
+    ids: list[str] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    positive_rank: int = -1
+    exhausted: bool = False
+
+
+def select_negatives(
+    ranked_ids: Sequence[str],
+    ranked_scores: Sequence[float],
+    *,
+    num_neg: int,
+    positive_ids: Collection[str],
+    positive_key: int,
+    key_of: Callable[[str], int],
+    positive_score: float | None = None,
+    skip_top: int = 0,
+    max_score_ratio: float | None = 0.95,
+) -> Selection:
+    """Apply the rules of this module to one ranking; ``key_of(id)`` gives a document's ``text_key``."""
+    selection = Selection()
+    ceiling = None
+    if max_score_ratio is not None and positive_score is not None:
+        ceiling = max_score_ratio * positive_score
+    seen_keys = {positive_key}
+    for rank, (doc_id, score) in enumerate(zip(ranked_ids, ranked_scores), start=1):
+        key = key_of(doc_id)
+        is_positive = doc_id in positive_ids or key == positive_key
+        if is_positive and selection.positive_rank < 0:
+            selection.positive_rank = rank
+        if len(selection.ids) >= num_neg:
+            if selection.positive_rank > 0:
+                break
+            continue
+        if rank <= skip_top or is_positive or score <= 0:
+            continue
+        if ceiling is not None and score >= ceiling:
+            continue
+        if key in seen_keys:  # same normalized text as the positive or a chosen negative (or same id)
+            continue
+        seen_keys.add(key)
+        selection.ids.append(doc_id)
+        selection.scores.append(float(score))
+    selection.exhausted = len(selection.ids) < num_neg
+    return selection

@@ -1,0 +1,244 @@
+"""BM25HardNeg end to end on small frames: every guard, statuses, storage round trip, index reuse."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from rare_core.errors import InputColumnError
+from rare_core.operators.bm25_hardneg import BM25HardNeg, BM25HardNegConfig
+from rare_core.retrieval import BM25Index
+from rare_core.storage import FileStorage, read_frame, write_frame
+
+GARDEN = [
+    ("g1", "Tomatoes grow best in warm soil with full sun and regular watering."),
+    ("g2", "Tomato plants need staking; water tomatoes deeply at the soil line."),
+    ("g3", "Roses prefer rich soil and morning sun; water roses at the base."),
+    ("g4", "Cucumbers grow fast in warm soil when watered every day."),
+    ("g5", "Basil grows well beside tomatoes in warm sunny beds."),
+    ("g6", "Bank interest rates rose again this quarter."),
+]
+
+
+def frame(rows=GARDEN, questions=None):
+    ids, texts = zip(*rows)
+    qs = questions or ["how should tomatoes be watered in warm soil?"] * len(rows)
+    return pd.DataFrame({"id": list(ids), "text": list(texts), "question": qs})
+
+
+@pytest.fixture
+def op(tmp_path):
+    return BM25HardNeg(index_dir=str(tmp_path / "idx"), max_score_ratio=None)
+
+
+def test_output_columns_and_best_first_negatives(op):
+    out = op.process(frame(), num_neg=3)
+    row = out.iloc[0]
+    assert list(out.columns[-6:]) == ["hard_negatives", "hard_negatives_ids", "hard_negatives_scores",
+                                      "positive_score", "positive_rank", "hardneg_status"]
+    assert row["hard_negatives_ids"] == ["g2", "g4", "g5"]
+    assert row["hard_negatives"] == [dict(GARDEN)[i] for i in row["hard_negatives_ids"]]
+    assert row["hard_negatives_scores"] == sorted(row["hard_negatives_scores"], reverse=True)
+    assert row["positive_rank"] >= 1 and row["positive_score"] > 0
+    assert row["hardneg_status"] == "ok" and row["status"] == "ok"
+    assert "g6" not in sum(out["hard_negatives_ids"], [])  # shares no term: never a negative
+
+
+def test_planted_copies_of_the_positive_are_never_negatives(op):
+    rows = GARDEN + [("copy1", "  TOMATOES grow best in warm soil with full sun and regular   watering. "),
+                     ("copy2", "tomatoes grow best in warm soil with full sun and regular watering.")]
+    df = frame(rows)
+    out = op.process(df, num_neg=3)
+    negs = out.iloc[0]["hard_negatives_ids"]
+    assert not {"g1", "copy1", "copy2"} & set(negs) and len(negs) == 3
+    assert all(out.iloc[i]["hard_negatives_ids"].count(c) == 0 for i in (6, 7) for c in ("g1", "copy1", "copy2"))
+
+
+def test_near_duplicates_among_candidates_are_kept_once(op):
+    rows = GARDEN + [("g2b", "tomato plants need staking;   WATER tomatoes deeply at the soil line.")]
+    out = op.process(frame(rows), num_neg=4)
+    negs = out.iloc[0]["hard_negatives_ids"]
+    assert ("g2" in negs) != ("g2b" in negs)
+
+
+def test_corpus_smaller_than_num_neg_gives_short_rows_counted_in_the_summary(op):
+    df = frame(GARDEN[:3])
+    out = op.process(df, num_neg=5)
+    assert (out["hardneg_status"] == "short").all() and (out["status"] == "ok").all()
+    assert out["hard_negatives_ids"].map(len).tolist() == [2, 2, 2]
+    s = op.last_summary
+    assert s.extra["short_rows"] == 3 and s.failed == 0 and s.extra["queries"] == 3
+
+
+def test_failed_upstream_rows_are_skipped_and_keep_their_error(op):
+    df = frame()
+    df["status"] = ["ok", "failed"] + ["ok"] * 4
+    df["error"] = ["", "doc2query: invalid JSON"] + [""] * 4
+    out = op.process(df, num_neg=2)
+    row = out.iloc[1]
+    assert (row["status"], row["error"], row["hardneg_status"]) == ("failed", "doc2query: invalid JSON", "skipped")
+    assert row["hard_negatives"] == [] and row["hard_negatives_ids"] == [] and row["positive_rank"] == -1
+    assert op.last_summary.skipped_upstream_failed == 1 and op.last_summary.extra["queries"] == 5
+    assert "g2" in out.iloc[0]["hard_negatives_ids"]  # its document still belongs to the corpus
+
+
+def test_empty_or_missing_question_fails_the_row_with_a_reason(op):
+    df = frame()
+    df.loc[2, "question"] = "   "
+    df.loc[3, "question"] = None
+    out = op.process(df, num_neg=2)
+    for i in (2, 3):
+        assert out.loc[i, "status"] == "failed" and out.loc[i, "hardneg_status"] == "failed"
+        assert out.loc[i, "error"] == "hardneg: invalid input: the question is empty or missing"
+    assert op.last_summary.failed == 2 and op.last_summary.failures_by_reason == {"invalid input": 2}
+    assert (out.loc[[0, 1, 4, 5], "status"] == "ok").all()
+
+
+def test_unicode_texts(op):
+    rows = [("u1", "Die Straße in Zürich ist groß und schön."), ("u2", "Zürich hat eine große Straße am See."),
+            ("u3", "北京 是 中国 的 首都"), ("u4", "Crème brûlée à la française, très délicieux.")]
+    out = op.process(frame(rows, ["Wo ist die Straße in Zürich?", "Zürich See?", "中国 的 首都", "crème brûlée"]),
+                     num_neg=2)
+    assert out.iloc[0]["hard_negatives_ids"] == ["u2"] and out.iloc[1]["hard_negatives_ids"] == ["u1"]
+    assert out.iloc[0]["hard_negatives"] == ["Zürich hat eine große Straße am See."]
+    assert (out["hardneg_status"] == "short").all()
+
+
+def test_zero_score_documents_are_never_negatives(op):
+    out = op.process(frame(questions=["interest rates"] * 6), num_neg=3)
+    first = out.iloc[0]  # only g6 shares a term with the question; the positive itself scores 0
+    assert first["hard_negatives_ids"] == ["g6"] and first["hardneg_status"] == "short"
+    assert (first["positive_score"], first["positive_rank"]) == (0.0, -1)
+    assert out.iloc[5]["positive_rank"] == 1 and out.iloc[5]["hard_negatives_ids"] == []
+
+
+def test_max_score_ratio_drops_candidates_that_match_as_well_as_the_positive(tmp_path):
+    rows = [("p", "solar panels convert sunlight into electricity"),
+            ("better", "solar panels convert sunlight into electricity efficiently; solar panels"),
+            ("weak", "panels of experts met on Tuesday"), ("weak2", "the sunlight was bright")]
+    df = frame(rows, ["how do solar panels convert sunlight?"] * 4).head(1)
+    df = pd.concat([df, frame(rows[1:], ["x"] * 3)])
+    guarded = BM25HardNeg(index_dir=str(tmp_path), max_score_ratio=0.95)
+    out = guarded.process(df, num_neg=3).iloc[0]
+    assert sorted(out["hard_negatives_ids"]) == ["weak", "weak2"] and out["hardneg_status"] == "short"
+    assert all(s < 0.95 * out["positive_score"] for s in out["hard_negatives_scores"])
+    unguarded = BM25HardNeg(index_dir=str(tmp_path), max_score_ratio=None).process(df, num_neg=3).iloc[0]
+    assert unguarded["hard_negatives_ids"][0] == "better"
+    assert unguarded["hard_negatives_scores"][0] > unguarded["positive_score"]
+
+
+def test_positive_outside_the_searched_depth_is_scored_exactly(tmp_path):
+    # 30 short lectures match all query words; the long positive only matches "lecture" once
+    rows = [("pos", "a lecture " + " ".join(f"word{i}" for i in range(60)))]
+    rows += [(f"n{i:02d}", f"quantum physics lecture number {i}") for i in range(30)]
+    df = frame(rows, ["quantum physics lecture"] + ["filler"] * 30)
+    op = BM25HardNeg(index_dir=str(tmp_path), max_score_ratio=None)
+    out = op.process(df, num_neg=2).iloc[0]
+    assert out["positive_rank"] == -1 and len(out["hard_negatives_ids"]) == 2
+    ids, scores = BM25Index.build(df, tmp_path).search(["quantum physics lecture"], 100)  # same corpus: reused
+    assert ids[0][-1] == "pos" and out["positive_score"] == scores[0][-1] > 0
+
+
+def test_skip_top_skips_the_best_ranks(tmp_path):
+    df = frame()
+    base = BM25HardNeg(index_dir=str(tmp_path), max_score_ratio=None).process(df, num_neg=4).iloc[0]
+    skipped = BM25HardNeg(index_dir=str(tmp_path), max_score_ratio=None, skip_top=2).process(df, num_neg=2).iloc[0]
+    assert base["positive_rank"] == 1
+    ranking = ["g1"] + base["hard_negatives_ids"]
+    assert skipped["hard_negatives_ids"] == ranking[2:4]
+
+
+def test_the_search_deepens_when_copies_fill_the_first_depth(op):
+    copies = [(f"c{i:02d}", "Tomatoes grow best in warm soil with full sun and regular watering.") for i in range(40)]
+    df = frame(GARDEN + copies).head(1)
+    df = pd.concat([df, frame(GARDEN[1:] + copies, ["x"] * (len(GARDEN) - 1 + 40))])
+    out = op.process(df, num_neg=3).iloc[0]
+    assert out["hard_negatives_ids"] == ["g2", "g4", "g5"] and out["hardneg_status"] == "ok"
+    assert op.last_summary.extra["search_rounds"] >= 2
+
+
+def test_deterministic_across_runs_and_fresh_indexes(tmp_path):
+    df = frame(GARDEN, ["warm soil water", "tomato staking", "roses sun", "cucumber water", "basil", "rates"])
+    a = BM25HardNeg(index_dir=str(tmp_path / "a"), threads=2).process(df, num_neg=2)
+    b = BM25HardNeg(index_dir=str(tmp_path / "a"), threads=2).process(df, num_neg=2)
+    c = BM25HardNeg(index_dir=str(tmp_path / "c"), threads=1).process(df, num_neg=2)
+    pd.testing.assert_frame_equal(a, b)
+    pd.testing.assert_frame_equal(a, c)
+
+
+def test_rows_without_an_id_column_use_a_hash_of_their_text(op):
+    df = frame().drop(columns=["id"])
+    out = op.process(df, num_neg=2)
+    first = out.iloc[0]["hard_negatives_ids"]
+    assert all(i.startswith("h") and len(i) == 17 for i in first)
+    assert out.iloc[0]["hard_negatives"][0] == GARDEN[1][1]
+
+
+def test_separate_corpus_file(tmp_path):
+    corpus = pd.DataFrame({"id": [r[0] for r in GARDEN], "text": [r[1] for r in GARDEN],
+                           "title": ["Tomatoes", "Tomatoes", "Roses", "Cucumbers", "Basil", "Banking"]})
+    path = write_frame(corpus, tmp_path / "corpus.parquet")
+    rows = pd.DataFrame({"id": ["g1", "new"], "text": [GARDEN[0][1], "Watering tomatoes in warm soil."],
+                         "question": ["how to water tomatoes?", "what about banking interest?"]})
+    op = BM25HardNeg(index_dir=str(tmp_path / "idx"), corpus_path=str(path), max_score_ratio=0.95)
+    out = op.process(rows, num_neg=2)
+    first = out.iloc[0]
+    assert "g1" not in first["hard_negatives_ids"] and len(first["hard_negatives_ids"]) == 2
+    assert first["positive_score"] > 0 and max(first["hard_negatives_scores"]) < 0.95 * first["positive_score"]
+    assert out.iloc[1]["hard_negatives_ids"] == ["g6"]  # "banking" matches the title only
+    assert out.iloc[1]["positive_rank"] == -1 and pd.isna(out.iloc[1]["positive_score"])
+    assert op.last_summary.extra["index_docs"] == 6
+
+
+def test_file_storage_round_trip_with_run(tmp_path):
+    entry = write_frame(frame(), tmp_path / "questions.jsonl")
+    storage = FileStorage(first_entry_file_name=entry, cache_path=tmp_path / "cache", cache_type="jsonl")
+    op = BM25HardNeg(index_dir=str(tmp_path / "idx"))
+    path = op.run(storage=storage.step(), input_question_key="question", input_text_key="text",
+                  output_negatives_key="hard_negatives", num_neg=3)
+    assert path.endswith("dataflow_cache_step_step1.jsonl")
+    back = read_frame(path)
+    first = json.loads(open(path, encoding="utf-8").readline())
+    assert isinstance(first["hard_negatives"], list) and len(first["hard_negatives"]) == 3
+    assert back["hard_negatives"].tolist() == op.process(frame(), num_neg=3)["hard_negatives"].tolist()
+    assert op.last_summary.extra["index_reused"] is True
+
+
+def test_index_is_reused_until_the_corpus_changes(tmp_path):
+    op = BM25HardNeg(index_dir=str(tmp_path))
+    op.process(frame(), num_neg=2)
+    assert op.last_summary.extra["index_reused"] is False and op.last_summary.extra["index_seconds"] > 0
+    op.process(frame(), num_neg=2)
+    assert op.last_summary.extra["index_reused"] is True and op.last_summary.extra["index_seconds"] == 0
+    changed = frame()
+    changed.loc[5, "text"] = "Bank interest rates fell this quarter."
+    op.process(changed, num_neg=2)
+    assert op.last_summary.extra["index_reused"] is False
+    assert len([p for p in tmp_path.iterdir() if p.name.startswith("bm25-")]) == 2
+
+
+def test_missing_input_column_names_it(op):
+    with pytest.raises(ValueError, match="'query'") as err:
+        op.process(frame(), input_question_key="query")
+    assert isinstance(err.value, InputColumnError)
+    with pytest.raises(InputColumnError, match="'body'"):
+        op.process(frame(), input_text_key="body")
+
+
+def test_existing_outputs_need_overwrite(op):
+    out = op.process(frame(), num_neg=1)
+    with pytest.raises(InputColumnError, match="overwrite=True"):
+        op.process(out, num_neg=1)
+    again = op.process(out, num_neg=2, overwrite=True)
+    assert again["hard_negatives_ids"].map(len).max() == 2 and list(again.columns) == list(out.columns)
+
+
+def test_config_is_validated():
+    with pytest.raises(ValueError):
+        BM25HardNegConfig(query_weighting="tfidf")
+    with pytest.raises(ValueError):
+        BM25HardNeg(unknown_setting=1)
+    with pytest.raises(ValueError, match="num_neg"):
+        BM25HardNeg().process(frame(), num_neg=0)
