@@ -135,6 +135,7 @@ def run(config: PipelineConfig, verbose: bool = False) -> int:
     # phoning home (offline machines would log an error on every run).
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from rich.console import Console
+    from rich.markup import escape
 
     from flows.rare_pipeline import rare_pipeline
     from tasks.io import REPORT_FILE
@@ -159,7 +160,7 @@ def run(config: PipelineConfig, verbose: bool = False) -> int:
         return EXIT_OK
     if report_file.is_file() and report_file.stat().st_mtime >= started:  # written by this run
         print(report_file.read_text(encoding="utf-8"))
-    err.print(f"[bold red]The run failed:[/] {state.message}", soft_wrap=True, markup=True, highlight=False)
+    err.print(f"[bold red]The run failed:[/] {escape(state.message or state.name)}", soft_wrap=True, highlight=False)
     return EXIT_FAILED
 
 

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, ValidationError
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from rare_core.config import PipelineConfig
 from rare_core.errors import RareError
@@ -141,9 +141,9 @@ def results_dir(config: PipelineConfig) -> Path:
 def step_settings(step: StepName, config: PipelineConfig) -> dict[str, Any]:
     """Everything the output of ``step`` depends on besides its input artifact.
 
-    That is the step's own settings, the columns it reads and writes, its output file and,
-    for the LLM steps, the prompt version, the model, the generation parameters and whether
-    the answers come from the simulator. Endpoint URL, key variable, concurrency, rate limits
+    That is the step's own settings, the columns it reads and writes, its output file, the
+    content hash of a separate BM25 corpus file if any, and for the LLM steps the prompt
+    version, the model, the generation parameters and whether the answers come from the simulator. Endpoint URL, key variable, concurrency, rate limits
     and timeouts are left out, and so are the BM25 index folder and thread count: they change
     how results are computed, not what they are.
     """
@@ -158,7 +158,9 @@ def step_settings(step: StepName, config: PipelineConfig) -> dict[str, Any]:
         return {**common, **llm, "settings": config.doc2query.model_dump(mode="json"),
                 "prompt_version": Doc2Query.prompt_version, "columns": [k.text, k.question, k.scenario]}
     if step == HARDNEG:
+        corpus = config.hardneg.corpus_path  # a separate corpus: its content counts, like the input's
         return {**common, "settings": config.hardneg.model_dump(mode="json", exclude={"index_dir", "threads"}),
+                "corpus_sha256": file_sha256(corpus) if corpus else None,
                 "columns": [k.id, k.text, k.question, k.hard_negatives]}
     if step == DISTILL:
         return {**common, **llm, "settings": config.distill.model_dump(mode="json"),

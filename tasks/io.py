@@ -37,6 +37,7 @@ FAILED_STEM = "failed_rows"
 REPORT_FILE = "report.md"
 SUMMARY_FILE = "summary.json"
 POSITIVE = "positive"
+QUESTION_INDEX = "question_index"
 SAMPLE_ROWS = 5
 SAMPLE_CHARS = 240
 _ID_CHARS = 16
@@ -71,11 +72,13 @@ def load_input(config: PipelineConfig) -> ArtifactRef:
     return ref
 
 
-def trainer_columns(config: PipelineConfig) -> dict[str, str]:
-    """Final dataset column -> column of the last step file, in output order."""
+def trainer_columns(config: PipelineConfig, available: pd.Index) -> dict[str, str]:
+    """Final dataset column -> column of the last step file, in output order
+    (``question_index`` only when Doc2Query wrote several questions per document)."""
     k = config.columns
+    index = {QUESTION_INDEX: QUESTION_INDEX} if QUESTION_INDEX in available else {}
     return {
-        k.id: k.id, k.question: k.question, k.scenario: k.scenario, POSITIVE: k.text,
+        k.id: k.id, **index, k.question: k.question, k.scenario: k.scenario, POSITIVE: k.text,
         k.hard_negatives: k.hard_negatives, f"{k.hard_negatives}_ids": f"{k.hard_negatives}_ids",
         "document_order": "document_order",
         "positive_doc_number": "positive_doc_number", k.reasoning: k.reasoning, k.answer: k.answer,
@@ -105,7 +108,7 @@ def _output_file(config: PipelineConfig, stem: str) -> Path:
 def export_dataset(final: ArtifactRef, config: PipelineConfig) -> ExportResult:
     """The last step's file -> the final dataset, the failed rows, and a sample-rows table artifact."""
     df = final.load()
-    columns = trainer_columns(config)
+    columns = trainer_columns(config, df.columns)
     ok = df[STATUS] == OK
     dataset = df.loc[ok, list(columns.values())].set_axis(list(columns), axis=1)
     dataset["simulated"] = _simulated(df.loc[ok])

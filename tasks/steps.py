@@ -16,8 +16,8 @@ from __future__ import annotations
 import time
 
 import pandas as pd
-from pydantic import BaseModel
 from prefect import get_run_logger, task
+from pydantic import BaseModel
 
 from rare_core.config import PipelineConfig
 from rare_core.llm.client import APILLMServing_request
@@ -90,21 +90,34 @@ def run_step(step: StepName, source: ArtifactRef, config: PipelineConfig,
     """Run step ``step`` on ``source`` inside the current flow run (LLM steps need ``llm``).
 
     Raises the step's exception when the task failed. ``record.cached`` is True when Prefect
-    served the result from its cache (the task run's state is ``Cached``).
+    served the result from its cache (the task run's state is ``Cached``). The step is run
+    with ``refresh_cache=True`` when its file is not the one its cache key describes
+    (:func:`tasks.artifacts.needs_recompute`).
     """
     step_task = {DOC2QUERY: doc2query_step, HARDNEG: hardneg_step, DISTILL: distill_step}[step]
     if step != HARDNEG and llm is None:
         raise ValueError(f"{step} is an LLM step: pass the run's LLM client")
+    args = (source, config) if step == HARDNEG else (source, config, llm)
+    logger = get_run_logger()
+
+    def call(refresh: bool):
+        configured = step_task.with_options(result_storage=results_dir(config), refresh_cache=refresh)
+        state = configured(*args, return_state=True)
+        return state, state.result()
+
+    started = time.perf_counter()
     refresh = needs_recompute(step, source, config)
     if refresh:
-        get_run_logger().info("%s: no intact step file for this input and these settings: computing it", step)
-    configured = step_task.with_options(result_storage=results_dir(config), refresh_cache=refresh)
-    args = (source, config) if step == HARDNEG else (source, config, llm)
-    started = time.perf_counter()
-    state = configured(*args, return_state=True)
-    result: StepResult = state.result()
+        logger.info("%s: no intact step file for this input and these settings: computing it", step)
+    state, result = call(refresh)
     cached = state.name == "Cached"
+    if cached and not result.artifact.is_intact():
+        # Safety net: a run stopped between writing the step file and recording its result can
+        # leave a cache record describing other bytes than the file's. Recompute and re-record.
+        logger.warning("%s: the cached result does not match %s: recomputing it", step, result.artifact.path)
+        state, result = call(True)
+        cached = False
     if cached:
-        get_run_logger().info("%s: Cached (input and settings unchanged): %s", step, result.artifact.path)
+        logger.info("%s: Cached (input and settings unchanged): %s", step, result.artifact.path)
     return StepOutcome(result=result, record=StepRecord(
         summary=result.summary, wall_seconds=time.perf_counter() - started, cached=cached))

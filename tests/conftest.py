@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 
@@ -19,8 +21,14 @@ def simulator():
 
 @pytest.fixture
 def sim(simulator):
-    """The session simulator with counters zeroed, no pending faults and no latency."""
+    """The session simulator with counters zeroed, no pending faults and no latency.
+
+    Waits first for requests still in flight from an earlier test (a client that stopped early
+    leaves them sleeping at the server): they would otherwise consume this test's faults."""
     simulator.set_latency(0.0)
+    deadline = time.monotonic() + 10
+    while simulator.stats().in_flight and time.monotonic() < deadline:
+        time.sleep(0.02)
     simulator.reset()
     return simulator
 

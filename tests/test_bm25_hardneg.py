@@ -159,6 +159,23 @@ def test_the_search_deepens_when_copies_fill_the_first_depth(op):
     assert op.last_summary.extra["search_rounds"] >= 2
 
 
+def test_max_depth_bounds_the_deepening(tmp_path):
+    copies = [(f"c{i:02d}", "Tomatoes grow best in warm soil with full sun and regular watering.") for i in range(40)]
+    df = frame(GARDEN + copies)
+    op = BM25HardNeg(index_dir=str(tmp_path), max_score_ratio=None, max_depth=30)
+    out = op.process(df, num_neg=3).iloc[0]
+    assert out["hard_negatives_ids"] == [] and out["hardneg_status"] == "short"
+    assert op.last_summary.extra["search_rounds"] == 2  # 16 deep, then 30 deep (the cap)
+
+
+def test_a_positive_scoring_zero_is_not_searched_deeper(tmp_path):
+    rows = [("pos", "nothing in common")] + [(f"n{i:02d}", f"quantum lecture {i}") for i in range(40)]
+    op = BM25HardNeg(index_dir=str(tmp_path), max_score_ratio=0.95)
+    out = op.process(frame(rows, ["quantum lecture"] + ["zzz"] * 40), num_neg=2).iloc[0]
+    assert (out["positive_score"], out["hard_negatives_ids"], out["hardneg_status"]) == (0.0, [], "short")
+    assert op.last_summary.extra["search_rounds"] == 1
+
+
 def test_deterministic_across_runs_and_fresh_indexes(tmp_path):
     df = frame(GARDEN, ["warm soil water", "tomato staking", "roses sun", "cucumber water", "basil", "rates"])
     a = BM25HardNeg(index_dir=str(tmp_path / "a"), threads=2).process(df, num_neg=2)

@@ -215,6 +215,27 @@ def test_deleted_step_file_is_recomputed(tmp_path, sim):
     assert completions(sim) == 0
 
 
+def test_cache_record_that_disagrees_with_its_step_file_is_recomputed(tmp_path, sim):
+    from tasks.artifacts import file_sha256
+
+    config = make_config(tmp_path, sim)
+    assert run_flow(config)[0].is_completed()
+    step2 = step_file(config, 2)
+    content = step2.read_bytes()
+    # What a run stopped between writing the file and recording its result leaves behind: a
+    # sidecar that vouches for the file, and a cache record that describes other bytes.
+    step2.write_bytes(content + b"\n")
+    meta = Path(f"{step2}.meta.json")
+    record = json.loads(meta.read_text())
+    record["artifact"]["sha256"] = file_sha256(step2)
+    meta.write_text(json.dumps(record))
+    sim.reset()
+    state, _ = run_flow(config)
+    assert state.is_completed(), state.message
+    assert [s["status"] for s in state.result().report.summary["steps"]] == ["cached", "ran", "cached"]
+    assert step2.read_bytes() == content and completions(sim) == 0
+
+
 def test_storage_layout_in_other_formats(tmp_path, sim):
     config = make_config(tmp_path, sim, cache_type="parquet", output_format="csv", file_name_prefix="my_cache")
     state, _ = run_flow(config)
@@ -284,10 +305,17 @@ def _simulator_children() -> set[int]:
     return pids
 
 
-def test_cli_run_without_endpoint_uses_and_stops_the_simulator(tmp_path, capsys, monkeypatch):
+@pytest.fixture
+def cli_env(monkeypatch):
+    """The variables ``rare run`` sets by default, set here so that they do not outlive the test."""
+    monkeypatch.setenv("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+@pytest.mark.usefixtures("cli_env")
+def test_cli_run_without_endpoint_uses_and_stops_the_simulator(tmp_path, capsys):
     from deployments.cli import main
 
-    monkeypatch.setenv("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     before = _simulator_children()
     code = main(["run", "--input", str(SAMPLE), "--output", str(tmp_path / "out"),
                  "--cache-path", str(tmp_path / "cache"), "--limit", "4"])
@@ -300,6 +328,7 @@ def test_cli_run_without_endpoint_uses_and_stops_the_simulator(tmp_path, capsys,
     assert _simulator_children() <= before  # the run's own simulator was stopped
 
 
+@pytest.mark.usefixtures("cli_env")
 def test_cli_exit_status(tmp_path, capsys):
     from deployments.cli import EXIT_FAILED, EXIT_USAGE, main
 
@@ -333,3 +362,21 @@ def test_report_counts_only_this_runs_requests_and_prices_them():
     assert "- hardneg: 3 row(s) got fewer negatives" in report.markdown
     assert "| distill | ran | 10 | 10 | 2 |" in report.markdown and "- **Rows in the final dataset**: 8" in report.markdown
     assert build_report([StepRecord(summary=ran)]).summary["totals"]["cost"] is None  # no prices, no cost
+
+
+@pytest.mark.usefixtures("cli_env")
+def test_run_without_usable_rows_fails_after_writing_the_report(tmp_path, sim, capsys):
+    from deployments.cli import EXIT_FAILED, main
+
+    sim.inject([FaultSpec(kind="malformed_json", count=3)])  # every Doc2Query answer unusable
+    code = main(["run", "--input", str(SAMPLE), "--limit", "3", "--base-url", sim.base_url, "--model", "teacher",
+                 "--set", "doc2query.max_attempts=1", "--output", str(tmp_path / "out"),
+                 "--cache-path", str(tmp_path / "cache")])
+    captured = capsys.readouterr()
+    assert code == EXIT_FAILED
+    assert "none of the 3 documents went through every step" in captured.err
+    assert "- doc2query: unparseable: 3" in captured.out  # the report of this run, printed anyway
+    failed = read_frame(tmp_path / "out" / "failed_rows.jsonl")
+    assert len(failed) == 3 and failed["error"].str.startswith("doc2query: unparseable").all()
+    assert list(failed["hardneg_status"]) == ["skipped"] * 3
+    assert len(read_frame(tmp_path / "out" / "dataset.jsonl")) == 0

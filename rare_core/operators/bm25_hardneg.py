@@ -17,9 +17,11 @@ output_negatives_key="hard_negatives", num_neg=3, overwrite=False)`` adds, with 
 The positive's id is the ``id_key`` column when present (else, or where empty, a stable hash of
 the row's text). The corpus is the input frame's documents (deduplicated by id, first wins) or
 the ``corpus_path`` file (columns ``id``, ``text`` and optionally ``title``). The selection
-rules are those of :mod:`rare_core.retrieval.negatives`; rows that end short while their
-ranking was cut at the search depth are searched again 4x deeper until they are complete or
-the depth covers the corpus.
+rules are those of :mod:`rare_core.retrieval.negatives`. The first search goes
+``skip_top + 2 * num_neg + 10`` deep; a row that ends short while its ranking was cut at that
+depth is searched again 4x deeper, until it is complete, the depth covers the corpus or reaches
+``max_depth`` (default 1000, like the reference miner's top 1000). A row whose positive
+scores 0 under ``max_score_ratio`` is not searched deeper: no candidate can pass that guard.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class BM25HardNegConfig(BaseModel):
     query_weighting: Literal["bow", "bm25"] = Field("bow", description="Bag of words, or query-side BM25 weights.")
     corpus_path: str | None = Field(None, description="Separate corpus file (id, text[, title]); default: the input rows.")
     index_dir: str = Field("./cache/bm25_index", description="Cache root of the Lucene indexes.")
+    max_depth: int = Field(1000, ge=1, description="Deepest ranking searched for a row before it is left short.")
     threads: int | None = Field(None, ge=1, description="Indexing/search threads; default: all cores.")
     id_key: str = Field("id", description="Input column with the positive document's id.")
     title_key: str | None = Field("title", description="Corpus column indexed before the text when present.")
@@ -199,10 +202,11 @@ class _Miner:
         return self._first_with_key.get(positive_key)
 
     def mine(self, questions: list[str], positive_ids: list[str], positive_texts: list[str]) -> _Mined:
-        cfg, total = self.config, self.index.num_docs
+        cfg = self.config
+        limit = min(self.index.num_docs, max(cfg.max_depth, cfg.skip_top + self.num_neg))
         pos_keys = [text_key(t) for t in positive_texts]
         anchors = [self._anchor(p, k) for p, k in zip(positive_ids, pos_keys)]
-        depth = min(total, cfg.skip_top + 2 * self.num_neg + 10)
+        depth = min(limit, cfg.skip_top + 2 * self.num_neg + 10)
         hits = self.index.search(questions, depth)
         depths = [depth] * len(questions)
         scores: list[float | None] = [None] * len(questions)
@@ -227,11 +231,12 @@ class _Miner:
                     positive_key=pos_keys[j], key_of=self._key_of, positive_score=scores[j],
                     skip_top=cfg.skip_top, max_score_ratio=cfg.max_score_ratio)
                 selections[j] = sel
-                if sel.exhausted and len(ranked_ids[j]) == depths[j] and depths[j] < total:
+                hopeless = cfg.max_score_ratio is not None and scores[j] is not None and scores[j] <= 0
+                if sel.exhausted and len(ranked_ids[j]) == depths[j] and depths[j] < limit and not hopeless:
                     deeper.append(j)
             if not deeper:
                 break
-            depth = min(total, max(depths[j] for j in deeper) * DEEPEN)
+            depth = min(limit, max(depths[j] for j in deeper) * DEEPEN)
             more = self.index.search([questions[j] for j in deeper], depth)
             for j, ids, sc in zip(deeper, more.ids, more.scores):
                 ranked_ids[j], ranked_scores[j], depths[j] = ids, sc, depth

@@ -4,7 +4,7 @@ In: an index folder and :class:`~rare_core.retrieval.index.SearchSettings`. Out:
 :class:`SearchHits` (per query: doc ids and scores, best first) and single-document scores.
 
 Searching runs Anserini's ``SimpleSearcher.batch_search`` (a Java thread pool over the queries)
-in chunks of :data:`CHUNK` queries, so the Java heap holds one chunk's results at a time. Its
+in chunks of at most :data:`CHUNK_HITS` hits, so the Java heap holds one chunk's results. Its
 ranking sorts by score and then by document id (Lucene doc values), and scores are rounded to
 1e-4 with ties nudged by 1e-6 in that order (Anserini's ``ScoreTiesAdjusterReranker``), so a
 ranking is the same whatever order the multi-threaded indexer stored the documents in.
@@ -22,7 +22,7 @@ from typing import NamedTuple
 from rare_core.errors import RetrievalError
 from rare_core.retrieval.jvm import jclass
 
-CHUNK = 10_000
+CHUNK_HITS = 200_000  # hits held in the Java heap at once (queries per chunk = this // k, at most 10k)
 FIELD_CONTENTS = "contents"
 FIELD_ID = "id"
 
@@ -60,8 +60,9 @@ class LuceneSearcher:
             raise RetrievalError(f"k must be >= 1, got {k}")
         ids: list[list[str]] = []
         scores: list[list[float]] = []
-        for start in range(0, len(queries), CHUNK):
-            chunk = queries[start:start + CHUNK]
+        step = max(1, min(10_000, CHUNK_HITS // k))
+        for start in range(0, len(queries), step):
+            chunk = queries[start:start + step]
             jqueries, jqids = self._array_list(), self._array_list()
             for i, query in enumerate(chunk):
                 jqueries.add(query)
