@@ -63,7 +63,9 @@ class BM25HardNegConfig(BaseModel):
     max_depth: int = Field(1000, ge=1, description="Deepest ranking searched for a row before it is left short.")
     threads: int | None = Field(None, ge=1, description="Indexing/search threads; default: all cores.")
     id_key: str = Field("id", description="Input column with the positive document's id.")
-    title_key: str | None = Field("title", description="Corpus column indexed before the text when present.")
+    title_key: str | None = Field(
+        "title", description="Input column indexed before the text when present (a corpus_path file: its 'title' "
+                             "column); None: no titles.")
 
 
 def _text_id(text: object) -> str:
@@ -79,7 +81,8 @@ class BM25HardNeg(Operator):
 
     def __init__(self, config: BM25HardNegConfig | None = None, **settings) -> None:
         super().__init__()
-        self.config = config.model_copy(update=settings) if config else BM25HardNegConfig(**settings)
+        base = config.model_dump() if config else {}
+        self.config = BM25HardNegConfig.model_validate({**base, **settings})
 
     def _positive_ids(self, df: pd.DataFrame, text_col: str) -> pd.Series:
         texts = df[text_col].fillna("").astype(str)
