@@ -61,7 +61,7 @@ class BM25HardNegConfig(BaseModel):
     corpus_path: str | None = Field(None, description="Separate corpus file (id, text[, title]); default: the input rows.")
     index_dir: str = Field("./cache/bm25_index", description="Cache root of the Lucene indexes.")
     max_depth: int = Field(1000, ge=1, description="Deepest ranking searched for a row before it is left short.")
-    threads: int | None = Field(None, ge=1, description="Indexing/search threads; default: all cores.")
+    threads: int | None = Field(None, ge=1, description="Indexing threads; default: all cores (search uses all).")
     id_key: str = Field("id", description="Input column with the positive document's id.")
     title_key: str | None = Field(
         "title", description="Input column indexed before the text when present (a corpus_path file: its 'title' "

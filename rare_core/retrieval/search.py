@@ -3,7 +3,8 @@
 In: an index folder and :class:`~rare_core.retrieval.index.SearchSettings`. Out:
 :class:`SearchHits` (per query: doc ids and scores, best first) and single-document scores.
 
-Searching runs Anserini's ``SimpleSearcher.batch_search`` (a Java thread pool over the queries)
+Searching runs Anserini's ``SimpleSearcher.batch_search`` (a Java thread pool over the queries;
+Anserini 1.7.1 ignores its ``threads`` argument and uses a work-stealing pool over all cores)
 in chunks of at most :data:`CHUNK_HITS` hits, so the Java heap holds one chunk's results. Its
 ranking sorts by score and then by document id (Lucene doc values), and scores are rounded to
 1e-4 with ties nudged by 1e-6 in that order (Anserini's ``ScoreTiesAdjusterReranker``), so a
