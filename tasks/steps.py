@@ -60,7 +60,7 @@ def doc2query_step(source: ArtifactRef, config: PipelineConfig, llm: APILLMServi
 def hardneg_step(source: ArtifactRef, config: PipelineConfig) -> StepResult:
     """Step 1 -> step 2: BM25 hard negatives per question over the documents themselves."""
     k = config.columns
-    operator = BM25HardNeg(config=config.hardneg)
+    operator = BM25HardNeg(**config.hardneg.model_dump(exclude={"num_neg"}))
     out = operator.process(source.load(), input_question_key=k.question, input_text_key=k.text,
                            output_negatives_key=k.hard_negatives, num_neg=config.hardneg.num_neg)
     return _finish(HARDNEG, source, config, out, operator.last_summary)
