@@ -259,3 +259,16 @@ def test_config_is_validated():
         BM25HardNeg(unknown_setting=1)
     with pytest.raises(ValueError, match="num_neg"):
         BM25HardNeg().process(frame(), num_neg=0)
+
+
+def test_question_chunks_give_the_same_output_as_one_chunk(tmp_path, monkeypatch):
+    import rare_core.operators.bm25_hardneg as module
+
+    copies = [(f"c{i:02d}", "Tomatoes grow best in warm soil with full sun and regular watering.") for i in range(40)]
+    df = frame(GARDEN + copies, ["warm soil water", "tomato staking", "roses sun", "cucumber water", "basil",
+                                 "rates"] + ["tomatoes warm soil"] * 40)
+    op = BM25HardNeg(index_dir=str(tmp_path), max_score_ratio=0.95)
+    whole = op.process(df, num_neg=3)
+    monkeypatch.setattr(module, "CHUNK_QUESTIONS", 4)
+    monkeypatch.setattr(module, "KEY_CHUNK", 3)
+    pd.testing.assert_frame_equal(op.process(df, num_neg=3), whole)

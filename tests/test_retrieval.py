@@ -111,3 +111,63 @@ def test_bad_corpora_raise_retrieval_errors(tmp_path):
         BM25Index.build(DOCS, tmp_path, text_col="body")
     with pytest.raises(RetrievalError, match="not a complete"):
         BM25Index(tmp_path)
+
+
+def test_run_file_parser_groups_hits_by_query_in_rank_order(tmp_path):
+    from rare_core.retrieval.search import parse_run
+
+    run = tmp_path / "run.txt"
+    run.write_text("10 Q0 007 1 3.500000 Anserini\n10 Q0 002 2 3.499999 Anserini\n"
+                   "2 Q0 001 1 1.250000 Anserini\n", encoding="utf-8")
+    hits = parse_run(run)
+    assert hits.query.tolist() == [2, 10, 10] and hits.row.tolist() == [1, 7, 2]
+    assert hits.score.tolist() == [1.25, 3.5, 3.499999]
+    assert hits.bounds(12).tolist() == [0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 3, 3]
+    (tmp_path / "empty.txt").write_text("")
+    assert len(parse_run(tmp_path / "empty.txt").row) == 0
+
+
+def test_topics_file_keeps_one_line_per_query_and_leaves_out_blank_ones(tmp_path):
+    from rare_core.retrieval.search import write_topics
+
+    write_topics(["a\tb\nc", " \t\r\n", "Zürich?", ""], tmp_path / "t.tsv")
+    assert (tmp_path / "t.tsv").read_text(encoding="utf-8").splitlines() == ["0\ta b c", "2\tZürich?"]
+
+
+def test_queries_with_tabs_newlines_or_nothing_searchable(index):
+    hits = index.search(["cats\tdog\nmarkets", "", "  \t ", "cats"], k=10)
+    assert hits.ids[0][0] == "d2" and set(hits.ids[0]) == {"d1", "d2", "d3", "d4"}
+    assert index.search(["cats dog markets"], k=10) == index.search(["cats\tdog\nmarkets"], k=10)
+    assert hits.ids[1] == hits.ids[2] == [] and hits.ids[3] == ["d1", "d2"]
+
+
+def test_run_score_rounds_like_java_percent_f():
+    from rare_core.retrieval.search import run_score
+
+    assert run_score(5.466800212860107) == 5.4668
+    assert run_score(0.0390625) == 0.039063  # half up, as java.util.Formatter
+    assert run_score(2.0) == 2.0
+
+
+def test_small_runs_and_chunks_give_the_same_ranking(index, monkeypatch):
+    import rare_core.retrieval.index as index_module
+    import rare_core.retrieval.search as search_module
+
+    queries = ["cat", "dog garden", "markets", "zürich", "the", "cat dog night"]
+    whole = index.search(queries, k=3)
+    monkeypatch.setattr(search_module, "RUN_QUERIES", 2)
+    assert index.search(queries, k=3) == whole
+    monkeypatch.setattr(search_module, "RUN_HITS", 1)  # one query per run
+    assert index.search(queries, k=3) == whole
+    monkeypatch.setattr(index_module, "CHUNK_DOCS", 2)  # the corpus walked in chunks of 2: same key and files
+    assert BM25Index.build(DOCS, index.path.parent, title_col="title").path == index.path
+
+
+def test_rows_follow_id_order_whatever_the_input_order(tmp_path):
+    shuffled = DOCS.iloc[[3, 0, 4, 2, 1]]
+    built = BM25Index.build(shuffled, tmp_path)
+    assert built.ids.to_pylist() == ["d1", "d2", "d3", "d4", "d5"]
+    assert shuffled["id"].to_numpy()[built.input_rows].tolist() == ["d1", "d2", "d3", "d4", "d5"]
+    assert built.rows_of(["d4", "nope", "d1"]).tolist() == [3, -1, 0]
+    assert BM25Index.build(DOCS, tmp_path).reused  # same documents in another order: same index
+    assert built.score(["dogs"], ["nope"]) == [None]

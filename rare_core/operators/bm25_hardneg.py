@@ -28,23 +28,29 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import time
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
+from rare_core.errors import StorageError
 from rare_core.operators.base import (
     FAILED, OK, SHORT, SKIPPED, Operator, active_mask, guard_outputs, init_status, mark_failed, require_columns, summarize,
 )
 from rare_core.retrieval.index import BM25Index
 from rare_core.retrieval.negatives import Selection, select_negatives, text_key
-from rare_core.storage import read_frame
+from rare_core.storage import format_of, read_frame
 
 STEP = "hardneg"
 DEEPEN = 4
+CHUNK_QUESTIONS = 20_000  # questions searched and selected together (bounds the hits held)
+KEY_CHUNK = 50_000  # corpus texts fingerprinted at once
 
 
 class BM25HardNegConfig(BaseModel):
@@ -72,6 +78,26 @@ def _text_id(text: object) -> str:
     return "h" + hashlib.blake2b(str(text).encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
 
 
+def _read_corpus(path: str, columns: list[str]) -> pd.DataFrame:
+    """The ``columns`` (those present) of a corpus file, string columns as Arrow-backed ``str``.
+
+    Parquet is read batch by batch: ``pd.read_parquet`` decodes a whole row group at once and
+    its peak memory is about three times the corpus (1.3 GB for 1M documents); other formats go
+    through :func:`rare_core.storage.read_frame`.
+    """
+    if format_of(path) != "parquet" or not os.path.exists(path):
+        return read_frame(path)  # its errors name a missing file or an unsupported format
+    try:
+        source = pq.ParquetFile(path)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise StorageError(f"cannot read {path} as parquet: {exc}") from exc
+    present = [c for c in columns if c in source.schema_arrow.names]
+    table = pa.Table.from_batches(list(source.iter_batches(batch_size=65_536, columns=present)),
+                                  schema=pa.schema([source.schema_arrow.field(c) for c in present])) if present else pa.table({})
+    strings = {pa.string(): pd.StringDtype(na_value=np.nan), pa.large_string(): pd.StringDtype(na_value=np.nan)}
+    return table.to_pandas(types_mapper=strings.get, self_destruct=True)
+
+
 def _blank(value: object) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value)) or not str(value).strip()
 
@@ -93,10 +119,13 @@ class BM25HardNeg(Operator):
         return ids.astype(str).where(~ids.map(_blank), hashed)
 
     def _corpus(self, df: pd.DataFrame, text_col: str, positive_ids: pd.Series) -> pd.DataFrame:
-        """id/text[/title] frame of the documents to mine from, deduplicated by id, empty texts dropped."""
+        """id/text[/title] frame of the documents to mine from, deduplicated by id, empty texts dropped.
+
+        The rows to keep are found first and the columns filtered once, so a large corpus is copied once.
+        """
         title_col = self.config.title_key
         if self.config.corpus_path:
-            src = read_frame(self.config.corpus_path)
+            src = _read_corpus(self.config.corpus_path, ["id", "text"] + (["title"] if title_col else []))
             require_columns(src, ["id", "text"], f"{STEP} corpus {self.config.corpus_path}")
             cols = {"id": src["id"].astype(str), "text": src["text"]}
             if title_col and "title" in src.columns:
@@ -105,9 +134,12 @@ class BM25HardNeg(Operator):
             cols = {"id": positive_ids, "text": df[text_col]}
             if title_col and title_col in df.columns:
                 cols["title"] = df[title_col]
-        corpus = pd.DataFrame(cols).drop_duplicates("id", keep="first")
-        corpus["text"] = corpus["text"].fillna("").astype(str)
-        return corpus[corpus["text"].str.strip().str.len() > 0].reset_index(drop=True)
+        corpus = pd.DataFrame({name: col.reset_index(drop=True) for name, col in cols.items()})
+        text = corpus["text"].where(corpus["text"].notna(), "").astype(str)
+        keep = ~corpus["id"].duplicated() & (text.str.len() > 0) & ~text.str.isspace()
+        corpus = corpus[keep.to_numpy()].reset_index(drop=True)
+        corpus["text"] = corpus["text"].astype(str)
+        return corpus
 
     def process(self, df: pd.DataFrame, input_question_key: str = "question", input_text_key: str = "text",
                 output_negatives_key: str = "hard_negatives", num_neg: int = 3,
@@ -148,20 +180,25 @@ class BM25HardNeg(Operator):
                          index_docs=index.num_docs)
             t0 = time.perf_counter()
             miner = _Miner(index, corpus, self.config, num_neg)
-            mined = miner.mine([str(q) for q in df[input_question_key].to_numpy()[todo]],
-                               positive_ids.to_numpy()[todo].tolist(),
-                               df[input_text_key].to_numpy()[todo].tolist())
+            questions = df[input_question_key].to_numpy()
+            texts = df[input_text_key].to_numpy()
+            pids = positive_ids.to_numpy()
+            for start in range(0, len(todo), CHUNK_QUESTIONS):
+                rows = todo[start:start + CHUNK_QUESTIONS]
+                mined = miner.mine([str(q) for q in questions[rows]], pids[rows].tolist(), texts[rows].tolist())
+                extra["search_rounds"] = max(extra["search_rounds"], mined.rounds)
+                doc_rows = [index.input_rows[r] for sel in mined.selections for r in sel.ids]
+                flat_ids = iter(corpus["id"].take(doc_rows).tolist())
+                flat_texts = iter(corpus["text"].take(doc_rows).tolist())
+                for row, sel, score in zip(rows, mined.selections, mined.positive_scores):
+                    negatives[row] = [next(flat_texts) for _ in sel.ids]
+                    neg_ids[row] = [next(flat_ids) for _ in sel.ids]
+                    neg_scores[row], pos_rank[row] = sel.scores, sel.positive_rank
+                    if score is not None:
+                        pos_score[row] = score
+                    if len(sel.ids) < num_neg:
+                        status[row] = SHORT
             extra["search_seconds"] = round(time.perf_counter() - t0, 3)
-            extra["search_rounds"] = mined.rounds
-            flat = [miner.position[i] for sel in mined.selections for i in sel.ids]
-            flat_texts = iter(corpus["text"].iloc[flat].astype(str).tolist())
-            for row, sel, score in zip(todo, mined.selections, mined.positive_scores):
-                negatives[row] = [next(flat_texts) for _ in sel.ids]
-                neg_ids[row], neg_scores[row], pos_rank[row] = sel.ids, sel.scores, sel.positive_rank
-                if score is not None:
-                    pos_score[row] = score
-                if len(sel.ids) < num_neg:
-                    status[row] = SHORT
             extra["short_rows"] = int((status == SHORT).sum())
 
         df[key] = pd.Series(negatives, index=df.index, dtype=object)
@@ -176,61 +213,68 @@ class BM25HardNeg(Operator):
 
 @dataclass
 class _Mined:
-    selections: list[Selection]
+    selections: list[Selection]  # ids: index rows
     positive_scores: list[float | None]  # None: the positive is not in the index
     rounds: int  # search passes (1 + deepenings)
 
 
 class _Miner:
-    """Searches, scores the positives and selects; deepens the search for rows cut short by the depth."""
+    """Searches, scores the positives and selects on index rows; deepens the search for rows cut short by the depth.
+
+    In: the index built from ``corpus`` (``index.input_rows`` maps index rows to corpus rows).
+    Documents are handled by index row throughout; their text fingerprints are one uint64 array.
+    """
 
     def __init__(self, index: BM25Index, corpus: pd.DataFrame, config: BM25HardNegConfig, num_neg: int) -> None:
         self.index, self.config, self.num_neg = index, config, num_neg
-        # iterate the columns (no .tolist()): a 1M-document corpus never exists twice as Python strings
-        self.position = dict(zip(corpus["id"], range(len(corpus))))
-        self.keys = [text_key(t) for t in corpus["text"]]
-        self._first_with_key: dict[int, str] | None = None
+        self.keys = np.zeros(index.num_docs, dtype=np.uint64)  # text_key by index row
+        for start in range(0, index.num_docs, KEY_CHUNK):
+            texts = corpus["text"].take(index.input_rows[start:start + KEY_CHUNK])
+            self.keys[start:start + len(texts)] = [text_key(t) for t in texts.tolist()]
+        self._first_with_key: tuple[np.ndarray, np.ndarray] | None = None
 
-    def _key_of(self, doc_id: str) -> int:
-        return self.keys[self.position[doc_id]]
+    def _key_of(self, row: int) -> int:
+        return int(self.keys[row])
 
-    def _anchor(self, positive_id: str, positive_key: int) -> str | None:
-        """The indexed document standing for the positive: itself, else the first copy of its text."""
-        if positive_id in self.position:
-            return positive_id
-        if self._first_with_key is None:
-            self._first_with_key = {}
-            for doc_id, k in sorted(zip(self.position, self.keys)):
-                self._first_with_key.setdefault(k, doc_id)
-        return self._first_with_key.get(positive_key)
+    def _anchors(self, positive_ids: list[str], positive_keys: list[int]) -> np.ndarray:
+        """Index row standing for each positive: itself, else the first (by id) copy of its text, else -1."""
+        rows = self.index.rows_of(positive_ids)
+        lost = np.flatnonzero(rows < 0)
+        if len(lost):
+            if self._first_with_key is None:  # rows are in id order: np.unique's first index is the first id
+                self._first_with_key = np.unique(self.keys, return_index=True)
+            keys, first = self._first_with_key
+            wanted = np.array([positive_keys[j] for j in lost], dtype=np.uint64)
+            at = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+            rows[lost] = np.where(keys[at] == wanted, first[at], -1)
+        return rows
 
     def mine(self, questions: list[str], positive_ids: list[str], positive_texts: list[str]) -> _Mined:
         cfg = self.config
         limit = min(self.index.num_docs, max(cfg.max_depth, cfg.skip_top + self.num_neg))
         pos_keys = [text_key(t) for t in positive_texts]
-        anchors = [self._anchor(p, k) for p, k in zip(positive_ids, pos_keys)]
+        anchors = self._anchors(positive_ids, pos_keys).tolist()
         depth = min(limit, cfg.skip_top + 2 * self.num_neg + 10)
-        hits = self.index.search(questions, depth)
+        ranked_ids, ranked_scores = self._rankings(questions, depth)
         depths = [depth] * len(questions)
         scores: list[float | None] = [None] * len(questions)
         missing = []
         for j, anchor in enumerate(anchors):
-            if anchor is None:
+            if anchor < 0:
                 continue
-            if anchor in hits.ids[j]:
-                scores[j] = hits.scores[j][hits.ids[j].index(anchor)]
+            if anchor in ranked_ids[j]:
+                scores[j] = ranked_scores[j][ranked_ids[j].index(anchor)]
             else:
                 missing.append(j)
-        for j, s in zip(missing, self.index.score([questions[j] for j in missing], [anchors[j] for j in missing])):
+        for j, s in zip(missing, self.index.score_rows([questions[j] for j in missing], [anchors[j] for j in missing])):
             scores[j] = s
-        ranked_ids, ranked_scores = list(hits.ids), list(hits.scores)
         selections: list[Selection] = [None] * len(questions)  # type: ignore[list-item]
         pending, rounds = list(range(len(questions))), 1
         while pending:
             deeper = []
             for j in pending:
                 sel = select_negatives(
-                    ranked_ids[j], ranked_scores[j], num_neg=self.num_neg, positive_ids={positive_ids[j]},
+                    ranked_ids[j], ranked_scores[j], num_neg=self.num_neg, positive_ids={anchors[j]},
                     positive_key=pos_keys[j], key_of=self._key_of, positive_score=scores[j],
                     skip_top=cfg.skip_top, max_score_ratio=cfg.max_score_ratio)
                 selections[j] = sel
@@ -240,8 +284,14 @@ class _Miner:
             if not deeper:
                 break
             depth = min(limit, max(depths[j] for j in deeper) * DEEPEN)
-            more = self.index.search([questions[j] for j in deeper], depth)
-            for j, ids, sc in zip(deeper, more.ids, more.scores):
+            more_ids, more_scores = self._rankings([questions[j] for j in deeper], depth)
+            for j, ids, sc in zip(deeper, more_ids, more_scores):
                 ranked_ids[j], ranked_scores[j], depths[j] = ids, sc, depth
             pending, rounds = deeper, rounds + 1
         return _Mined(selections, scores, rounds)
+
+    def _rankings(self, questions: list[str], depth: int) -> tuple[list[list[int]], list[list[float]]]:
+        """Per question, its top-``depth`` index rows and scores as Python lists."""
+        hits = self.index.search_rows(questions, depth)
+        rows, scores, bounds = hits.row.tolist(), hits.score.tolist(), hits.bounds(len(questions)).tolist()
+        return ([rows[a:z] for a, z in zip(bounds, bounds[1:])], [scores[a:z] for a, z in zip(bounds, bounds[1:])])

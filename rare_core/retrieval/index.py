@@ -4,14 +4,20 @@ In: a DataFrame of documents (id, text and optionally title columns) and a cache
 Out: :class:`BM25Index`, whose ``search``/``score`` run BM25 on that index (see
 :mod:`rare_core.retrieval.search`).
 
-The index lives in ``{index_dir_root}/bm25-{key}`` where ``key`` hashes every (id, title, text)
-in order plus the analyzer settings and the Anserini jar, so the same corpus reuses its index
-and any change builds a new one. A build writes the documents as JsonCollection jsonl files
-(``{"id", "contents"}``, contents = ``title + " " + text``) into a temp folder beside the
-target, runs ``io.anserini.index.IndexCollection`` there (Lucene English analyzer: lowercase,
-English stopwords, Porter stemming, as pyserini's BM25 defaults; ids stored for retrieval,
-contents not stored: texts stay on the Python side), writes ``rare_index.json`` last and then
-renames the folder into place, so a cache folder either is complete or does not exist.
+Index rows are the documents in id order (code point order). Lucene's ``id`` field holds the
+zero-padded row number (:func:`~rare_core.retrieval.search.row_key`), so a ranking comes back
+as integers and ties broken by that field are broken by document id; the ids themselves are
+kept in ``ids.parquet`` (row order). The index lives in ``{index_dir_root}/bm25-{key}`` where
+``key`` hashes every (id, title + " " + text) in row order plus the analyzer settings and the
+Anserini jar, so the same documents (in any input order) reuse their index and any change
+builds a new one. The corpus is walked in chunks of :data:`CHUNK_DOCS` documents (once for the
+hash and, when building, once more to write the files), so it never exists as one big list of
+Python strings. A build writes JsonCollection jsonl files (``{"id", "contents"}``) into a temp
+folder beside the target, runs ``io.anserini.index.IndexCollection`` there (Lucene English
+analyzer: lowercase, English stopwords, Porter stemming, as pyserini's BM25 defaults; ids stored
+for retrieval, contents not stored: texts stay on the Python side), writes ``rare_index.json``
+last and then renames the folder into place, so a cache folder either is complete or does not
+exist.
 """
 
 from __future__ import annotations
@@ -23,17 +29,23 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Iterator, Literal
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
 from rare_core.errors import RetrievalError
 from rare_core.retrieval.jvm import anserini_jar, jclass
-from rare_core.retrieval.search import LuceneSearcher, SearchHits
+from rare_core.retrieval.search import LuceneSearcher, RunHits, SearchHits, row_key
 
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2
 META_FILE = "rare_index.json"
+IDS_FILE = "ids.parquet"
+CHUNK_DOCS = 50_000
 QueryWeighting = Literal["bow", "bm25"]
 
 
@@ -46,45 +58,75 @@ class SearchSettings(BaseModel):
     threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
 
 
-def corpus_frame(docs: pd.DataFrame, id_col: str = "id", text_col: str = "text",
-                 title_col: str | None = None) -> pd.DataFrame:
-    """``docs`` as an ``id``/``contents`` frame (contents = title + " " + text); ``RetrievalError`` on bad ids."""
-    missing = [c for c in (id_col, text_col, title_col) if c is not None and c not in docs.columns]
-    if missing:
-        raise RetrievalError(f"corpus column(s) {missing} not found; columns present: {list(docs.columns)}")
-    if docs[id_col].isna().any():
-        raise RetrievalError("corpus has missing document ids")
-    ids = docs[id_col].astype(str)
-    if (ids.str.len() == 0).any():
-        raise RetrievalError("corpus has empty document ids")
-    if ids.duplicated().any():
-        raise RetrievalError(f"corpus has duplicate ids, e.g. {ids[ids.duplicated()].iloc[0]!r}")
-    contents = docs[text_col].fillna("").astype(str)
-    if title_col is not None:
-        contents = docs[title_col].fillna("").astype(str) + " " + contents
-    return pd.DataFrame({"id": ids.to_numpy(), "contents": contents.to_numpy()})
+class Corpus:
+    """The documents of a build, validated, in index row order, read chunk by chunk.
 
+    In: the docs frame and its column names. ``ids``/``text``/``title``: string Series in the
+    frame's order (no copy of the texts is made); ``input_rows[r]``: the frame position of index
+    row ``r`` (document id order). ``RetrievalError`` on missing columns or bad ids.
+    """
 
-def corpus_key(corpus: pd.DataFrame) -> str:
-    """Hex digest identifying the corpus content (ids and contents, in order) and the index settings."""
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(json.dumps({"format": INDEX_FORMAT, "jar": anserini_jar().name,
-                              "analyzer": "DefaultEnglishAnalyzer/porter/default-stopwords"}).encode())
-    for doc_id, contents in zip(corpus["id"], corpus["contents"]):
-        digest.update(doc_id.encode("utf-8", "surrogatepass"))
-        digest.update(b"\x00")
-        digest.update(contents.encode("utf-8", "surrogatepass"))
-        digest.update(b"\x01")
-    return digest.hexdigest()
+    def __init__(self, docs: pd.DataFrame, id_col: str = "id", text_col: str = "text",
+                 title_col: str | None = None) -> None:
+        missing = [c for c in (id_col, text_col, title_col) if c is not None and c not in docs.columns]
+        if missing:
+            raise RetrievalError(f"corpus column(s) {missing} not found; columns present: {list(docs.columns)}")
+        if docs[id_col].isna().any():
+            raise RetrievalError("corpus has missing document ids")
+        self.ids = docs[id_col].astype(str).reset_index(drop=True)
+        if (self.ids.str.len() == 0).any():
+            raise RetrievalError("corpus has empty document ids")
+        duplicated = self.ids.duplicated()
+        if duplicated.any():
+            raise RetrievalError(f"corpus has duplicate ids, e.g. {self.ids[duplicated].iloc[0]!r}")
+        self.text = docs[text_col].reset_index(drop=True)
+        self.title = docs[title_col].reset_index(drop=True) if title_col is not None else None
+        self.input_rows = np.asarray(pc.array_sort_indices(pa.array(self.ids, type=pa.string())), dtype=np.int64)
 
+    def __len__(self) -> int:
+        return len(self.input_rows)
 
-def _write_collection(corpus: pd.DataFrame, folder: Path, shards: int) -> None:
-    """JsonCollection files, one per indexing thread so that Anserini indexes them in parallel."""
-    folder.mkdir(parents=True)
-    shards = max(1, min(shards, len(corpus)))
-    for shard in range(shards):
-        part = corpus.iloc[shard::shards]
-        part.to_json(folder / f"part{shard:03d}.jsonl", orient="records", lines=True, force_ascii=False)
+    def chunks(self) -> Iterator[tuple[int, list[str], list[str]]]:
+        """``(first row, ids, contents)`` of consecutive chunks in row order; contents = title + " " + text."""
+        for start in range(0, len(self), CHUNK_DOCS):
+            rows = self.input_rows[start:start + CHUNK_DOCS]
+            contents = self.text.take(rows).fillna("").astype(str)
+            if self.title is not None:
+                contents = self.title.take(rows).fillna("").astype(str) + " " + contents
+            yield start, self.ids.take(rows).tolist(), contents.tolist()
+
+    def key(self) -> str:
+        """Hex digest identifying the documents (ids and contents, in row order) and the index settings."""
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update(json.dumps({"format": INDEX_FORMAT, "jar": anserini_jar().name,
+                                  "analyzer": "DefaultEnglishAnalyzer/porter/default-stopwords"}).encode())
+        for _, ids, contents in self.chunks():
+            for doc_id, text in zip(ids, contents):
+                digest.update(doc_id.encode("utf-8", "surrogatepass"))
+                digest.update(b"\x00")
+                digest.update(text.encode("utf-8", "surrogatepass"))
+                digest.update(b"\x01")
+        return digest.hexdigest()
+
+    def write_collection(self, folder: Path, shards: int) -> None:
+        """JsonCollection files (``id`` = row key), chunks dealt round-robin to ``shards`` files for parallel indexing."""
+        folder.mkdir(parents=True)
+        shards = max(1, min(shards, -(-len(self) // CHUNK_DOCS)))
+        files = [open(folder / f"part{shard:03d}.jsonl", "w", encoding="utf-8", errors="surrogatepass")
+                 for shard in range(shards)]
+        try:
+            for number, (start, _, contents) in enumerate(self.chunks()):
+                out = files[number % shards]
+                for row, text in enumerate(contents, start=start):
+                    out.write(json.dumps({"id": row_key(row, len(self)), "contents": text}, ensure_ascii=False))
+                    out.write("\n")
+        finally:
+            for out in files:
+                out.close()
+
+    def write_ids(self, path: Path) -> None:
+        """The document ids in row order, as a one-column parquet file."""
+        pq.write_table(pa.table({"id": pa.array(self.ids.take(self.input_rows), type=pa.string())}), path)
 
 
 def _run_indexer(collection: Path, target: Path, threads: int, memory_buffer_mb: int) -> int:
@@ -110,11 +152,12 @@ class BM25Index:
     """A Lucene BM25 index on disk plus its searcher (opened lazily, shared by all calls).
 
     ``path``: the index folder; ``num_docs``; ``reused``: True when ``build`` found the index in
-    the cache; ``build_seconds``: time spent building (0 when reused).
+    the cache; ``build_seconds``: time spent building (0 when reused); ``input_rows``: from
+    ``build`` only, ``input_rows[r]`` = position in the built frame of index row ``r``.
     """
 
     def __init__(self, path: str | os.PathLike, settings: SearchSettings | None = None, *,
-                 reused: bool = True, build_seconds: float = 0.0) -> None:
+                 reused: bool = True, build_seconds: float = 0.0, input_rows: np.ndarray | None = None) -> None:
         self.path = Path(path)
         meta_path = self.path / META_FILE
         if not meta_path.exists():
@@ -124,7 +167,9 @@ class BM25Index:
         self.settings = settings or SearchSettings()
         self.reused = reused
         self.build_seconds = build_seconds
+        self.input_rows = input_rows
         self._searcher: LuceneSearcher | None = None
+        self._ids: pa.ChunkedArray | None = None
 
     @classmethod
     def build(cls, docs_df: pd.DataFrame, index_dir_root: str | os.PathLike, *, id_col: str = "id",
@@ -134,21 +179,22 @@ class BM25Index:
         """The index of ``docs_df`` under ``index_dir_root``: reused when the corpus hash matches, else built."""
         settings = SearchSettings(k1=k1, b=b, query_weighting=query_weighting,
                                   **({"threads": threads} if threads else {}))
-        corpus = corpus_frame(docs_df, id_col, text_col, title_col)
-        if corpus.empty:
+        corpus = Corpus(docs_df, id_col, text_col, title_col)
+        if not len(corpus):
             raise RetrievalError("cannot build a BM25 index from an empty corpus")
         root = Path(index_dir_root)
-        target = root / f"bm25-{corpus_key(corpus)}"
+        target = root / f"bm25-{corpus.key()}"
         if (target / META_FILE).exists():
-            return cls(target, settings, reused=True)
+            return cls(target, settings, reused=True, input_rows=corpus.input_rows)
         start = time.perf_counter()
         root.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
         try:
-            _write_collection(corpus, work / "collection", settings.threads)
+            corpus.write_collection(work / "collection", settings.threads)
             num_docs = _run_indexer(work / "collection", work / "index", settings.threads, memory_buffer_mb)
             if num_docs != len(corpus):
                 raise RetrievalError(f"Anserini indexed {num_docs} of {len(corpus)} documents")
+            corpus.write_ids(work / "index" / IDS_FILE)
             meta = {"format": INDEX_FORMAT, "num_docs": num_docs, "jar": anserini_jar().name}
             (work / "index" / META_FILE).write_text(json.dumps(meta), encoding="utf-8")
             try:
@@ -158,21 +204,51 @@ class BM25Index:
                     raise
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        return cls(target, settings, reused=False, build_seconds=time.perf_counter() - start)
+        return cls(target, settings, reused=False, build_seconds=time.perf_counter() - start,
+                   input_rows=corpus.input_rows)
 
     @property
     def searcher(self) -> LuceneSearcher:
         if self._searcher is None:
-            self._searcher = LuceneSearcher(self.path, self.settings)
+            self._searcher = LuceneSearcher(self.path, self.settings, self.num_docs)
         return self._searcher
+
+    @property
+    def ids(self) -> pa.ChunkedArray:
+        """Document ids by index row (read from ``ids.parquet`` on first use)."""
+        if self._ids is None:
+            self._ids = pq.read_table(self.path / IDS_FILE, columns=["id"]).column("id")
+        return self._ids
+
+    def rows_of(self, doc_ids: list[str]) -> np.ndarray:
+        """Index row of each id, -1 for ids not in the index."""
+        rows = pc.index_in(pa.array(doc_ids, type=pa.string()), value_set=self.ids.combine_chunks())
+        return np.asarray(rows.fill_null(-1), dtype=np.int64)
+
+    def search_rows(self, queries: list[str], k: int) -> RunHits:
+        """Top-``k`` hits of every query as flat arrays of (query number, index row, score)."""
+        return self.searcher.search(queries, k)
 
     def search(self, queries: list[str], k: int) -> SearchHits:
         """Top-``k`` (ids, scores) per query, best first, score ties broken by id."""
-        return self.searcher.search(queries, k)
+        hits = self.search_rows(queries, k)
+        ids, scores = self.ids.take(pa.array(hits.row)).to_pylist(), hits.score.tolist()
+        bounds = hits.bounds(len(queries)).tolist()
+        return SearchHits([ids[a:z] for a, z in zip(bounds, bounds[1:])],
+                          [scores[a:z] for a, z in zip(bounds, bounds[1:])])
+
+    def score_rows(self, queries: list[str], rows: list[int]) -> list[float]:
+        """BM25 score of index row ``rows[i]`` for ``queries[i]``; 0.0 if it matches no query term."""
+        return self.searcher.score(queries, rows)
 
     def score(self, queries: list[str], doc_ids: list[str]) -> list[float | None]:
         """BM25 score of ``doc_ids[i]`` for ``queries[i]``; 0.0 if it matches no query term, None if not indexed."""
-        return self.searcher.score(queries, doc_ids)
+        rows = self.rows_of(doc_ids)
+        known = np.flatnonzero(rows >= 0)
+        out: list[float | None] = [None] * len(doc_ids)
+        for j, value in zip(known, self.score_rows([queries[j] for j in known], rows[known].tolist())):
+            out[j] = value
+        return out
 
     def close(self) -> None:
         """Release the Lucene readers (the next search reopens them)."""

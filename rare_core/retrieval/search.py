@@ -1,31 +1,62 @@
 """Multi-threaded BM25 batch search on an Anserini index, through ``jnius`` (no torch, no pyserini search package).
 
-In: an index folder and :class:`~rare_core.retrieval.index.SearchSettings`. Out:
-:class:`SearchHits` (per query: doc ids and scores, best first) and single-document scores.
+In: an index folder (built by :mod:`rare_core.retrieval.index`, whose Lucene ``id`` field holds
+:func:`row_key` of each document's index row) and
+:class:`~rare_core.retrieval.index.SearchSettings`. Out: :class:`RunHits` (flat numpy arrays of
+query number, index row and score) and single-document scores.
 
-Searching runs Anserini's ``SimpleSearcher.batch_search`` (a Java thread pool over the queries;
-Anserini 1.7.1 ignores its ``threads`` argument and uses a work-stealing pool over all cores)
-in chunks of at most :data:`CHUNK_HITS` hits, so the Java heap holds one chunk's results. Its
-ranking sorts by score and then by document id (Lucene doc values), and scores are rounded to
-1e-4 with ties nudged by 1e-6 in that order (Anserini's ``ScoreTiesAdjusterReranker``), so a
-ranking is the same whatever order the multi-threaded indexer stored the documents in.
+Searching runs Anserini's own batch searcher, ``io.anserini.search.SearchCollection`` (a Java
+thread pool over the queries), which reads the queries from a TSV topics file and writes a
+TREC run file that is parsed with pandas in one go: no Python<->Java call per hit. Queries go in
+runs of at most :data:`RUN_HITS` hits, so the Java heap (which keeps a run's hits with their
+stored documents until it writes them) and the run file stay small. Its ranking sorts by
+score and then by the ``id`` field, and scores are rounded to 1e-4 with ties nudged by 1e-6 in
+that order (Anserini's ``ScoreTiesAdjusterReranker``); the run file prints them with 6
+decimals (``%f``). Since the ``id`` field is the zero-padded index row and rows are in document
+id order, ties are broken by document id, whatever order the multi-threaded indexer stored
+the documents in.
 
 Query weighting: ``"bow"`` is Anserini's ``BagOfWordsQueryGenerator`` (each analyzed query token
 a SHOULD clause, repeated tokens counted again), ``"bm25"`` is ``QuerySideBm25QueryGenerator``
-(each distinct query term boosted by its query-side BM25 weight with the same k1/b).
+(``-bm25.querySide``: each distinct query term boosted by its query-side BM25 weight with the
+same k1/b).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import tempfile
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
 from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
 
 from rare_core.errors import RetrievalError
 from rare_core.retrieval.jvm import jclass
 
-CHUNK_HITS = 200_000  # hits held in the Java heap at once (queries per chunk = this // k, at most 10k)
+RUN_HITS = 200_000  # hits per SearchCollection run (queries per run = this // k, at most RUN_QUERIES)
+RUN_QUERIES = 20_000
 FIELD_CONTENTS = "contents"
 FIELD_ID = "id"
+# TsvStringTopicReader reads "qid<TAB>query" lines and Java-trims them (drops chars <= U+0020 at
+# both ends): tabs and line breaks inside a query would cut it, and a query made only of such
+# characters has no second field (the reader fails), so they become spaces and blank queries are
+# not sent (no hits, as Lucene would give them). The analyzer treats all of them as spaces anyway.
+_TOPIC_BREAKS = re.compile(r"[\t\n\r]")
+_JAVA_TRIM = "".join(map(chr, range(33)))
+
+
+def row_key(row: int, num_docs: int) -> str:
+    """The Lucene ``id`` of index row ``row``: zero-padded so that string order is row order."""
+    return str(row).zfill(len(str(max(num_docs - 1, 0))))
+
+
+def run_score(score: float) -> float:
+    """``score`` as a TREC run file prints it (Java ``%f``: 6 decimals, half up), so both paths agree."""
+    return float(Decimal(repr(float(score))).quantize(Decimal("0.000001"), rounding=ROUND_HALF_UP))
 
 
 class SearchHits(NamedTuple):
@@ -35,17 +66,56 @@ class SearchHits(NamedTuple):
     scores: list[list[float]]
 
 
-class LuceneSearcher:
-    """An open Anserini ``SimpleSearcher`` with BM25(k1, b) and the configured query generator."""
+class RunHits(NamedTuple):
+    """Hits of several queries as flat arrays, grouped by query (ascending), best first within one.
 
-    def __init__(self, path: str | os.PathLike, settings) -> None:
-        self.settings = settings
+    ``query[i]``: the query's position in the searched list; ``row[i]``: the document's index
+    row; ``score[i]``: its BM25 score.
+    """
+
+    query: np.ndarray
+    row: np.ndarray
+    score: np.ndarray
+
+    def bounds(self, num_queries: int) -> np.ndarray:
+        """``num_queries + 1`` offsets: the hits of query ``j`` are ``[bounds[j], bounds[j + 1])``."""
+        return np.searchsorted(self.query, np.arange(num_queries + 1))
+
+
+def empty_hits() -> RunHits:
+    """A :class:`RunHits` without hits."""
+    return RunHits(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64))
+
+
+def write_topics(queries: list[str], path: Path) -> None:
+    """A TsvString topics file of ``queries`` (topic id = position in the list), blank ones left out."""
+    with open(path, "w", encoding="utf-8", errors="replace", newline="\n") as out:
+        for i, query in enumerate(queries):
+            text = _TOPIC_BREAKS.sub(" ", query)
+            if text.strip(_JAVA_TRIM):
+                out.write(f"{i}\t{text}\n")
+
+
+def parse_run(path: Path) -> RunHits:
+    """The hits of a TREC run file (``qid Q0 docid rank score tag``, numeric qids and docids)."""
+    if os.path.getsize(path) == 0:
+        return empty_hits()
+    run = pd.read_csv(path, sep=" ", header=None, usecols=[0, 2, 4], names=["query", "row", "score"],
+                      dtype={"query": np.int64, "row": np.int64, "score": np.float64}, engine="c")
+    order = np.argsort(run["query"].to_numpy(), kind="stable")  # topics come out in qid string order
+    return RunHits(*(run[c].to_numpy()[order] for c in ("query", "row", "score")))
+
+
+class LuceneSearcher:
+    """Batch BM25 search (SearchCollection runs) and single-document scores on one index."""
+
+    def __init__(self, path: str | os.PathLike, settings, num_docs: int) -> None:
+        self.path, self.settings, self.num_docs = Path(path), settings, num_docs
         try:
             self._searcher = jclass("io.anserini.search.SimpleSearcher")(str(path))
         except Exception as exc:  # jnius.JavaException: Lucene cannot open the folder
             raise RetrievalError(f"cannot open the Lucene index at {path}: {exc}") from exc
         self._searcher.set_bm25(float(settings.k1), float(settings.b))
-        self._analyzer = self._searcher.get_analyzer()
         self._reader = None
         if settings.query_weighting == "bm25":
             self._reader = jclass("io.anserini.index.IndexReaderUtils").getReader(str(path))
@@ -53,49 +123,66 @@ class LuceneSearcher:
                 float(settings.k1), float(settings.b), self._reader)
         else:
             self._generator = jclass("io.anserini.search.query.BagOfWordsQueryGenerator")()
-        self._array_list = jclass("java.util.ArrayList")
+        # SearchCollection logs a line per 100 queries at INFO; its -quiet flag only acts in main()
+        configurator, level = jclass("org.apache.logging.log4j.core.config.Configurator"), jclass(
+            "org.apache.logging.log4j.Level")
+        configurator.setLevel("io.anserini.search.SearchCollection", level.WARN)
 
-    def search(self, queries: list[str], k: int) -> SearchHits:
-        """Top-``k`` hits of every query (``k`` >= 1)."""
+    def _collection_args(self, topics: Path, output: Path, k: int) -> list[str]:
+        """SearchCollection command-line arguments for one run."""
+        model = "-bm25.querySide" if self.settings.query_weighting == "bm25" else "-bm25"  # they exclude each other
+        return ["-index", str(self.path), "-topics", str(topics), "-topicReader", "TsvString",
+                "-output", str(output), "-format", "trec", "-hits", str(k), "-threads", str(self.settings.threads),
+                model, "-bm25.k1", str(float(self.settings.k1)), "-bm25.b", str(float(self.settings.b))]
+
+    def _run(self, queries: list[str], k: int, folder: Path) -> RunHits:
+        """One SearchCollection run over ``queries`` (at most :data:`RUN_QUERIES`)."""
+        topics, output = folder / "topics.tsv", folder / "run.txt"
+        write_topics(queries, topics)
+        if os.path.getsize(topics) == 0:
+            return empty_hits()
+        args = jclass("io.anserini.search.SearchCollection$Args")()
+        try:
+            jclass("org.kohsuke.args4j.CmdLineParser")(args).parseArgument(*self._collection_args(topics, output, k))
+            collection = jclass("io.anserini.search.SearchCollection")(args)
+            try:
+                collection.run()
+            finally:
+                collection.close()
+        except Exception as exc:  # jnius.JavaException from the parser or a search thread
+            raise RetrievalError(f"BM25 batch search failed: {exc}") from exc
+        return parse_run(output)
+
+    def search(self, queries: list[str], k: int) -> RunHits:
+        """Top-``k`` hits of every query (``k`` >= 1), query numbers = positions in ``queries``."""
         if k < 1:
             raise RetrievalError(f"k must be >= 1, got {k}")
-        ids: list[list[str]] = []
-        scores: list[list[float]] = []
-        step = max(1, min(10_000, CHUNK_HITS // k))
-        for start in range(0, len(queries), step):
-            chunk = queries[start:start + step]
-            jqueries, jqids = self._array_list(), self._array_list()
-            for i, query in enumerate(chunk):
-                jqueries.add(query)
-                jqids.add(str(i))
-            try:
-                results = self._searcher.batch_search(self._generator, jqueries, jqids, int(k),
-                                                      int(self.settings.threads))
-            except Exception as exc:  # jnius.JavaException from a search thread
-                raise RetrievalError(f"BM25 batch search failed: {exc}") from exc
-            for i in range(len(chunk)):
-                hits = results.get(str(i))
-                ids.append([hit.docid for hit in hits])
-                scores.append([hit.score for hit in hits])
-        return SearchHits(ids, scores)
+        step = max(1, min(RUN_QUERIES, RUN_HITS // k))
+        parts = []
+        with tempfile.TemporaryDirectory(prefix="rare-bm25-run-") as tmp:
+            for start in range(0, len(queries), step):
+                hits = self._run(queries[start:start + step], k, Path(tmp))
+                parts.append(hits._replace(query=hits.query + start))
+        return RunHits(*(np.concatenate(arrays) for arrays in zip(*parts))) if parts else empty_hits()
 
-    def score(self, queries: list[str], doc_ids: list[str]) -> list[float]:
-        """BM25 score of ``doc_ids[i]`` for ``queries[i]``, rounded like search scores.
+    def score(self, queries: list[str], rows: list[int]) -> list[float]:
+        """BM25 score of index row ``rows[i]`` for ``queries[i]``, as :func:`run_score` rounds it.
 
-        Runs the query with a FILTER clause on the document id (the filter adds nothing to the
+        Runs the query with a FILTER clause on the row's id (the filter adds nothing to the
         score), so the score is exactly the one the document gets in the ranking. 0.0 when the
-        document matches no query term or is not in the index.
+        document matches no query term.
         """
         boolean_builder = jclass("org.apache.lucene.search.BooleanQuery$Builder")
         occur = jclass("org.apache.lucene.search.BooleanClause$Occur")
         term_query, term = jclass("org.apache.lucene.search.TermQuery"), jclass("org.apache.lucene.index.Term")
+        analyzer = self._searcher.get_analyzer()
         out = []
-        for query, doc_id in zip(queries, doc_ids):
+        for query, row in zip(queries, rows):
             builder = boolean_builder()
-            builder.add(self._generator.buildQuery(FIELD_CONTENTS, self._analyzer, query), occur.MUST)
-            builder.add(term_query(term(FIELD_ID, doc_id)), occur.FILTER)
+            builder.add(self._generator.buildQuery(FIELD_CONTENTS, analyzer, query), occur.MUST)
+            builder.add(term_query(term(FIELD_ID, row_key(int(row), self.num_docs))), occur.FILTER)
             hits = self._searcher.search(builder.build(), 1)
-            out.append(float(hits[0].score) if len(hits) else 0.0)
+            out.append(run_score(hits[0].score) if len(hits) else 0.0)
         return out
 
     def close(self) -> None:
