@@ -43,13 +43,6 @@ class Prices(BaseModel):
     output_per_million: float = Field(0.0, ge=0)
 
 
-class HardNegStepConfig(BM25HardNegConfig):
-    """The hard-negative step of the pipeline: the operator's settings plus ``num_neg``, which
-    the operator takes as a ``process`` argument (so that it is part of the step's cache key)."""
-
-    num_neg: int = Field(3, ge=1, le=100, description="Hard negatives to mine per question.")
-
-
 class PipelineConfig(BaseModel):
     """Everything one pipeline run needs. The API key is never here: ``llm.api_key_env`` names
     the environment variable that holds it."""
@@ -63,7 +56,7 @@ class PipelineConfig(BaseModel):
     llm: LLMConfig = Field(default_factory=lambda: LLMConfig(model="rare-sim-1"),
                            description="LLM endpoint; leave base_url empty to run on the built-in simulator.")
     doc2query: Doc2QueryConfig = Field(default_factory=Doc2QueryConfig)
-    hardneg: HardNegStepConfig = Field(default_factory=HardNegStepConfig)
+    hardneg: BM25HardNegConfig = Field(default_factory=BM25HardNegConfig)
     distill: ReasonDistillConfig = Field(default_factory=ReasonDistillConfig)
     cache_path: str = Field("./cache", description="Folder of the intermediate step files, the response cache and the BM25 index.")
     file_name_prefix: str = Field("dataflow_cache_step", min_length=1, description="Step file prefix: {cache_path}/{prefix}_step{N}.{cache_type}.")

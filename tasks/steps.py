@@ -60,9 +60,9 @@ def doc2query_step(source: ArtifactRef, config: PipelineConfig, llm: APILLMServi
 def hardneg_step(source: ArtifactRef, config: PipelineConfig) -> StepResult:
     """Step 1 -> step 2: BM25 hard negatives per question over the documents themselves."""
     k = config.columns
-    operator = BM25HardNeg(**config.hardneg.model_dump(exclude={"num_neg"}))
+    operator = BM25HardNeg(config=config.hardneg)
     out = operator.process(source.load(), input_question_key=k.question, input_text_key=k.text,
-                           output_negatives_key=k.hard_negatives, num_neg=config.hardneg.num_neg)
+                           output_negatives_key=k.hard_negatives)
     return _finish(HARDNEG, source, config, out, operator.last_summary)
 
 

@@ -84,7 +84,7 @@ def test_prefect_yaml_deployment_runs_on_a_process_worker(api, tmp_path):
         assert schedule.schedule.cron == "0 3 * * *" and schedule.active
         schema = deployment.parameter_openapi_schema["definitions"]
         assert "description" in schema["PipelineConfig"]["properties"]["input_path"]
-        assert schema["HardNegStepConfig"]["properties"]["num_neg"]["minimum"] == 1
+        assert schema["BM25HardNegConfig"]["properties"]["num_neg"]["minimum"] == 1
         # The nightly run reads and writes the project folder: keep it from firing during the test.
         client.update_deployment_schedule(deployment.id, schedule.id, active=False)
 

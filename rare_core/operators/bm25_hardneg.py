@@ -1,7 +1,8 @@
 """BM25HardNeg: question + positive document in, BM25 hard negatives from a Lucene index out.
 
 ``process(df, input_question_key="question", input_text_key="text",
-output_negatives_key="hard_negatives", num_neg=3, overwrite=False)`` adds, with ``key`` =
+output_negatives_key="hard_negatives", num_neg=None, overwrite=False)`` (``num_neg``
+defaults to the config's, 3) adds, with ``key`` =
 ``output_negatives_key``:
 
 * ``key``: the negatives' texts (list of str, best BM25 first), ``key_ids`` and ``key_scores``;
@@ -58,6 +59,7 @@ class BM25HardNegConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    num_neg: int = Field(3, ge=1, le=100, description="Hard negatives to mine per question (process(num_neg=...) overrides).")
     k1: float = Field(0.9, gt=0, description="BM25 term-frequency saturation.")
     b: float = Field(0.4, ge=0, le=1, description="BM25 length normalisation.")
     skip_top: int = Field(0, ge=0, description="Ranks at the top of the BM25 ranking never used as negatives.")
@@ -142,9 +144,10 @@ class BM25HardNeg(Operator):
         return corpus
 
     def process(self, df: pd.DataFrame, input_question_key: str = "question", input_text_key: str = "text",
-                output_negatives_key: str = "hard_negatives", num_neg: int = 3,
+                output_negatives_key: str = "hard_negatives", num_neg: int | None = None,
                 overwrite: bool = False) -> pd.DataFrame:
         started = time.perf_counter()
+        num_neg = self.config.num_neg if num_neg is None else num_neg
         if num_neg < 1:
             raise ValueError(f"{STEP}: num_neg must be >= 1, got {num_neg}")
         key = output_negatives_key
