@@ -50,6 +50,29 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def trace_rss(path: Path, every: float = 0.25) -> None:
+    """Append ``seconds rss_mb file_backed_mb`` to ``path`` every ``every`` s from a daemon thread.
+
+    ``file_backed_mb`` is RssFile + RssShmem (psutil's ``shared``): on Linux mostly the
+    memory-mapped Lucene index files and shared libraries, the rest of RSS is anonymous memory.
+    """
+    import threading
+
+    import psutil
+
+    process, start = psutil.Process(), time.perf_counter()
+
+    def sample() -> None:
+        with open(path, "w") as out:
+            while True:
+                info = process.memory_info()
+                out.write(f"{time.perf_counter() - start:.2f} {info.rss / 2**20:.0f} {info.shared / 2**20:.0f}\n")
+                out.flush()
+                time.sleep(every)
+
+    threading.Thread(target=sample, daemon=True).start()
+
+
 def dataset(workdir: Path, docs: int, questions: int, seed: int) -> tuple[Path, Path]:
     """(corpus parquet, questions parquet), generated once per size and seed."""
     corpus_path = workdir / f"corpus-{docs}-{seed}.parquet"
@@ -175,9 +198,11 @@ ENGINES = {"lucene": run_lucene, "reference": run_reference, "bm25s": run_bm25s}
 
 # ----------------------------------------------------------------------------- parent
 
-def run_child(engine: str, corpus_path: Path, questions_path: Path, limit: int | None) -> dict:
+def run_child(engine: str, corpus_path: Path, questions_path: Path, limit: int | None,
+              rss_trace: Path | None = None) -> dict:
     cmd = [sys.executable, __file__, "--child", engine, "--corpus", str(corpus_path),
            "--questions-file", str(questions_path)] + (["--limit", str(limit)] if limit else [])
+    cmd += ["--rss-trace", f"{rss_trace}.{engine}"] if rss_trace else []
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{engine} failed:\n{proc.stderr[-4000:]}")
@@ -194,6 +219,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--rss-trace", type=Path, default=None,
+                        help="sample each engine's RSS every 0.25 s into this path + '.<engine>'")
     parser.add_argument("--child", choices=sorted(ENGINES), help=argparse.SUPPRESS)
     parser.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--questions-file", type=Path, help=argparse.SUPPRESS)
@@ -201,6 +228,8 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.child:
+        if args.rss_trace:
+            trace_rss(args.rss_trace)
         result = ENGINES[args.child](args.corpus, args.questions_file, args.limit)
         result["peak_rss_mb"] = peak_rss_mb()
         print(json.dumps(result))
@@ -213,7 +242,7 @@ def main() -> None:
     limits = {"lucene": None, "reference": args.ref_queries, "bm25s": args.bm25s_queries}
     results = {}
     for engine in args.engines.split(","):
-        results[engine] = run_child(engine, corpus_path, questions_path, limits[engine])
+        results[engine] = run_child(engine, corpus_path, questions_path, limits[engine], args.rss_trace)
         r = results[engine]
         r["all_questions_seconds"] = args.questions / r["qps"]
         print(f"  {engine}: done ({r['queries']:,} questions)", flush=True)

@@ -14,12 +14,12 @@ import time
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from rare_core.llm.client import APILLMServing_request, LLMRequest, ProgressCallback
+from rare_core.llm.client import LLMRequest
 from rare_core.operators.base import (
-    ERROR, FAILED, OK, SKIPPED, STATUS, Operator, active_mask, guard_outputs, init_status, mark_failed,
+    ERROR, FAILED, OK, SKIPPED, STATUS, active_mask, guard_outputs, init_status, mark_failed,
     ordered_columns, require_columns, summarize,
 )
-from rare_core.operators.llm_step import ask_and_parse, provenance
+from rare_core.operators.llm_step import LLMOperator, ask_and_parse, provenance
 from rare_core.parsing import GeneratedQuestion, GeneratedQuestions, parse_json_object
 from rare_core.prompts import doc2query as prompt
 
@@ -36,16 +36,11 @@ class Doc2QueryConfig(BaseModel):
     max_attempts: int = Field(3, ge=1, le=10, description="LLM calls per row in all, re-asking after an unusable reply.")
 
 
-class Doc2Query(Operator):
+class Doc2Query(LLMOperator):
     step_name = STEP
     prompt_version = prompt.VERSION
-
-    def __init__(self, llm_serving: APILLMServing_request, config: Doc2QueryConfig | None = None,
-                 on_progress: ProgressCallback | None = None, **settings) -> None:
-        super().__init__()
-        self.llm = llm_serving
-        self.config = config or Doc2QueryConfig(**settings)
-        self.on_progress = on_progress
+    config_class = Doc2QueryConfig
+    config: Doc2QueryConfig
 
     def process(self, df: pd.DataFrame, input_key: str = "text", output_question_key: str = "question",
                 output_scenario_key: str = "scenario", max_attempts: int | None = None,

@@ -16,7 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Generic, TypeVar
 
+from pydantic import BaseModel
+
 from rare_core.llm.client import APILLMServing_request, LLMRequest, ProgressCallback, RunTotals
+from rare_core.operators.base import Operator
 from rare_core.parsing import ParseError
 
 T = TypeVar("T")
@@ -26,6 +29,21 @@ _REASK = (
     "required output format exactly and completely."
 )
 _MAX_ECHO_CHARS = 4000
+
+
+class LLMOperator(Operator):
+    """Base of the operators that call an LLM: the client, the step's settings and a progress
+    callback ``on_progress(done, total)``. Settings come as ``config=`` or as keywords."""
+
+    config_class: type[BaseModel]
+    prompt_version: str
+
+    def __init__(self, llm_serving: APILLMServing_request, config: BaseModel | None = None,
+                 on_progress: ProgressCallback | None = None, **settings) -> None:
+        super().__init__()
+        self.llm = llm_serving
+        self.config = config or self.config_class(**settings)
+        self.on_progress = on_progress
 
 
 @dataclass

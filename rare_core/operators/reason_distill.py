@@ -18,12 +18,12 @@ import time
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from rare_core.llm.client import APILLMServing_request, LLMRequest, ProgressCallback
+from rare_core.llm.client import LLMRequest
 from rare_core.operators.base import (
-    ERROR, FAILED, OK, SKIPPED, STATUS, Operator, active_mask, guard_outputs, init_status, mark_failed,
+    ERROR, FAILED, OK, SKIPPED, STATUS, active_mask, guard_outputs, init_status, mark_failed,
     ordered_columns, require_columns, summarize,
 )
-from rare_core.operators.llm_step import ask_and_parse, provenance
+from rare_core.operators.llm_step import LLMOperator, ask_and_parse, provenance
 from rare_core.parsing import parse_reasoning
 from rare_core.prompts import reason_distill as prompt
 
@@ -47,16 +47,11 @@ def _as_list(value) -> list[str]:
     return [str(v) for v in value]
 
 
-class ReasonDistill(Operator):
+class ReasonDistill(LLMOperator):
     step_name = STEP
     prompt_version = prompt.VERSION
-
-    def __init__(self, llm_serving: APILLMServing_request, config: ReasonDistillConfig | None = None,
-                 on_progress: ProgressCallback | None = None, **settings) -> None:
-        super().__init__()
-        self.llm = llm_serving
-        self.config = config or ReasonDistillConfig(**settings)
-        self.on_progress = on_progress
+    config_class = ReasonDistillConfig
+    config: ReasonDistillConfig
 
     def process(self, df: pd.DataFrame, input_text_key: str = "text", input_question_key: str = "question",
                 input_scenario_key: str = "scenario", input_hardneg_key: str = "hard_negatives",
