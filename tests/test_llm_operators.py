@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from rare_core import APILLMServing_request, Doc2Query, FileStorage, ReasonDistill
+from rare_core import APILLMServing_request, BM25HardNeg, Doc2Query, FileStorage, ReasonDistill
 from rare_core.errors import InputColumnError
 from rare_core.llm.simulator import FaultSpec
 from rare_core.prompts import doc2query as d2q_prompt
@@ -165,22 +165,28 @@ def test_reason_distill_skips_rows_failed_upstream(sim, llm, docs):
     assert chats(sim) == len(docs) - 1
 
 
-def test_seed_usage_with_file_storage(sim, llm, tmp_path, docs):
+def test_seed_usage_with_file_storage(sim, llm, tmp_path, docs, monkeypatch):
     """The documented usage of the system we implement, only the imports changed."""
-    entry = tmp_path / "docs.jsonl"
-    docs.to_json(entry, orient="records", lines=True, force_ascii=False)
-    storage = FileStorage(first_entry_file_name=str(entry), cache_path=str(tmp_path / "cache"),
+    monkeypatch.chdir(tmp_path)  # BM25HardNeg() keeps its index under ./cache by default
+    docs.to_json("docs.jsonl", orient="records", lines=True, force_ascii=False)
+    api_llm_serving = llm
+    storage = FileStorage(first_entry_file_name="docs.jsonl", cache_path="./cache",
                           file_name_prefix="dataflow_cache_step", cache_type="jsonl")
-    Doc2Query(llm_serving=llm).run(storage=storage.step(), input_key="text",
-                                   output_question_key="question", output_scenario_key="scenario")
+    Doc2Query(llm_serving=api_llm_serving).run(storage=storage.step(), input_key="text",
+                                               output_question_key="question", output_scenario_key="scenario")
+    BM25HardNeg().run(storage=storage.step(), input_question_key="question", input_text_key="text",
+                      output_negatives_key="hard_negatives", num_neg=3)
+    ReasonDistill(llm_serving=api_llm_serving).run(storage=storage.step(), input_text_key="text",
+                                                   input_question_key="question", input_scenario_key="scenario",
+                                                   input_hardneg_key="hard_negatives", output_key="reasoning")
     step1 = pd.read_json(tmp_path / "cache" / "dataflow_cache_step_step1.jsonl", lines=True)
     assert step1["question"].notna().all()
-    # stand-in for the BM25 step: a list column written in the storage's format
-    s2 = storage.step()
-    s2.write(with_negatives(s2.read()))
-    ReasonDistill(llm_serving=llm).run(storage=storage.step(), input_text_key="text",
-                                       input_question_key="question", input_scenario_key="scenario",
-                                       input_hardneg_key="hard_negatives", output_key="reasoning")
-    final = FileStorage(first_entry_file_name=str(tmp_path / "cache" / "dataflow_cache_step_step3.jsonl")).step().read()
+    final = FileStorage(first_entry_file_name="cache/dataflow_cache_step_step3.jsonl").step().read()
+    assert list(final["id"].astype(str)) == list(docs["id"].astype(str))
     assert final["reasoning"].notna().all() and final["answer"].notna().all()
-    assert final["hard_negatives"].map(len).eq(2).all()
+    for own_id, negatives, neg_ids, status in zip(final["id"].astype(str), final["hard_negatives"],
+                                                  final["hard_negatives_ids"], final["hardneg_status"]):
+        assert own_id not in neg_ids  # the positive is never its own negative
+        assert (len(negatives) == 3) == (status == "ok") and status in ("ok", "short")
+    assert (final["hardneg_status"] == "ok").any()
+    assert chats(sim) == 2 * len(docs)
