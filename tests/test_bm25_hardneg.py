@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -272,3 +273,31 @@ def test_question_chunks_give_the_same_output_as_one_chunk(tmp_path, monkeypatch
     monkeypatch.setattr(module, "CHUNK_QUESTIONS", 4)
     monkeypatch.setattr(module, "KEY_CHUNK", 3)
     pd.testing.assert_frame_equal(op.process(df, num_neg=3), whole)
+
+
+@pytest.mark.parametrize("suffix", ["parquet", "csv"])
+def test_negative_texts_are_read_back_by_row_from_a_corpus_file(tmp_path, monkeypatch, suffix):
+    import rare_core.operators.bm25_hardneg as module
+
+    monkeypatch.setattr(module, "READ_BATCH", 2)  # several batches, wanted rows spread over them
+    docs = [("z9", "Tomato soil water warm."), ("g1", "dropped duplicate id"), ("e0", "   ")] + GARDEN
+    corpus = pd.DataFrame({"id": [d for d, _ in docs], "text": [t for _, t in docs]})
+    path = write_frame(corpus, tmp_path / f"corpus.{suffix}")
+    rows = pd.DataFrame({"id": ["g1", "g4"], "text": [GARDEN[0][1], GARDEN[3][1]],
+                         "question": ["water tomatoes warm soil", "cucumbers warm soil watered"]})
+    op = BM25HardNeg(index_dir=str(tmp_path / "idx"), corpus_path=str(path), max_score_ratio=None)
+    out = op.process(rows, num_neg=4)
+    text_of = dict(docs[:1] + GARDEN)
+    for ids, texts in zip(out["hard_negatives_ids"], out["hard_negatives"]):
+        assert len(ids) == 4 and texts == [text_of[i] for i in ids]
+    assert op.last_summary.extra["index_docs"] == 7
+
+
+def test_parquet_take_reads_any_rows_in_the_asked_order(tmp_path, monkeypatch):
+    import rare_core.operators.bm25_hardneg as module
+
+    monkeypatch.setattr(module, "READ_BATCH", 3)
+    path = write_frame(pd.DataFrame({"text": [f"t{i}" for i in range(10)]}), tmp_path / "c.parquet")
+    rows = np.array([9, 0, 4, 4, 3, 8, 0])
+    assert module._parquet_take(str(path), "text", rows) == [f"t{i}" for i in rows]
+    assert module._parquet_take(str(path), "text", np.zeros(0, dtype=np.int64)) == []

@@ -171,3 +171,16 @@ def test_rows_follow_id_order_whatever_the_input_order(tmp_path):
     assert built.rows_of(["d4", "nope", "d1"]).tolist() == [3, -1, 0]
     assert BM25Index.build(DOCS, tmp_path).reused  # same documents in another order: same index
     assert built.score(["dogs"], ["nope"]) == [None]
+
+
+def test_a_corpus_object_builds_the_same_index_and_is_released(tmp_path):
+    from rare_core.retrieval.index import Corpus
+
+    built = BM25Index.build(DOCS, tmp_path, title_col="title")
+    corpus = Corpus(DOCS.iloc[[2, 0, 1, 4, 3]], title_col="title")
+    again = BM25Index.build(corpus, tmp_path)
+    assert again.reused and again.path == built.path
+    assert corpus.text is None and corpus.title is None and len(corpus) == len(DOCS)
+    fresh = Corpus(DOCS, title_col="title")
+    assert BM25Index.build(fresh, tmp_path / "other").search(["cat"], k=2) == built.search(["cat"], k=2)
+    assert fresh.text is None

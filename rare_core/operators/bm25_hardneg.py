@@ -23,6 +23,12 @@ rules are those of :mod:`rare_core.retrieval.negatives`. The first search goes
 depth is searched again 4x deeper, until it is complete, the depth covers the corpus or reaches
 ``max_depth`` (default 1000, like the reference miner's top 1000). A row whose positive
 scores 0 under ``max_score_ratio`` is not searched deeper: no candidate can pass that guard.
+
+Memory: the corpus texts are held only until they are fingerprinted and written for the
+indexer (the index build releases them, before Java indexes); search and selection work on
+index rows and a uint64 fingerprint array. The chosen negatives' texts are fetched at the end:
+from the input frame, or read again from a parquet ``corpus_path`` (which must not change
+during the call); a corpus file in another format is kept in memory instead.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from rare_core.errors import StorageError
 from rare_core.operators.base import (
     FAILED, OK, SHORT, SKIPPED, Operator, active_mask, guard_outputs, init_status, mark_failed, require_columns, summarize,
 )
-from rare_core.retrieval.index import BM25Index
+from rare_core.retrieval.index import BM25Index, Corpus
 from rare_core.retrieval.negatives import Selection, select_negatives, text_key
 from rare_core.storage import format_of, read_frame
 
@@ -52,6 +58,7 @@ STEP = "hardneg"
 DEEPEN = 4
 CHUNK_QUESTIONS = 20_000  # questions searched and selected together (bounds the hits held)
 KEY_CHUNK = 50_000  # corpus texts fingerprinted at once
+READ_BATCH = 65_536  # rows per batch when a parquet corpus file is read
 
 
 class BM25HardNegConfig(BaseModel):
@@ -94,10 +101,74 @@ def _read_corpus(path: str, columns: list[str]) -> pd.DataFrame:
     except (OSError, pa.ArrowInvalid) as exc:
         raise StorageError(f"cannot read {path} as parquet: {exc}") from exc
     present = [c for c in columns if c in source.schema_arrow.names]
-    table = pa.Table.from_batches(list(source.iter_batches(batch_size=65_536, columns=present)),
+    table = pa.Table.from_batches(list(source.iter_batches(batch_size=READ_BATCH, columns=present)),
                                   schema=pa.schema([source.schema_arrow.field(c) for c in present])) if present else pa.table({})
     strings = {pa.string(): pd.StringDtype(na_value=np.nan), pa.large_string(): pd.StringDtype(na_value=np.nan)}
     return table.to_pandas(types_mapper=strings.get, self_destruct=True)
+
+
+def _text_keys(corpus: Corpus) -> np.ndarray:
+    """``text_key`` of every document's text (not its title), by index row, as uint64."""
+    keys = np.zeros(len(corpus), dtype=np.uint64)
+    for start in range(0, len(corpus), KEY_CHUNK):
+        texts = corpus.text.take(corpus.input_rows[start:start + KEY_CHUNK])
+        keys[start:start + len(texts)] = [text_key(t) for t in texts.tolist()]
+    return keys
+
+
+def _parquet_take(path: str, column: str, rows: np.ndarray) -> list[str]:
+    """Values of ``column`` at file rows ``rows`` (any order, repeats allowed), read batch by batch.
+
+    The file is streamed (no pre-buffering of a whole row group's column: 250 MB less at 1M
+    documents) and only the wanted values of each batch become Python strings.
+    """
+    if not len(rows):
+        return []
+    order = np.argsort(rows, kind="stable")
+    wanted = rows[order]
+    out = np.empty(len(rows), dtype=object)
+    start = 0
+    source = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
+    for batch in source.iter_batches(batch_size=READ_BATCH, columns=[column]):
+        lo, hi = np.searchsorted(wanted, [start, start + batch.num_rows])
+        if hi > lo:
+            out[order[lo:hi]] = batch.column(0).take(pa.array(wanted[lo:hi] - start)).to_pylist()
+        start += batch.num_rows
+    if start <= wanted[-1]:
+        raise StorageError(f"{path} has {start} rows now, fewer than when it was indexed")
+    pa.default_memory_pool().release_unused()
+    return out.tolist()
+
+
+@dataclass
+class _TextSource:
+    """Where the corpus texts are read back from, for the chosen negatives only.
+
+    ``rows[c]``: the source row of corpus row ``c``; the source is ``series`` (the input
+    frame's text column, or a non-parquet corpus file's, held anyway) or the parquet file at
+    ``path``, read again column-wise at the end instead of holding 1M texts through the search.
+    """
+
+    rows: np.ndarray
+    series: pd.Series | None = None
+    path: str | None = None
+
+    def take(self, corpus_rows: np.ndarray) -> list[str]:
+        """The texts (``str``) of ``corpus_rows``, in that order."""
+        source_rows = self.rows[corpus_rows]
+        if self.series is not None:
+            return self.series.take(source_rows).astype(str).tolist()
+        return _parquet_take(self.path, "text", source_rows)
+
+
+def _negatives_of(index: BM25Index, source: _TextSource,
+                  chosen: list[list[int]]) -> tuple[list[list[str]], list[list[str]]]:
+    """(texts, ids) of the negatives of each mined row, given as index rows ``chosen[j]``, all fetched at once."""
+    doc_rows = np.array([r for rows in chosen for r in rows], dtype=np.int64)
+    flat_ids = iter(index.ids.take(pa.array(doc_rows)).to_pylist())
+    flat_texts = iter(source.take(index.input_rows[doc_rows]))
+    return ([[next(flat_texts) for _ in rows] for rows in chosen],
+            [[next(flat_ids) for _ in rows] for rows in chosen])
 
 
 def _blank(value: object) -> bool:
@@ -120,28 +191,36 @@ class BM25HardNeg(Operator):
         ids = df[self.config.id_key]
         return ids.astype(str).where(~ids.map(_blank), hashed)
 
-    def _corpus(self, df: pd.DataFrame, text_col: str, positive_ids: pd.Series) -> pd.DataFrame:
-        """id/text[/title] frame of the documents to mine from, deduplicated by id, empty texts dropped.
+    def _corpus(self, df: pd.DataFrame, text_col: str, positive_ids: pd.Series) -> tuple[Corpus, _TextSource]:
+        """The documents to mine from (deduplicated by id, empty texts dropped) and where their texts are read back.
 
-        The rows to keep are found first and the columns filtered once, so a large corpus is copied once.
+        Out: a :class:`Corpus` of them (the only holder of their texts, which the index build
+        releases) and a :class:`_TextSource` that fetches the chosen negatives' texts by corpus
+        row afterwards. The rows to keep are found first and the columns filtered once, so a
+        large corpus is copied once.
         """
-        title_col = self.config.title_key
-        if self.config.corpus_path:
-            src = _read_corpus(self.config.corpus_path, ["id", "text"] + (["title"] if title_col else []))
-            require_columns(src, ["id", "text"], f"{STEP} corpus {self.config.corpus_path}")
+        title_col, path = self.config.title_key, self.config.corpus_path
+        if path:
+            src = _read_corpus(path, ["id", "text"] + (["title"] if title_col else []))
+            require_columns(src, ["id", "text"], f"{STEP} corpus {path}")
             cols = {"id": src["id"].astype(str), "text": src["text"]}
             if title_col and "title" in src.columns:
                 cols["title"] = src["title"]
+            series, file = (None, path) if format_of(path) == "parquet" else (src["text"], None)
         else:
             cols = {"id": positive_ids, "text": df[text_col]}
             if title_col and title_col in df.columns:
                 cols["title"] = df[title_col]
-        corpus = pd.DataFrame({name: col.reset_index(drop=True) for name, col in cols.items()})
-        text = corpus["text"].where(corpus["text"].notna(), "").astype(str)
-        keep = ~corpus["id"].duplicated() & (text.str.len() > 0) & ~text.str.isspace()
-        corpus = corpus[keep.to_numpy()].reset_index(drop=True)
-        corpus["text"] = corpus["text"].astype(str)
-        return corpus
+            series, file = df[text_col], None
+        frame = pd.DataFrame({name: col.reset_index(drop=True) for name, col in cols.items()})
+        del cols
+        text = frame["text"].where(frame["text"].notna(), "").astype(str)
+        keep = (~frame["id"].duplicated() & (text.str.len() > 0) & ~text.str.isspace()).to_numpy()
+        del text
+        frame = frame[keep].reset_index(drop=True)
+        frame["text"] = frame["text"].astype(str)
+        corpus = Corpus(frame, title_col="title" if "title" in frame.columns else None)
+        return corpus, _TextSource(np.flatnonzero(keep), series, file)
 
     def process(self, df: pd.DataFrame, input_question_key: str = "question", input_text_key: str = "text",
                 output_negatives_key: str = "hard_negatives", num_neg: int | None = None,
@@ -174,33 +253,34 @@ class BM25HardNeg(Operator):
                  "index_reused": False, "index_docs": 0, "search_rounds": 0}
         if len(todo):
             positive_ids = self._positive_ids(df, input_text_key)
-            corpus = self._corpus(df, input_text_key, positive_ids)
+            corpus, source = self._corpus(df, input_text_key, positive_ids)
+            keys = _text_keys(corpus)
             index = BM25Index.build(
-                corpus, self.config.index_dir, title_col="title" if "title" in corpus.columns else None,
-                k1=self.config.k1, b=self.config.b, query_weighting=self.config.query_weighting,
-                threads=self.config.threads)
+                corpus, self.config.index_dir, k1=self.config.k1, b=self.config.b,
+                query_weighting=self.config.query_weighting, threads=self.config.threads)
+            del corpus  # released by the build: only ids and row maps are left
             extra.update(index_seconds=round(index.build_seconds, 3), index_reused=index.reused,
                          index_docs=index.num_docs)
             t0 = time.perf_counter()
-            miner = _Miner(index, corpus, self.config, num_neg)
+            miner = _Miner(index, keys, self.config, num_neg)
             questions = df[input_question_key].to_numpy()
             texts = df[input_text_key].to_numpy()
             pids = positive_ids.to_numpy()
+            chosen = []  # index rows of each mined row's negatives, in todo order
             for start in range(0, len(todo), CHUNK_QUESTIONS):
                 rows = todo[start:start + CHUNK_QUESTIONS]
                 mined = miner.mine([str(q) for q in questions[rows]], pids[rows].tolist(), texts[rows].tolist())
                 extra["search_rounds"] = max(extra["search_rounds"], mined.rounds)
-                doc_rows = [index.input_rows[r] for sel in mined.selections for r in sel.ids]
-                flat_ids = iter(corpus["id"].take(doc_rows).tolist())
-                flat_texts = iter(corpus["text"].take(doc_rows).tolist())
                 for row, sel, score in zip(rows, mined.selections, mined.positive_scores):
-                    negatives[row] = [next(flat_texts) for _ in sel.ids]
-                    neg_ids[row] = [next(flat_ids) for _ in sel.ids]
+                    chosen.append(sel.ids)
                     neg_scores[row], pos_rank[row] = sel.scores, sel.positive_rank
                     if score is not None:
                         pos_score[row] = score
                     if len(sel.ids) < num_neg:
                         status[row] = SHORT
+            index.close()  # unmaps the index files before the texts are read back
+            for row, row_texts, row_ids in zip(todo, *_negatives_of(index, source, chosen)):
+                negatives[row], neg_ids[row] = row_texts, row_ids
             extra["search_seconds"] = round(time.perf_counter() - t0, 3)
             extra["short_rows"] = int((status == SHORT).sum())
 
@@ -224,16 +304,12 @@ class _Mined:
 class _Miner:
     """Searches, scores the positives and selects on index rows; deepens the search for rows cut short by the depth.
 
-    In: the index built from ``corpus`` (``index.input_rows`` maps index rows to corpus rows).
-    Documents are handled by index row throughout; their text fingerprints are one uint64 array.
+    In: the index and ``keys``, the documents' text fingerprints by index row (one uint64
+    array). Documents are handled by index row throughout.
     """
 
-    def __init__(self, index: BM25Index, corpus: pd.DataFrame, config: BM25HardNegConfig, num_neg: int) -> None:
-        self.index, self.config, self.num_neg = index, config, num_neg
-        self.keys = np.zeros(index.num_docs, dtype=np.uint64)  # text_key by index row
-        for start in range(0, index.num_docs, KEY_CHUNK):
-            texts = corpus["text"].take(index.input_rows[start:start + KEY_CHUNK])
-            self.keys[start:start + len(texts)] = [text_key(t) for t in texts.tolist()]
+    def __init__(self, index: BM25Index, keys: np.ndarray, config: BM25HardNegConfig, num_neg: int) -> None:
+        self.index, self.keys, self.config, self.num_neg = index, keys, config, num_neg
         self._first_with_key: tuple[np.ndarray, np.ndarray] | None = None
 
     def _key_of(self, row: int) -> int:

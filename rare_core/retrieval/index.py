@@ -22,6 +22,7 @@ exist.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -85,6 +86,16 @@ class Corpus:
 
     def __len__(self) -> int:
         return len(self.input_rows)
+
+    def release(self) -> None:
+        """Drop the texts and titles (``chunks``/``key``/``write_collection`` no longer work); ids stay.
+
+        Their memory is freed when no one else holds the columns (e.g. the caller deleted its
+        frame after making this Corpus), and Arrow's pool hands its unused pages back.
+        """
+        self.text = self.title = None
+        gc.collect()
+        pa.default_memory_pool().release_unused()
 
     def chunks(self) -> Iterator[tuple[int, list[str], list[str]]]:
         """``(first row, ids, contents)`` of consecutive chunks in row order; contents = title + " " + text."""
@@ -172,25 +183,32 @@ class BM25Index:
         self._ids: pa.ChunkedArray | None = None
 
     @classmethod
-    def build(cls, docs_df: pd.DataFrame, index_dir_root: str | os.PathLike, *, id_col: str = "id",
+    def build(cls, docs_df: pd.DataFrame | Corpus, index_dir_root: str | os.PathLike, *, id_col: str = "id",
               text_col: str = "text", title_col: str | None = None, k1: float = 0.9, b: float = 0.4,
               query_weighting: QueryWeighting = "bow", threads: int | None = None,
-              memory_buffer_mb: int = 256) -> "BM25Index":
-        """The index of ``docs_df`` under ``index_dir_root``: reused when the corpus hash matches, else built."""
+              memory_buffer_mb: int = 64) -> "BM25Index":
+        """The index of ``docs_df`` under ``index_dir_root``: reused when the corpus hash matches, else built.
+
+        ``docs_df`` may be a :class:`Corpus` (the column names are then its own): it is
+        :meth:`~Corpus.release`-d once hashed and written, before Java indexes, so a caller that
+        keeps no other reference to the texts does not hold them while the JVM runs.
+        """
         settings = SearchSettings(k1=k1, b=b, query_weighting=query_weighting,
                                   **({"threads": threads} if threads else {}))
-        corpus = Corpus(docs_df, id_col, text_col, title_col)
+        corpus = docs_df if isinstance(docs_df, Corpus) else Corpus(docs_df, id_col, text_col, title_col)
         if not len(corpus):
             raise RetrievalError("cannot build a BM25 index from an empty corpus")
         root = Path(index_dir_root)
         target = root / f"bm25-{corpus.key()}"
         if (target / META_FILE).exists():
+            corpus.release()
             return cls(target, settings, reused=True, input_rows=corpus.input_rows)
         start = time.perf_counter()
         root.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
         try:
             corpus.write_collection(work / "collection", settings.threads)
+            corpus.release()
             num_docs = _run_indexer(work / "collection", work / "index", settings.threads, memory_buffer_mb)
             if num_docs != len(corpus):
                 raise RetrievalError(f"Anserini indexed {num_docs} of {len(corpus)} documents")

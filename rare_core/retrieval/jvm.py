@@ -19,9 +19,15 @@ stack lives here, each with the reason:
 * **Options are fixed at first start.** ``jnius_config`` can only be set before the JVM runs,
   once per process; if some other code already started the JVM we use it as it is, provided
   the Anserini jar is on its class path (otherwise :class:`RetrievalError`).
-* **Heap.** ``-Xmx1g`` unless ``RARE_JVM_XMX`` says otherwise: indexing uses a 256 MB RAM
-  buffer and search keeps one chunk of hits, and Lucene reads postings from memory-mapped
-  files outside the heap, so 1 GB covers millions of documents while keeping the process small.
+* **Heap.** ``-Xmx640m`` unless ``RARE_JVM_XMX`` says otherwise: indexing uses a 64 MB RAM
+  buffer and search keeps one run of hits (200,000), and Lucene reads postings from
+  memory-mapped files outside the heap, so 640 MB covers 1M documents (measured: see
+  ``bench/README_hardneg.md``) while keeping the process small.
+* **Small native footprint** (:data:`JVM_OPTIONS`), since the JVM shares the Python process and
+  its memory limit: the serial collector (no G1 remembered sets or card tables, no parallel GC
+  threads; pauses stay short on heaps this size and the work is I/O- and search-bound), a
+  capped JIT code cache and metaspace (Anserini needs well under the caps; they only stop
+  growth the JVM would otherwise allow itself).
 * **Quiet, headless.** ``-Djava.awt.headless=true`` and Anserini's log4j left at its jar
   default; nothing here reads stdin.
 """
@@ -38,6 +44,9 @@ from pathlib import Path
 from rare_core.errors import RetrievalError
 
 MIN_JAVA = 21
+DEFAULT_XMX = "640m"
+JVM_OPTIONS = ("-XX:+UseSerialGC", "-XX:ReservedCodeCacheSize=64m", "-XX:MaxMetaspaceSize=256m",
+               "-Djava.awt.headless=true")
 _LOCK = threading.Lock()
 _STARTED = False
 
@@ -97,7 +106,7 @@ def start_jvm() -> None:
         import jnius_config
 
         if not jnius_config.vm_running:
-            jnius_config.set_options(f"-Xmx{os.environ.get('RARE_JVM_XMX', '1g')}", "-Djava.awt.headless=true")
+            jnius_config.set_options(f"-Xmx{os.environ.get('RARE_JVM_XMX', DEFAULT_XMX)}", *JVM_OPTIONS)
             jnius_config.set_classpath(str(jar))
         elif not any(Path(p).name == jar.name for p in jnius_config.get_classpath()):
             raise RetrievalError(f"the JVM was started elsewhere without {jar.name} on its class path")
