@@ -18,11 +18,8 @@ defaults to the config's, 3) adds, with ``key`` =
 The positive's id is the ``id_key`` column when present (else, or where empty, a stable hash of
 the row's text). The corpus is the input frame's documents (deduplicated by id, first wins) or
 the ``corpus_path`` file (columns ``id``, ``text`` and optionally ``title``). The selection
-rules are those of :mod:`rare_core.retrieval.negatives`. The first search goes
-``skip_top + 2 * num_neg + 10`` deep; a row that ends short while its ranking was cut at that
-depth is searched again 4x deeper, until it is complete, the depth covers the corpus or reaches
-``max_depth`` (default 1000, like the reference miner's top 1000). A row whose positive
-scores 0 under ``max_score_ratio`` is not searched deeper: no candidate can pass that guard.
+rules are those of :mod:`rare_core.retrieval.negatives`, the search depths those of
+:mod:`rare_core.retrieval.mining` (``max_depth`` default 1000, like the reference miner's top 1000).
 
 Memory: the corpus texts are held only until they are fingerprinted and written for the
 indexer (the index build releases them, before Java indexes); search and selection work on
@@ -51,11 +48,11 @@ from rare_core.operators.base import (
     FAILED, OK, SHORT, SKIPPED, Operator, active_mask, guard_outputs, init_status, mark_failed, require_columns, summarize,
 )
 from rare_core.retrieval.index import BM25Index, Corpus
-from rare_core.retrieval.negatives import Selection, select_negatives, text_key
+from rare_core.retrieval.mining import Miner
+from rare_core.retrieval.negatives import text_key
 from rare_core.storage import format_of, read_frame
 
 STEP = "hardneg"
-DEEPEN = 4
 CHUNK_QUESTIONS = 20_000  # questions searched and selected together (bounds the hits held)
 KEY_CHUNK = 50_000  # corpus texts fingerprinted at once
 READ_BATCH = 65_536  # rows per batch when a parquet corpus file is read
@@ -262,7 +259,8 @@ class BM25HardNeg(Operator):
             extra.update(index_seconds=round(index.build_seconds, 3), index_reused=index.reused,
                          index_docs=index.num_docs)
             t0 = time.perf_counter()
-            miner = _Miner(index, keys, self.config, num_neg)
+            miner = Miner(index, keys, num_neg=num_neg, skip_top=self.config.skip_top,
+                          max_score_ratio=self.config.max_score_ratio, max_depth=self.config.max_depth)
             questions = df[input_question_key].to_numpy()
             texts = df[input_text_key].to_numpy()
             pids = positive_ids.to_numpy()
@@ -292,85 +290,3 @@ class BM25HardNeg(Operator):
         df[f"{STEP}_status"] = status
         self.last_summary = summarize(STEP, df_in, df, active, started, extra=extra)
         return df
-
-
-@dataclass
-class _Mined:
-    selections: list[Selection]  # ids: index rows
-    positive_scores: list[float | None]  # None: the positive is not in the index
-    rounds: int  # search passes (1 + deepenings)
-
-
-class _Miner:
-    """Searches, scores the positives and selects on index rows; deepens the search for rows cut short by the depth.
-
-    In: the index and ``keys``, the documents' text fingerprints by index row (one uint64
-    array). Documents are handled by index row throughout.
-    """
-
-    def __init__(self, index: BM25Index, keys: np.ndarray, config: BM25HardNegConfig, num_neg: int) -> None:
-        self.index, self.keys, self.config, self.num_neg = index, keys, config, num_neg
-        self._first_with_key: tuple[np.ndarray, np.ndarray] | None = None
-
-    def _key_of(self, row: int) -> int:
-        return int(self.keys[row])
-
-    def _anchors(self, positive_ids: list[str], positive_keys: list[int]) -> np.ndarray:
-        """Index row standing for each positive: itself, else the first (by id) copy of its text, else -1."""
-        rows = self.index.rows_of(positive_ids)
-        lost = np.flatnonzero(rows < 0)
-        if len(lost):
-            if self._first_with_key is None:  # rows are in id order: np.unique's first index is the first id
-                self._first_with_key = np.unique(self.keys, return_index=True)
-            keys, first = self._first_with_key
-            wanted = np.array([positive_keys[j] for j in lost], dtype=np.uint64)
-            at = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
-            rows[lost] = np.where(keys[at] == wanted, first[at], -1)
-        return rows
-
-    def mine(self, questions: list[str], positive_ids: list[str], positive_texts: list[str]) -> _Mined:
-        cfg = self.config
-        limit = min(self.index.num_docs, max(cfg.max_depth, cfg.skip_top + self.num_neg))
-        pos_keys = [text_key(t) for t in positive_texts]
-        anchors = self._anchors(positive_ids, pos_keys).tolist()
-        depth = min(limit, cfg.skip_top + 2 * self.num_neg + 10)
-        ranked_ids, ranked_scores = self._rankings(questions, depth)
-        depths = [depth] * len(questions)
-        scores: list[float | None] = [None] * len(questions)
-        missing = []
-        for j, anchor in enumerate(anchors):
-            if anchor < 0:
-                continue
-            if anchor in ranked_ids[j]:
-                scores[j] = ranked_scores[j][ranked_ids[j].index(anchor)]
-            else:
-                missing.append(j)
-        for j, s in zip(missing, self.index.score_rows([questions[j] for j in missing], [anchors[j] for j in missing])):
-            scores[j] = s
-        selections: list[Selection] = [None] * len(questions)  # type: ignore[list-item]
-        pending, rounds = list(range(len(questions))), 1
-        while pending:
-            deeper = []
-            for j in pending:
-                sel = select_negatives(
-                    ranked_ids[j], ranked_scores[j], num_neg=self.num_neg, positive_ids={anchors[j]},
-                    positive_key=pos_keys[j], key_of=self._key_of, positive_score=scores[j],
-                    skip_top=cfg.skip_top, max_score_ratio=cfg.max_score_ratio)
-                selections[j] = sel
-                hopeless = cfg.max_score_ratio is not None and scores[j] is not None and scores[j] <= 0
-                if sel.exhausted and len(ranked_ids[j]) == depths[j] and depths[j] < limit and not hopeless:
-                    deeper.append(j)
-            if not deeper:
-                break
-            depth = min(limit, max(depths[j] for j in deeper) * DEEPEN)
-            more_ids, more_scores = self._rankings([questions[j] for j in deeper], depth)
-            for j, ids, sc in zip(deeper, more_ids, more_scores):
-                ranked_ids[j], ranked_scores[j], depths[j] = ids, sc, depth
-            pending, rounds = deeper, rounds + 1
-        return _Mined(selections, scores, rounds)
-
-    def _rankings(self, questions: list[str], depth: int) -> tuple[list[list[int]], list[list[float]]]:
-        """Per question, its top-``depth`` index rows and scores as Python lists."""
-        hits = self.index.search_rows(questions, depth)
-        rows, scores, bounds = hits.row.tolist(), hits.score.tolist(), hits.bounds(len(questions)).tolist()
-        return ([rows[a:z] for a, z in zip(bounds, bounds[1:])], [scores[a:z] for a, z in zip(bounds, bounds[1:])])
