@@ -169,7 +169,7 @@ class BM25Index:
 
     def __init__(self, path: str | os.PathLike, settings: SearchSettings | None = None, *,
                  reused: bool = True, build_seconds: float = 0.0, input_rows: np.ndarray | None = None) -> None:
-        self.path = Path(path)
+        self.path = Path(path).resolve()  # absolute: see build()
         meta_path = self.path / META_FILE
         if not meta_path.exists():
             raise RetrievalError(f"{self.path} is not a complete rare_core BM25 index (no {META_FILE})")
@@ -198,7 +198,9 @@ class BM25Index:
         corpus = docs_df if isinstance(docs_df, Corpus) else Corpus(docs_df, id_col, text_col, title_col)
         if not len(corpus):
             raise RetrievalError("cannot build a BM25 index from an empty corpus")
-        root = Path(index_dir_root)
+        # Absolute paths only go to Java: the JVM resolves relative ones against the working
+        # directory it started in, which is not Python's after an os.chdir.
+        root = Path(index_dir_root).resolve()
         target = root / f"bm25-{corpus.key()}"
         if (target / META_FILE).exists():
             corpus.release()
