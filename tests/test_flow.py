@@ -380,3 +380,25 @@ def test_run_without_usable_rows_fails_after_writing_the_report(tmp_path, sim, c
     assert len(failed) == 3 and failed["error"].str.startswith("doc2query: unparseable").all()
     assert list(failed["hardneg_status"]) == ["skipped"] * 3
     assert len(read_frame(tmp_path / "out" / "dataset.jsonl")) == 0
+
+
+def test_progress_artifact_moves_during_an_llm_step(tmp_path, sim, monkeypatch):
+    import tasks.progress
+
+    published: list[tuple[str, float]] = []
+    original = tasks.progress.update_progress_artifact
+
+    def record(*, artifact_id, progress, description, _sync):
+        published.append((description.split(":")[0], progress))
+        return original(artifact_id=artifact_id, progress=progress, description=description, _sync=_sync)
+
+    monkeypatch.setattr(tasks.progress, "update_progress_artifact", record)
+    sim.set_latency(0.25)  # 12 rows, 2 in flight: each LLM step takes about 1.5 s
+    config = make_config(tmp_path, sim)
+    config = config.model_copy(update={"llm": config.llm.model_copy(update={"max_workers": 2})})
+    state, _ = run_flow(config)
+    assert state.is_completed()
+    for label in ("Doc2Query", "ReasonDistill"):
+        values = [p for name, p in published if name == label]
+        assert values[-1] == 100.0
+        assert any(0.0 < p < 100.0 for p in values), f"{label} progress never moved mid-step: {values}"
