@@ -13,7 +13,6 @@ and loading is what computes the content hash every step's cache key starts from
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from pydantic import BaseModel
 from rare_core.config import PipelineConfig
 from rare_core.errors import StorageError
 from rare_core.llm.config import redact_url
-from rare_core.operators.base import ERROR, OK, STATUS, require_columns
+from rare_core.operators.base import ERROR, OK, STATUS, document_id, require_columns
 from rare_core.report import Report, StepRecord, build_report
 from rare_core.storage import read_frame
 from tasks.artifacts import INPUT_STEP_INDEX, ArtifactRef, step_path
@@ -40,7 +39,6 @@ POSITIVE = "positive"
 QUESTION_INDEX = "question_index"
 SAMPLE_ROWS = 5
 SAMPLE_CHARS = 240
-_ID_CHARS = 16
 
 
 class ExportResult(BaseModel):
@@ -48,11 +46,6 @@ class ExportResult(BaseModel):
 
     dataset: ArtifactRef
     failed: ArtifactRef | None = None
-
-
-def text_id(text: Any) -> str:
-    """A stable id for a document without one: the first 16 hex digits of its text's sha256."""
-    return hashlib.sha256(str(text).encode("utf-8")).hexdigest()[:_ID_CHARS]
 
 
 @task(name="load-input", cache_policy=NO_CACHE, persist_result=False)
@@ -66,7 +59,7 @@ def load_input(config: PipelineConfig) -> ArtifactRef:
     if df.empty:
         raise StorageError(f"{config.input_path} holds no documents")
     if k.id not in df.columns:
-        df.insert(0, k.id, df[k.text].map(text_id))
+        df.insert(0, k.id, df[k.text].map(document_id))
     ref = ArtifactRef.write(df.reset_index(drop=True), step_path(config, INPUT_STEP_INDEX))
     get_run_logger().info("Loaded %d documents from %s -> %s", ref.rows, config.input_path, ref.path)
     return ref

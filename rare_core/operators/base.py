@@ -15,6 +15,7 @@ same keys and defaults. After each call, ``last_summary`` holds a :class:`StepSu
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import Counter
 from typing import Iterable
@@ -45,6 +46,12 @@ class StepSummary(BaseModel):
     wall_seconds: float = 0.0
     simulated: bool = False
     extra: dict[str, float | int | str | bool] = Field(default_factory=dict)
+
+
+def document_id(text: object) -> str:
+    """The id of a document that has none: ``"h"`` + 16 hex digits of its text's hash. Stable
+    across runs and machines; the same text always gets the same id."""
+    return "h" + hashlib.blake2b(str(text).encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
 
 
 def require_columns(df: pd.DataFrame, columns: Iterable[str], step: str) -> None:

@@ -30,7 +30,6 @@ during the call); a corpus file in another format is kept in memory instead.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import time
@@ -45,7 +44,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rare_core.errors import StorageError
 from rare_core.operators.base import (
-    FAILED, OK, SHORT, SKIPPED, Operator, active_mask, guard_outputs, init_status, mark_failed, require_columns, summarize,
+    FAILED, OK, SHORT, SKIPPED, Operator, active_mask, document_id, guard_outputs, init_status, mark_failed,
+    require_columns, summarize,
 )
 from rare_core.retrieval.index import BM25Index, Corpus
 from rare_core.retrieval.mining import Miner
@@ -78,10 +78,6 @@ class BM25HardNegConfig(BaseModel):
     title_key: str | None = Field(
         "title", description="Input column indexed before the text when present (a corpus_path file: its 'title' "
                              "column); None: no titles.")
-
-
-def _text_id(text: object) -> str:
-    return "h" + hashlib.blake2b(str(text).encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
 
 
 def _read_corpus(path: str, columns: list[str]) -> pd.DataFrame:
@@ -182,7 +178,7 @@ class BM25HardNeg(Operator):
 
     def _positive_ids(self, df: pd.DataFrame, text_col: str) -> pd.Series:
         texts = df[text_col].fillna("").astype(str)
-        hashed = texts.map(_text_id)
+        hashed = texts.map(document_id)
         if self.config.id_key not in df.columns:
             return hashed
         ids = df[self.config.id_key]
