@@ -23,8 +23,8 @@ from rare_core.errors import StorageError
 
 FORMATS = ("json", "jsonl", "csv", "parquet")
 
-# csv has no list type: such cells are written as JSON text with this prefix-free
-# convention and the column names are recorded in a sidecar so reading restores them exactly.
+# csv has no list type: such cells are written as JSON text, and a sidecar file records which
+# columns hold JSON (and every column's dtype) so that reading restores them exactly.
 _CSV_JSON_COLUMNS_SUFFIX = ".jsoncols"
 
 
@@ -146,7 +146,7 @@ def write_frame(df: pd.DataFrame, path: str | os.PathLike) -> Path:
             out.to_csv(tmp, index=False)
             sidecar = path.with_name(path.name + _CSV_JSON_COLUMNS_SUFFIX)
             meta = {"json_columns": nested, "dtypes": {c: str(df[c].dtype) for c in df.columns}}
-            _atomic_text(sidecar, json.dumps(meta))
+            write_text_atomic(sidecar, json.dumps(meta))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -154,11 +154,19 @@ def write_frame(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     return path
 
 
-def _atomic_text(path: Path, text: str) -> None:
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically: temp file in the same folder, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def _records(df: pd.DataFrame) -> list[dict]:
@@ -169,11 +177,9 @@ def _records(df: pd.DataFrame) -> list[dict]:
 
 
 def _json_safe(v: Any) -> Any:
-    v = _to_plain(v)
+    v = _to_plain(v)  # numpy scalars and arrays become python values here
     if isinstance(v, float) and v != v:  # NaN -> null
         return None
-    if hasattr(v, "item") and not isinstance(v, (list, dict, str)):
-        return v.item()
     if v is pd.NA or v is pd.NaT:
         return None
     return v

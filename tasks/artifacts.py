@@ -31,7 +31,7 @@ from rare_core.errors import RareError
 from rare_core.operators.base import StepSummary
 from rare_core.operators.doc2query import Doc2Query
 from rare_core.operators.reason_distill import ReasonDistill
-from rare_core.storage import FileStorage, read_frame, write_frame
+from rare_core.storage import FileStorage, read_frame, write_frame, write_text_atomic
 
 StepName = Literal["doc2query", "hardneg", "distill"]
 DOC2QUERY: StepName = "doc2query"
@@ -204,7 +204,7 @@ def write_step_artifact(step: StepName, source: ArtifactRef, config: PipelineCon
     """Write a step's output to its file in the layout, plus the sidecar naming its cache key."""
     ref = ArtifactRef.write(df, step_path(config, STEP_INDEX[step]))
     meta = _ArtifactMeta(cache_key=cache_key(step, source, config), artifact=ref)
-    _meta_path(ref.path).write_text(meta.model_dump_json(indent=1), encoding="utf-8")
+    write_text_atomic(_meta_path(ref.path), meta.model_dump_json(indent=1))
     return ref
 
 

@@ -28,7 +28,7 @@ from rare_core.errors import StorageError
 from rare_core.llm.config import redact_url
 from rare_core.operators.base import ERROR, OK, STATUS, document_id, require_columns
 from rare_core.report import Report, StepRecord, build_report
-from rare_core.storage import read_frame
+from rare_core.storage import read_frame, write_text_atomic
 from tasks.artifacts import INPUT_STEP_INDEX, ArtifactRef, step_path
 
 DATASET_STEM = "dataset"
@@ -137,8 +137,8 @@ def publish_report(records: list[StepRecord], config: PipelineConfig, source: Ar
     report = build_report(records, config.prices, simulated=simulated, dataset_rows=exported.dataset.rows,
                           header=header)
     out_dir = Path(config.output_path).resolve()
-    (out_dir / REPORT_FILE).write_text(report.markdown, encoding="utf-8")
-    (out_dir / SUMMARY_FILE).write_text(json.dumps(report.summary, indent=1), encoding="utf-8")
+    write_text_atomic(out_dir / REPORT_FILE, report.markdown)
+    write_text_atomic(out_dir / SUMMARY_FILE, json.dumps(report.summary, indent=1))
     create_markdown_artifact(markdown=report.markdown, key="rare-report",
                              description="RARE pipeline report" + (" (SIMULATED answers)" if report.summary["simulated"] else ""))
     return report

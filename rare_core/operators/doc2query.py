@@ -65,8 +65,7 @@ class Doc2Query(LLMOperator):
 
         by_index = dict(zip(todo, outcomes))
         out_rows: list[dict] = []
-        for idx in df.index:
-            base = df.loc[idx].to_dict()
+        for idx, base in zip(df.index, df.to_dict("records")):
             outcome = by_index.get(idx)
             if outcome is None:  # failed upstream, or invalid input marked above
                 if not active[idx]:

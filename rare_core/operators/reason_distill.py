@@ -85,8 +85,7 @@ class ReasonDistill(LLMOperator):
 
         by_index = dict(zip(todo, outcomes))
         out_rows: list[dict] = []
-        for idx in df.index:
-            base = df.loc[idx].to_dict()
+        for idx, base in zip(df.index, df.to_dict("records")):
             empty = {output_key: None, output_answer_key: None, "document_order": None, "positive_doc_number": None}
             outcome = by_index.get(idx)
             if outcome is None:  # failed upstream, or invalid input marked above
