@@ -5,16 +5,30 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench install clean
+# constraints.txt pins the whole resolved set, so a new release of any dependency cannot break
+# a fresh install; `make lock` re-resolves it from pyproject.toml's ranges in a scratch venv.
+CONSTRAINTS := constraints.txt
 
-$(STAMP): pyproject.toml Makefile
+.PHONY: run test bench install lock clean
+
+$(STAMP): pyproject.toml Makefile $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[test]"
 	# pyserini without its dependency set (torch, faiss, transformers...): BM25 needs only
 	# the Anserini jar and pyjnius. rare_core/retrieval/jvm.py explains the import path.
-	$(PY) -m pip install --quiet --no-deps "pyserini==1.6.0"
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) --no-deps "pyserini==1.6.0"
 	touch $(STAMP)
+
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --upgrade pip
+	.lock-venv/bin/python -m pip install --quiet ".[test,bench]"
+	.lock-venv/bin/python -m pip install --quiet --no-deps "pyserini==1.6.0"
+	(echo "# The resolved dependency set that 'make' installs (pip -c). Regenerate with 'make lock'."; \
+	 .lock-venv/bin/python -m pip freeze --exclude-editable | grep -v '^rare-pipeline') > $(CONSTRAINTS)
+	rm -rf .lock-venv build *.egg-info
 
 install: $(STAMP)
 
@@ -25,7 +39,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) -m pip install --quiet -e ".[test,bench]"
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[test,bench]"
 	$(PY) bench/llm_throughput.py
 	$(PY) bench/hardneg_mining.py
 

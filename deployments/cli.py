@@ -11,9 +11,15 @@ The config is :class:`rare_core.config.PipelineConfig`: from ``--config FILE`` (
 then the options below, then ``--set dotted.key=value`` (e.g. ``--set hardneg.num_neg=5``).
 Without ``--base-url`` the run uses the built-in simulator, and says so.
 
+Before the flow starts, ``run`` and ``serve`` check what can be checked without paying for
+anything (:func:`rare_core.inputs.preflight`: the input file, its format and columns, the ids,
+column names the pipeline would overwrite, the BM25 engine): a problem is one line naming the
+file, line, column or setting, and exit status 2. Errors are one line; ``-v`` adds tracebacks
+and Prefect's logs.
+
 Exit status: 0 the run completed; 1 the run failed (a step raised, e.g. the endpoint refused
-the key or a column is missing, or no document made it through every step; rows failing one
-by one are reported, not fatal); 2 invalid arguments or configuration.
+the key, or no document made it through every step; rows failing one by one are reported,
+not fatal); 2 invalid arguments, configuration or input (nothing ran).
 """
 
 from __future__ import annotations
@@ -23,12 +29,14 @@ import json
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
 from pydantic import ValidationError
 
 from rare_core.config import PipelineConfig
+from rare_core.errors import RareError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 STEP_LABELS = {"doc2query": "Doc2Query", "distill": "ReasonDistill"}
@@ -91,6 +99,7 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
         "input_path": args.input, "output_path": args.output, "cache_path": args.cache_path,
         "output_format": args.output_format, "limit": args.limit, "llm.base_url": args.base_url,
         "llm.model": args.model, "llm.api_key_env": args.api_key_env, "llm.max_workers": args.max_workers,
+        "retry_failed": args.retry_failed,
     }
     assignments = [(k, v) for k, v in options.items() if v is not None]
     assignments += [_parse_assignment(a) for a in args.set or []]
@@ -127,10 +136,18 @@ def _notice(console, text: str, style: str) -> None:
     console.print(Panel(text, style=style))
 
 
+def _one_line(exc: BaseException) -> str:
+    """An error as one line: our own errors by their message, others with their type."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if isinstance(exc, (RareError, OSError, ValueError)) else f"{type(exc).__name__}: {text}"
+
+
 def run(config: PipelineConfig, verbose: bool = False) -> int:
     """Run the flow on ``config`` in this process; prints the report; returns the exit status."""
-    if not verbose:  # Prefect's console logs would tear the progress bar; the API still gets them
-        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    if not verbose:
+        # Prefect's console logs (task failures with two tracebacks) would bury the one line
+        # this command prints and tear the progress bar; the Prefect API still gets them all.
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     # Without PREFECT_API_URL, Prefect starts a temporary server for this run: keep it from
     # phoning home (offline machines would log an error on every run).
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -160,7 +177,11 @@ def run(config: PipelineConfig, verbose: bool = False) -> int:
         return EXIT_OK
     if report_file.is_file() and report_file.stat().st_mtime >= started:  # written by this run
         print(report_file.read_text(encoding="utf-8"))
-    err.print(f"[bold red]The run failed:[/] {escape(state.message or state.name)}", soft_wrap=True, highlight=False)
+    exc = state.result(raise_on_failure=False)
+    if verbose and isinstance(exc, BaseException):
+        traceback.print_exception(exc)
+    reason = _one_line(exc) if isinstance(exc, BaseException) else (state.message or state.name)
+    err.print(f"[bold red]rare: the run failed:[/] {escape(reason)}", soft_wrap=True, highlight=False)
     return EXIT_FAILED
 
 
@@ -178,6 +199,8 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model", metavar="NAME", help="model name (required with --base-url)")
     group.add_argument("--api-key-env", metavar="VAR", help="NAME of the environment variable holding the key")
     group.add_argument("--max-workers", type=int, metavar="N", help="LLM requests in flight at once")
+    group.add_argument("--retry-failed", action="store_true", default=None,
+                       help="ask again the rows an earlier run failed for their content (unusable answers)")
     group.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="any config field by dotted path, e.g. hardneg.num_neg=5 (repeatable)")
 
@@ -187,7 +210,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run_parser = commands.add_parser("run", help="run the pipeline once, here, with a progress bar")
     _add_config_options(run_parser)
-    run_parser.add_argument("-v", "--verbose", action="store_true", help="show Prefect's run logs on stderr")
+    run_parser.add_argument("-v", "--verbose", action="store_true", help="show Prefect's run logs and tracebacks on stderr")
     serve_parser = commands.add_parser("serve", help="serve the flow as a scheduled deployment (Ctrl-C stops)")
     _add_config_options(serve_parser)
     serve_parser.add_argument("--name", help="deployment name (default rare-served)")
@@ -200,19 +223,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rare`` console script; returns the exit status."""
     parser = _parser()
     args = parser.parse_args(argv)
+    verbose = getattr(args, "verbose", False)
     try:
         config = build_config(args)
-        if args.command == "run":
-            return run(config, verbose=args.verbose)
-        from deployments.serve import ServeOptions, serve
+        from rare_core.inputs import preflight
 
-        given = {"name": args.name, "cron": args.cron}
-        options = ServeOptions(**{k: v for k, v in given.items() if v is not None})
-        serve(config, options.model_copy(update={"cron": None}) if args.no_schedule else options)
-        return EXIT_OK
-    except ConfigError as exc:
-        print(f"rare: {exc}", file=sys.stderr)
+        preflight(config)
+    except (ConfigError, RareError, OSError) as exc:
+        if verbose:
+            traceback.print_exc()
+        print(f"rare: {exc if isinstance(exc, ConfigError) else _one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
+    if args.command == "run":
+        return run(config, verbose=verbose)
+    from deployments.serve import ServeOptions, serve
+
+    given = {"name": args.name, "cron": args.cron}
+    options = ServeOptions(**{k: v for k, v in given.items() if v is not None})
+    serve(config, options.model_copy(update={"cron": None}) if args.no_schedule else options)
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The RARE pipeline flow: load -> Doc2Query -> BM25HardNeg -> ReasonDistill -> export -> report.
+"""The RARE pipeline flow: load -> each step of ``rare_core.pipeline.STEPS`` (Doc2Query ->
+BM25HardNeg -> ReasonDistill) -> export -> report.
 
 Its one parameter is :class:`rare_core.config.PipelineConfig`; Prefect validates it (and, for
 deployments with ``enforce_parameter_schema``, the API refuses invalid values before a run
@@ -19,7 +20,8 @@ from pydantic import BaseModel
 from rare_core.config import PipelineConfig
 from rare_core.errors import RareError
 from rare_core.report import Report
-from tasks.artifacts import DISTILL, DOC2QUERY, HARDNEG, resolve_paths
+from rare_core.pipeline import STEPS
+from tasks.artifacts import resolve_paths
 from tasks.io import ExportResult, export_dataset, load_input, publish_report
 from tasks.llm import llm_endpoint
 from tasks.steps import run_step
@@ -46,12 +48,13 @@ def rare_pipeline(config: PipelineConfig) -> PipelineResult:
     logger = get_run_logger()
     config = resolve_paths(config)
     source = load_input(config)
+    artifact, records = source, []
     with llm_endpoint(config, logger) as llm:
-        questions = run_step(DOC2QUERY, source, config, llm.client)
-        negatives = run_step(HARDNEG, questions.result.artifact, config)
-        distilled = run_step(DISTILL, negatives.result.artifact, config, llm.client)
-    exported = export_dataset(distilled.result.artifact, config)
-    records = [questions.record, negatives.record, distilled.record]
+        for spec in STEPS:
+            outcome = run_step(spec, artifact, config, llm.client if spec.uses_llm else None)
+            artifact = outcome.result.artifact
+            records.append(outcome.record)
+    exported = export_dataset(artifact, config)
     report = publish_report(records, config, source, exported, llm.simulated)
     if exported.dataset.rows == 0:
         raise EmptyDatasetError(

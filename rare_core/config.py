@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rare_core.llm.config import LLMConfig
-from rare_core.operators.bm25_hardneg import BM25HardNegConfig
-from rare_core.operators.doc2query import Doc2QueryConfig
-from rare_core.operators.reason_distill import ReasonDistillConfig
+from rare_core.operators.base import RESERVED_PREFIX
+from rare_core.operators.bm25_hardneg import POSITIVE_RANK, POSITIVE_SCORE, BM25HardNegConfig
+from rare_core.operators.doc2query import QUESTION_INDEX, Doc2QueryConfig
+from rare_core.operators.reason_distill import DOCUMENT_ORDER, POSITIVE_DOC_NUMBER, ReasonDistillConfig
 
 Format = Literal["json", "jsonl", "csv", "parquet"]
 
@@ -33,6 +34,30 @@ class ColumnKeys(BaseModel):
     reasoning: str = Field("reasoning", description="Distilled reasoning column.")
     answer: str = Field("answer", description="Distilled final answer column.")
 
+    @model_validator(mode="after")
+    def _distinct(self) -> "ColumnKeys":
+        """Each key its own column, outside the pipeline's namespace and its fixed output names."""
+        named: dict[str, str] = {}
+        for field, column in self.model_dump().items():
+            if not column.strip():
+                raise ValueError(f"columns.{field} is empty")
+            if column.startswith(RESERVED_PREFIX):
+                raise ValueError(f"columns.{field}={column!r}: names starting with {RESERVED_PREFIX!r} are the pipeline's own")
+            if column in named:
+                raise ValueError(f"columns.{named[column]} and columns.{field} both name the column {column!r}")
+            named[column] = field
+        derived = {f"{self.hard_negatives}_ids": "the negatives' ids", f"{self.hard_negatives}_scores": "the negatives' scores",
+                   **{name: "a fixed output column" for name in FIXED_OUTPUTS}}
+        for column, what in derived.items():
+            if column in named:
+                raise ValueError(f"columns.{named[column]}={column!r} is {what}; choose another name")
+        return self
+
+
+# Data columns the steps write under fixed names (besides the ``columns`` keys and the
+# ``{hard_negatives}_ids``/``_scores`` derived from one), and the dataset's ``positive``.
+FIXED_OUTPUTS = (QUESTION_INDEX, POSITIVE_SCORE, POSITIVE_RANK, DOCUMENT_ORDER, POSITIVE_DOC_NUMBER, "positive")
+
 
 class Prices(BaseModel):
     """Optional prices for the report's cost line, in currency units per million tokens."""
@@ -47,13 +72,15 @@ class PipelineConfig(BaseModel):
     """Everything one pipeline run needs. The API key is never here: ``llm.api_key_env`` names
     the environment variable that holds it."""
 
-    model_config = ConfigDict(extra="forbid")
+    # hide_input_in_errors: a refused llm.base_url may carry a secret; a ValidationError's text
+    # must not echo it (pydantic applies the outermost model's setting to nested fields).
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     input_path: str = Field(..., min_length=1, description="Documents file (.json, .jsonl, .csv or .parquet).")
     # Not named ``keys``: dict(model) then calls the field (pydantic#10575), and Prefect resolves
     # flow/task parameters with dict(model) (PrefectHQ/prefect#15610).
     columns: ColumnKeys = Field(default_factory=ColumnKeys, description="Column names of the input and of each step's output.")
-    llm: LLMConfig = Field(default_factory=lambda: LLMConfig(model="rare-sim-1"),
+    llm: LLMConfig = Field(default_factory=LLMConfig,
                            description="LLM endpoint; leave base_url empty to run on the built-in simulator.")
     doc2query: Doc2QueryConfig = Field(default_factory=Doc2QueryConfig)
     hardneg: BM25HardNegConfig = Field(default_factory=BM25HardNegConfig)
@@ -65,3 +92,18 @@ class PipelineConfig(BaseModel):
     output_format: Format = Field("jsonl", description="Format of the final dataset.")
     limit: int | None = Field(None, ge=1, description="Use only the first N documents (for trials).")
     prices: Prices | None = Field(None, description="Token prices for the report's cost estimate.")
+    retry_failed: bool = Field(
+        False, description="Ask again the rows an earlier run failed for their content (unusable answers). "
+                           "Rows that failed at the HTTP level are always asked again.")
+
+    @model_validator(mode="after")
+    def _model_for_endpoint(self) -> "PipelineConfig":
+        """A real endpoint needs a model name; the built-in simulator answers to any (default ``rare-sim-1``)."""
+        if self.llm.model is None:
+            if self.llm.base_url:
+                raise ValueError("llm.model is required with llm.base_url (the model name the endpoint serves)")
+            self.llm = self.llm.model_copy(update={"model": SIMULATOR_MODEL})
+        return self
+
+
+SIMULATOR_MODEL = "rare-sim-1"

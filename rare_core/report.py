@@ -26,6 +26,18 @@ SIMULATED_BANNER = (
     "reasoning and answer was written by the built-in simulator, not by a model. "
     "Use this output to check the pipeline, never to train a model."
 )
+SIMULATED_ENDPOINT_BANNER = (
+    "**SIMULATED ANSWERS.** The configured endpoint answered as the RARE simulator "
+    "(`system_fingerprint` rare-simulator): its questions, reasoning and answers were not "
+    "written by a model. Use this output to check the pipeline, never to train a model."
+)
+
+
+KIND_ADVICE = {
+    "request": "the endpoint did not answer (outage, 429s, timeouts); the next run asks these rows again",
+    "content": "the answers could not be used after the re-asks; `rare run --retry-failed` asks again",
+    "input": "the row itself is unusable (empty text, missing question); fix the input",
+}
 
 
 class StepRecord(BaseModel):
@@ -64,6 +76,7 @@ def _step_row(record: StepRecord, prices: Prices | None) -> dict[str, Any]:
         "failed": s.failed,
         "skipped_upstream_failed": s.skipped_upstream_failed,
         "failures_by_reason": dict(s.failures_by_reason),
+        "failures_by_kind": dict(s.failures_by_kind),
         **counters,
         "wall_seconds": round(record.wall_seconds, 3),
         "cost": step_cost(counters["prompt_tokens"], counters["completion_tokens"], prices),
@@ -77,18 +90,23 @@ def build_report(
     prices: Prices | None = None,
     *,
     simulated: bool = False,
+    builtin_simulator: bool | None = None,
     dataset_rows: int | None = None,
     header: Mapping[str, str] | None = None,
     title: str = "RARE pipeline report",
 ) -> Report:
-    """The report of one run; ``simulated`` is also set when any step's summary says so."""
+    """The report of one run; ``simulated`` is also set when any step's summary says so.
+    ``builtin_simulator``: whether no endpoint was configured (default: ``simulated``); it picks
+    the banner's wording."""
     rows = [_step_row(r, prices) for r in steps]
+    builtin_simulator = simulated if builtin_simulator is None else builtin_simulator
     simulated = simulated or any(r.summary.simulated for r in steps)
     totals = {k: sum(r[k] for r in rows) for k in LLM_COUNTERS}
     totals["wall_seconds"] = round(sum(r["wall_seconds"] for r in rows), 3)
     totals["cost"] = step_cost(totals["prompt_tokens"], totals["completion_tokens"], prices)
     summary = {
         "simulated": simulated,
+        "builtin_simulator": builtin_simulator,
         "dataset_rows": dataset_rows,
         "header": dict(header or {}),
         "steps": rows,
@@ -108,7 +126,7 @@ def _cost(value: float | None) -> str:
 def _render(title: str, summary: dict[str, Any], prices: Prices | None) -> str:
     lines = [f"# {title}", ""]
     if summary["simulated"]:
-        lines += [f"> {SIMULATED_BANNER}", ""]
+        lines += [f"> {SIMULATED_BANNER if summary['builtin_simulator'] else SIMULATED_ENDPOINT_BANNER}", ""]
     for key, value in summary["header"].items():
         lines.append(f"- **{key}**: {value}")
     if summary["dataset_rows"] is not None:
@@ -140,6 +158,10 @@ def _render(title: str, summary: dict[str, Any], prices: Prices | None) -> str:
     lines += ["", "## Failures by reason", ""]
     failures = [(r["step"], reason, n) for r in summary["steps"] for reason, n in r["failures_by_reason"].items()]
     lines += [f"- {step}: {reason}: {_num(n)}" for step, reason, n in failures] or ["None."]
+    kinds = {kind: sum(r["failures_by_kind"].get(kind, 0) for r in summary["steps"]) for kind in KIND_ADVICE}
+    if any(kinds.values()):
+        lines += ["", "By kind (what a rerun does with them):", ""]
+        lines += [f"- {kind}: {_num(n)}: {KIND_ADVICE[kind]}" for kind, n in kinds.items() if n]
     short = [(r["step"], r["extra"]["short_rows"]) for r in summary["steps"] if "short_rows" in r["extra"]]
     if short:
         lines += ["", "## Shortfall of hard negatives", ""]

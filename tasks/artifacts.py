@@ -6,11 +6,15 @@
 * :func:`step_path` - the documented storage layout ``{cache_path}/{file_name_prefix}_step{N}.{cache_type}``
   (step 0 is the loaded input, steps 1-3 the operators, as ``FileStorage`` numbers them).
 * :func:`cache_key` / :class:`StepCachePolicy` - a step's cache key: the input artifact's
-  content hash + the step's settings + its prompt version and model (LLM steps) + its
-  output file. Never a modification time, never the API key (the config only holds the NAME
-  of the key's environment variable, and that name is not part of the key either).
-* :func:`needs_recompute` - whether a cached result would point to a step file that is gone
-  or no longer the one it describes; the caller then reruns the step with ``refresh_cache``.
+  content hash + :meth:`rare_core.pipeline.StepSpec.cache_settings` (settings, columns, and for
+  LLM steps the prompt version, model, generation parameters and endpoint scope) + its output
+  file. Never a modification time, never the API key (the config only holds the NAME of the
+  key's environment variable, and that name is not part of the key either).
+* :func:`recompute_reason` - why a cached result must not be served: the step file is gone or
+  not the one it describes, rows of it failed at the HTTP level (a rerun retries them), rows
+  failed for their content and ``retry_failed`` is set, or ``llm.cache_mode`` is ``refresh``.
+  The caller then reruns the step with ``refresh_cache``; the response cache makes the rows
+  already answered free.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pandas as pd
 from prefect.cache_policies import CachePolicy
@@ -28,35 +32,19 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from rare_core.config import PipelineConfig
 from rare_core.errors import RareError
-from rare_core.operators.base import StepSummary
-from rare_core.operators.doc2query import Doc2Query
-from rare_core.operators.reason_distill import ReasonDistill
+from rare_core.hashing import file_sha256
+from rare_core.operators.base import CONTENT_ERROR, ERROR_KIND, FAILED, REQUEST_ERROR, StepSummary, step_column
+from rare_core.pipeline import STEP_BY_NAME, StepSpec
 from rare_core.storage import FileStorage, read_frame, write_frame, write_text_atomic
 
-StepName = Literal["doc2query", "hardneg", "distill"]
-DOC2QUERY: StepName = "doc2query"
-HARDNEG: StepName = "hardneg"
-DISTILL: StepName = "distill"
-STEP_INDEX: dict[StepName, int] = {DOC2QUERY: 1, HARDNEG: 2, DISTILL: 3}
-INPUT_STEP_INDEX = 0
 RESULTS_DIRNAME = "prefect_results"
 RESPONSE_CACHE_NAME = "llm_responses.sqlite"
 BM25_INDEX_NAME = "bm25_index"
 _META_SUFFIX = ".meta.json"
-_CHUNK = 1 << 20
 
 
 class ArtifactChangedError(RareError):
     """A step file's bytes differ from the hash its reference recorded (edited or overwritten)."""
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of the file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class ArtifactRef(BaseModel):
@@ -138,42 +126,19 @@ def results_dir(config: PipelineConfig) -> Path:
     return Path(config.cache_path).resolve() / RESULTS_DIRNAME
 
 
-def step_settings(step: StepName, config: PipelineConfig) -> dict[str, Any]:
-    """Everything the output of ``step`` depends on besides its input artifact.
-
-    That is the step's own settings, the columns it reads and writes, its output file, the
-    content hash of a separate BM25 corpus file if any, and for the LLM steps the prompt
-    version, the model, the generation parameters and whether the answers come from the simulator. Endpoint URL, key variable, concurrency, rate limits
-    and timeouts are left out, and so are the BM25 index folder and thread count: they change
-    how results are computed, not what they are.
-    """
-    k = config.columns
-    llm = {
-        "model": config.llm.model,
-        "generation": config.llm.generation.model_dump(mode="json"),
-        "simulated": not config.llm.base_url,
-    }
-    common = {"step": step, "output": str(step_path(config, STEP_INDEX[step]))}
-    if step == DOC2QUERY:
-        return {**common, **llm, "settings": config.doc2query.model_dump(mode="json"),
-                "prompt_version": Doc2Query.prompt_version, "columns": [k.text, k.question, k.scenario]}
-    if step == HARDNEG:
-        corpus = config.hardneg.corpus_path  # a separate corpus: its content counts, like the input's
-        return {**common, "settings": config.hardneg.model_dump(mode="json", exclude={"index_dir", "threads"}),
-                "corpus_sha256": file_sha256(corpus) if corpus else None,
-                "columns": [k.id, k.text, k.question, k.hard_negatives]}
-    if step == DISTILL:
-        return {**common, **llm, "settings": config.distill.model_dump(mode="json"),
-                "prompt_version": ReasonDistill.prompt_version,
-                "columns": [k.text, k.question, k.scenario, k.hard_negatives, k.reasoning, k.answer]}
-    raise ValueError(f"unknown step {step!r}")
+def step_settings(spec: StepSpec, config: PipelineConfig) -> dict[str, Any]:
+    """Everything the output of ``spec`` depends on besides its input artifact: its
+    :meth:`~rare_core.pipeline.StepSpec.cache_settings` and its output file. Endpoint
+    credentials, concurrency, rate limits and timeouts are left out, and so are the BM25 index
+    folder and thread count: they change how results are computed, not what they are."""
+    return {**spec.cache_settings(config), "output": str(step_path(config, spec.index))}
 
 
-def cache_key(step: StepName, source: ArtifactRef, config: PipelineConfig) -> str:
+def cache_key(spec: StepSpec, source: ArtifactRef, config: PipelineConfig) -> str:
     """``{step}-{sha256}`` of the input's content hash and :func:`step_settings`."""
-    blob = json.dumps({"input_sha256": source.sha256, **step_settings(step, config)},
+    blob = json.dumps({"input_sha256": source.sha256, **step_settings(spec, config)},
                       sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return f"{step}-{hashlib.sha256(blob.encode('utf-8')).hexdigest()}"
+    return f"{spec.name}-{hashlib.sha256(blob.encode('utf-8')).hexdigest()}"
 
 
 @dataclass
@@ -181,49 +146,66 @@ class StepCachePolicy(CachePolicy):
     """Prefect cache policy of a step task whose parameters include ``source: ArtifactRef``
     and ``config: PipelineConfig`` (any other parameter, such as the LLM client, is ignored)."""
 
-    step: StepName = DOC2QUERY
+    step: str = "doc2query"
 
     def compute_key(self, task_ctx: TaskRunContext, inputs: dict[str, Any],
                     flow_parameters: dict[str, Any], **kwargs: Any) -> str:
-        return cache_key(self.step, inputs["source"], inputs["config"])
+        return cache_key(STEP_BY_NAME[self.step], inputs["source"], inputs["config"])
 
 
 class _ArtifactMeta(BaseModel):
-    """The sidecar ``{step file}.meta.json``: which cache key the step file was written for."""
+    """The sidecar ``{step file}.meta.json``: which cache key the step file was written for,
+    and how many of its rows this step failed per kind (``request``, ``content``, ``input``)."""
 
     cache_key: str
     artifact: ArtifactRef
+    failed_by_kind: dict[str, int] = {}
 
 
 def _meta_path(path: str | Path) -> Path:
     return Path(f"{path}{_META_SUFFIX}")
 
 
-def write_step_artifact(step: StepName, source: ArtifactRef, config: PipelineConfig,
+def _failed_by_kind(spec: StepSpec, df: pd.DataFrame) -> dict[str, int]:
+    status = step_column(spec.name, "status")
+    if status not in df.columns or ERROR_KIND not in df.columns:
+        return {}
+    return {str(k): int(n) for k, n in df.loc[df[status] == FAILED, ERROR_KIND].value_counts().items()}
+
+
+def write_step_artifact(spec: StepSpec, source: ArtifactRef, config: PipelineConfig,
                         df: pd.DataFrame) -> ArtifactRef:
     """Write a step's output to its file in the layout, plus the sidecar naming its cache key."""
-    ref = ArtifactRef.write(df, step_path(config, STEP_INDEX[step]))
-    meta = _ArtifactMeta(cache_key=cache_key(step, source, config), artifact=ref)
+    ref = ArtifactRef.write(df, step_path(config, spec.index))
+    meta = _ArtifactMeta(cache_key=cache_key(spec, source, config), artifact=ref,
+                         failed_by_kind=_failed_by_kind(spec, df))
     write_text_atomic(_meta_path(ref.path), meta.model_dump_json(indent=1))
     return ref
 
 
-def needs_recompute(step: StepName, source: ArtifactRef, config: PipelineConfig) -> bool:
-    """True when a cached result of this step cannot be trusted to point to a usable file.
+def recompute_reason(spec: StepSpec, source: ArtifactRef, config: PipelineConfig) -> str | None:
+    """Why this step must run even if Prefect holds a cached result for it; None: serve the cache.
 
     Prefect's cache record of a step holds an :class:`ArtifactRef`, not the data, and every
     setting of a step writes the same file of the layout. So before a step runs we check the
     file against its sidecar: the file must exist, have the bytes recorded, and have been
-    written for this very cache key. If not (deleted, edited, or overwritten by a run with
-    other settings), the caller runs the step with ``refresh_cache=True``: it is recomputed
-    (through the response cache, so answered rows cost nothing) and its cache record is
-    overwritten, instead of a stale record being served. When the file is intact, the task
-    is called normally and Prefect serves the cached result if it has one.
+    written for this very cache key. And a result is not final while rows of it failed for a
+    reason a rerun may remove: at the HTTP level (always retried), or for their content when
+    ``retry_failed`` is set; ``llm.cache_mode=refresh`` asks every row again.
     """
-    path = step_path(config, STEP_INDEX[step])
+    if spec.uses_llm and config.llm.cache_mode == "refresh":
+        return "llm.cache_mode is refresh: every row is asked again"
+    path = step_path(config, spec.index)
     try:
         meta = _ArtifactMeta.model_validate_json(_meta_path(path).read_text(encoding="utf-8"))
     except (OSError, ValidationError):
-        return True
-    return (meta.cache_key != cache_key(step, source, config)
-            or Path(meta.artifact.path) != path or not meta.artifact.is_intact())
+        return "no step file for this input and these settings"
+    if meta.cache_key != cache_key(spec, source, config) or Path(meta.artifact.path) != path:
+        return "the step file was written for another input or other settings"
+    if not meta.artifact.is_intact():
+        return "the step file is missing or was changed"
+    if meta.failed_by_kind.get(REQUEST_ERROR):
+        return f"{meta.failed_by_kind[REQUEST_ERROR]} row(s) failed at the HTTP level last time: asking them again"
+    if config.retry_failed and meta.failed_by_kind.get(CONTENT_ERROR):
+        return f"retry_failed: asking again the {meta.failed_by_kind[CONTENT_ERROR]} row(s) whose answers were unusable"
+    return None

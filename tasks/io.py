@@ -1,8 +1,11 @@
 """Loading the input and exporting the result, as Prefect tasks (never cached: both are cheap,
 and loading is what computes the content hash every step's cache key starts from).
 
-* :func:`load_input` - the documents file -> step 0 of the layout (limit applied, an id
-  column added from the text's hash when the input has none) -> :class:`ArtifactRef`.
+* :func:`load_input` - the documents file -> step 0 of the layout (checked, limit applied, an
+  id column added from the text's hash when the input has none:
+  :func:`rare_core.inputs.load_documents`) -> :class:`ArtifactRef`. It also removes the
+  previous run's dataset, failed rows and report from the output folder, so that the files
+  there always describe the last run (a failed run leaves none that look fresh).
 * :func:`export_dataset` - the last step's file -> ``{output_path}/dataset.{format}`` (the
   rows that went through every step, with the columns a trainer needs) and
   ``{output_path}/failed_rows.{format}`` (the others, with their reason), plus a table
@@ -24,19 +27,22 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from rare_core.config import PipelineConfig
-from rare_core.errors import StorageError
+from rare_core.inputs import load_documents
 from rare_core.llm.config import redact_url
-from rare_core.operators.base import ERROR, OK, STATUS, document_id, require_columns
+from rare_core.operators.base import ERROR, ERROR_KIND, OK, RESERVED_PREFIX, STATUS, step_column
+from rare_core.operators.doc2query import QUESTION_INDEX
+from rare_core.operators.reason_distill import DOCUMENT_ORDER, POSITIVE_DOC_NUMBER
+from rare_core.pipeline import INPUT_STEP_INDEX, STEPS
 from rare_core.report import Report, StepRecord, build_report
-from rare_core.storage import read_frame, write_text_atomic
-from tasks.artifacts import INPUT_STEP_INDEX, ArtifactRef, step_path
+from rare_core.storage import FORMATS, write_text_atomic
+from tasks.artifacts import ArtifactRef, step_path
 
 DATASET_STEM = "dataset"
 FAILED_STEM = "failed_rows"
 REPORT_FILE = "report.md"
 SUMMARY_FILE = "summary.json"
 POSITIVE = "positive"
-QUESTION_INDEX = "question_index"
+SIMULATED = f"{RESERVED_PREFIX}simulated"
 SAMPLE_ROWS = 5
 SAMPLE_CHARS = 240
 
@@ -50,19 +56,28 @@ class ExportResult(BaseModel):
 
 @task(name="load-input", cache_policy=NO_CACHE, persist_result=False)
 def load_input(config: PipelineConfig) -> ArtifactRef:
-    """The documents file -> step 0 (first ``limit`` rows, ``id`` added when absent)."""
-    df = read_frame(config.input_path)
-    k = config.columns
-    require_columns(df, [k.text], "load")
-    if config.limit is not None:
-        df = df.head(config.limit)
-    if df.empty:
-        raise StorageError(f"{config.input_path} holds no documents")
-    if k.id not in df.columns:
-        df.insert(0, k.id, df[k.text].map(document_id))
-    ref = ArtifactRef.write(df.reset_index(drop=True), step_path(config, INPUT_STEP_INDEX))
-    get_run_logger().info("Loaded %d documents from %s -> %s", ref.rows, config.input_path, ref.path)
+    """The documents file -> step 0 (checked, first ``limit`` rows, ``id`` added when absent)."""
+    df = load_documents(config)
+    removed = clear_outputs(config)
+    ref = ArtifactRef.write(df, step_path(config, INPUT_STEP_INDEX))
+    logger = get_run_logger()
+    if removed:
+        logger.info("Removed the previous run's %s from %s", ", ".join(removed), config.output_path)
+    logger.info("Loaded %d documents from %s -> %s", ref.rows, config.input_path, ref.path)
     return ref
+
+
+def clear_outputs(config: PipelineConfig) -> list[str]:
+    """Remove the previous run's dataset, failed rows, report and summary (any format); returns their names."""
+    out_dir = Path(config.output_path).resolve()
+    names = [f"{stem}.{fmt}" for stem in (DATASET_STEM, FAILED_STEM) for fmt in FORMATS] + [REPORT_FILE, SUMMARY_FILE]
+    removed = []
+    for name in names:
+        for path in (out_dir / name, out_dir / f"{name}.jsoncols"):
+            if path.is_file():
+                path.unlink()
+                removed.append(path.name)
+    return removed
 
 
 def trainer_columns(config: PipelineConfig, available: pd.Index) -> dict[str, str]:
@@ -73,13 +88,14 @@ def trainer_columns(config: PipelineConfig, available: pd.Index) -> dict[str, st
     return {
         k.id: k.id, **index, k.question: k.question, k.scenario: k.scenario, POSITIVE: k.text,
         k.hard_negatives: k.hard_negatives, f"{k.hard_negatives}_ids": f"{k.hard_negatives}_ids",
-        "document_order": "document_order",
-        "positive_doc_number": "positive_doc_number", k.reasoning: k.reasoning, k.answer: k.answer,
+        DOCUMENT_ORDER: DOCUMENT_ORDER, POSITIVE_DOC_NUMBER: POSITIVE_DOC_NUMBER, k.reasoning: k.reasoning,
+        k.answer: k.answer,
     }
 
 
 def _simulated(df: pd.DataFrame) -> pd.Series:
-    flags = [df[c].fillna(False).astype(bool) for c in ("doc2query_simulated", "distill_simulated") if c in df]
+    columns = [step_column(spec.name, "simulated") for spec in STEPS if spec.uses_llm]
+    flags = [df[c].fillna(False).astype(bool) for c in columns if c in df]
     if not flags:
         return pd.Series(False, index=df.index)
     return pd.concat(flags, axis=1).any(axis=1)
@@ -104,11 +120,13 @@ def export_dataset(final: ArtifactRef, config: PipelineConfig) -> ExportResult:
     columns = trainer_columns(config, df.columns)
     ok = df[STATUS] == OK
     dataset = df.loc[ok, list(columns.values())].set_axis(list(columns), axis=1)
-    dataset["simulated"] = _simulated(df.loc[ok])
+    dataset[SIMULATED] = _simulated(df.loc[ok])
     result = ExportResult(dataset=ArtifactRef.write(dataset.reset_index(drop=True), _output_file(config, DATASET_STEM)))
     failed_path = _output_file(config, FAILED_STEM)
     if (~ok).any():
-        keep = [config.columns.id, STATUS, ERROR, *[c for c in df.columns if c.endswith("_status")]]
+        index = [QUESTION_INDEX] if QUESTION_INDEX in df.columns else []
+        statuses = [step_column(spec.name, "status") for spec in STEPS if step_column(spec.name, "status") in df.columns]
+        keep = [config.columns.id, *index, STATUS, ERROR, ERROR_KIND, *statuses]
         result.failed = ArtifactRef.write(df.loc[~ok, keep].reset_index(drop=True), failed_path)
     else:
         failed_path.unlink(missing_ok=True)  # a file from an earlier run would describe other rows
@@ -116,7 +134,7 @@ def export_dataset(final: ArtifactRef, config: PipelineConfig) -> ExportResult:
     create_table_artifact(
         table=sample, key="rare-dataset-sample",
         description=f"First {len(sample)} of {len(dataset)} rows of {result.dataset.path}"
-                    + (" - SIMULATED answers" if bool(dataset["simulated"].any()) else ""))
+                    + (" - SIMULATED answers" if bool(dataset[SIMULATED].any()) else ""))
     get_run_logger().info("Wrote %d rows to %s (%d failed rows%s)", len(dataset), result.dataset.path,
                           int((~ok).sum()), f" in {result.failed.path}" if result.failed else "")
     return result

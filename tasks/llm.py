@@ -16,6 +16,7 @@ from typing import Iterator
 from rare_core.config import PipelineConfig
 from rare_core.llm.client import APILLMServing_request
 from rare_core.llm.config import redact_url
+from rare_core.pipeline import SIMULATOR_SCOPE
 
 SIMULATED_WARNING = (
     "NO LLM ENDPOINT CONFIGURED (llm.base_url is empty): running against the built-in SIMULATOR. "
@@ -44,7 +45,9 @@ def llm_endpoint(config: PipelineConfig, logger: logging.Logger | logging.Logger
             logger.warning(SIMULATED_WARNING)
             simulator = stack.enter_context(SimulatorProcess(latency=0.0))
             logger.warning("LLM simulator started at %s (model name %s)", simulator.base_url, llm_config.model)
-            llm_config = llm_config.model_copy(update={"base_url": simulator.base_url})
+            # Its port changes every run: its answers are cached under a scope of their own,
+            # which no real endpoint ever has (rare_core.pipeline.SIMULATOR_SCOPE).
+            llm_config = llm_config.model_copy(update={"base_url": simulator.base_url, "cache_scope": SIMULATOR_SCOPE})
         else:
             logger.info("LLM endpoint %s, model %s", redact_url(llm_config.base_url or ""), llm_config.model)
         client = APILLMServing_request(config=llm_config)

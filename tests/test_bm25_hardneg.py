@@ -38,12 +38,12 @@ def test_output_columns_and_best_first_negatives(op):
     out = op.process(frame(), num_neg=3)
     row = out.iloc[0]
     assert list(out.columns[-6:]) == ["hard_negatives", "hard_negatives_ids", "hard_negatives_scores",
-                                      "positive_score", "positive_rank", "hardneg_status"]
+                                      "positive_score", "positive_rank", "rare_hardneg_status"]
     assert row["hard_negatives_ids"] == ["g2", "g4", "g5"]
     assert row["hard_negatives"] == [dict(GARDEN)[i] for i in row["hard_negatives_ids"]]
     assert row["hard_negatives_scores"] == sorted(row["hard_negatives_scores"], reverse=True)
     assert row["positive_rank"] >= 1 and row["positive_score"] > 0
-    assert row["hardneg_status"] == "ok" and row["status"] == "ok"
+    assert row["rare_hardneg_status"] == "ok" and row["rare_status"] == "ok"
     assert "g6" not in sum(out["hard_negatives_ids"], [])  # shares no term: never a negative
 
 
@@ -67,7 +67,7 @@ def test_near_duplicates_among_candidates_are_kept_once(op):
 def test_corpus_smaller_than_num_neg_gives_short_rows_counted_in_the_summary(op):
     df = frame(GARDEN[:3])
     out = op.process(df, num_neg=5)
-    assert (out["hardneg_status"] == "short").all() and (out["status"] == "ok").all()
+    assert (out["rare_hardneg_status"] == "short").all() and (out["rare_status"] == "ok").all()
     assert out["hard_negatives_ids"].map(len).tolist() == [2, 2, 2]
     s = op.last_summary
     assert s.extra["short_rows"] == 3 and s.failed == 0 and s.extra["queries"] == 3
@@ -75,11 +75,11 @@ def test_corpus_smaller_than_num_neg_gives_short_rows_counted_in_the_summary(op)
 
 def test_failed_upstream_rows_are_skipped_and_keep_their_error(op):
     df = frame()
-    df["status"] = ["ok", "failed"] + ["ok"] * 4
-    df["error"] = ["", "doc2query: invalid JSON"] + [""] * 4
+    df["rare_status"] = ["ok", "failed"] + ["ok"] * 4
+    df["rare_error"] = ["", "doc2query: invalid JSON"] + [""] * 4
     out = op.process(df, num_neg=2)
     row = out.iloc[1]
-    assert (row["status"], row["error"], row["hardneg_status"]) == ("failed", "doc2query: invalid JSON", "skipped")
+    assert (row["rare_status"], row["rare_error"], row["rare_hardneg_status"]) == ("failed", "doc2query: invalid JSON", "skipped")
     assert row["hard_negatives"] == [] and row["hard_negatives_ids"] == [] and row["positive_rank"] == -1
     assert op.last_summary.skipped_upstream_failed == 1 and op.last_summary.extra["queries"] == 5
     assert "g2" in out.iloc[0]["hard_negatives_ids"]  # its document still belongs to the corpus
@@ -91,10 +91,10 @@ def test_empty_or_missing_question_fails_the_row_with_a_reason(op):
     df.loc[3, "question"] = None
     out = op.process(df, num_neg=2)
     for i in (2, 3):
-        assert out.loc[i, "status"] == "failed" and out.loc[i, "hardneg_status"] == "failed"
-        assert out.loc[i, "error"] == "hardneg: invalid input: the question is empty or missing"
+        assert out.loc[i, "rare_status"] == "failed" and out.loc[i, "rare_hardneg_status"] == "failed"
+        assert out.loc[i, "rare_error"] == "hardneg: invalid input: the question is empty or missing"
     assert op.last_summary.failed == 2 and op.last_summary.failures_by_reason == {"invalid input": 2}
-    assert (out.loc[[0, 1, 4, 5], "status"] == "ok").all()
+    assert (out.loc[[0, 1, 4, 5], "rare_status"] == "ok").all()
 
 
 def test_unicode_texts(op):
@@ -104,13 +104,13 @@ def test_unicode_texts(op):
                      num_neg=2)
     assert out.iloc[0]["hard_negatives_ids"] == ["u2"] and out.iloc[1]["hard_negatives_ids"] == ["u1"]
     assert out.iloc[0]["hard_negatives"] == ["Zürich hat eine große Straße am See."]
-    assert (out["hardneg_status"] == "short").all()
+    assert (out["rare_hardneg_status"] == "short").all()
 
 
 def test_zero_score_documents_are_never_negatives(op):
     out = op.process(frame(questions=["interest rates"] * 6), num_neg=3)
     first = out.iloc[0]  # only g6 shares a term with the question; the positive itself scores 0
-    assert first["hard_negatives_ids"] == ["g6"] and first["hardneg_status"] == "short"
+    assert first["hard_negatives_ids"] == ["g6"] and first["rare_hardneg_status"] == "short"
     assert (first["positive_score"], first["positive_rank"]) == (0.0, -1)
     assert out.iloc[5]["positive_rank"] == 1 and out.iloc[5]["hard_negatives_ids"] == []
 
@@ -123,7 +123,7 @@ def test_max_score_ratio_drops_candidates_that_match_as_well_as_the_positive(tmp
     df = pd.concat([df, frame(rows[1:], ["x"] * 3)])
     guarded = BM25HardNeg(index_dir=str(tmp_path), max_score_ratio=0.95)
     out = guarded.process(df, num_neg=3).iloc[0]
-    assert sorted(out["hard_negatives_ids"]) == ["weak", "weak2"] and out["hardneg_status"] == "short"
+    assert sorted(out["hard_negatives_ids"]) == ["weak", "weak2"] and out["rare_hardneg_status"] == "short"
     assert all(s < 0.95 * out["positive_score"] for s in out["hard_negatives_scores"])
     unguarded = BM25HardNeg(index_dir=str(tmp_path), max_score_ratio=None).process(df, num_neg=3).iloc[0]
     assert unguarded["hard_negatives_ids"][0] == "better"
@@ -156,7 +156,7 @@ def test_the_search_deepens_when_copies_fill_the_first_depth(op):
     df = frame(GARDEN + copies).head(1)
     df = pd.concat([df, frame(GARDEN[1:] + copies, ["x"] * (len(GARDEN) - 1 + 40))])
     out = op.process(df, num_neg=3).iloc[0]
-    assert out["hard_negatives_ids"] == ["g2", "g4", "g5"] and out["hardneg_status"] == "ok"
+    assert out["hard_negatives_ids"] == ["g2", "g4", "g5"] and out["rare_hardneg_status"] == "ok"
     assert op.last_summary.extra["search_rounds"] >= 2
 
 
@@ -165,7 +165,7 @@ def test_max_depth_bounds_the_deepening(tmp_path):
     df = frame(GARDEN + copies)
     op = BM25HardNeg(index_dir=str(tmp_path), max_score_ratio=None, max_depth=30)
     out = op.process(df, num_neg=3).iloc[0]
-    assert out["hard_negatives_ids"] == [] and out["hardneg_status"] == "short"
+    assert out["hard_negatives_ids"] == [] and out["rare_hardneg_status"] == "short"
     assert op.last_summary.extra["search_rounds"] == 2  # 16 deep, then 30 deep (the cap)
 
 
@@ -173,7 +173,7 @@ def test_a_positive_scoring_zero_is_not_searched_deeper(tmp_path):
     rows = [("pos", "nothing in common")] + [(f"n{i:02d}", f"quantum lecture {i}") for i in range(40)]
     op = BM25HardNeg(index_dir=str(tmp_path), max_score_ratio=0.95)
     out = op.process(frame(rows, ["quantum lecture"] + ["zzz"] * 40), num_neg=2).iloc[0]
-    assert (out["positive_score"], out["hard_negatives_ids"], out["hardneg_status"]) == (0.0, [], "short")
+    assert (out["positive_score"], out["hard_negatives_ids"], out["rare_hardneg_status"]) == (0.0, [], "short")
     assert op.last_summary.extra["search_rounds"] == 1
 
 
@@ -214,9 +214,10 @@ def test_file_storage_round_trip_with_run(tmp_path):
     entry = write_frame(frame(), tmp_path / "questions.jsonl")
     storage = FileStorage(first_entry_file_name=entry, cache_path=tmp_path / "cache", cache_type="jsonl")
     op = BM25HardNeg(index_dir=str(tmp_path / "idx"))
-    path = op.run(storage=storage.step(), input_question_key="question", input_text_key="text",
+    keys = op.run(storage=storage.step(), input_question_key="question", input_text_key="text",
                   output_negatives_key="hard_negatives", num_neg=3)
-    assert path.endswith("dataflow_cache_step_step1.jsonl")
+    assert keys == ["hard_negatives"]  # run() returns the output keys, as the seed API does
+    path = str(storage.step_path(1))
     back = read_frame(path)
     first = json.loads(open(path, encoding="utf-8").readline())
     assert isinstance(first["hard_negatives"], list) and len(first["hard_negatives"]) == 3
@@ -280,7 +281,7 @@ def test_negative_texts_are_read_back_by_row_from_a_corpus_file(tmp_path, monkey
     import rare_core.operators.bm25_hardneg as module
 
     monkeypatch.setattr(module, "READ_BATCH", 2)  # several batches, wanted rows spread over them
-    docs = [("z9", "Tomato soil water warm."), ("g1", "dropped duplicate id"), ("e0", "   ")] + GARDEN
+    docs = [("z9", "Tomato soil water warm."), ("g1", GARDEN[0][1]), ("e0", "   ")] + GARDEN  # g1 twice: one document
     corpus = pd.DataFrame({"id": [d for d, _ in docs], "text": [t for _, t in docs]})
     path = write_frame(corpus, tmp_path / f"corpus.{suffix}")
     rows = pd.DataFrame({"id": ["g1", "g4"], "text": [GARDEN[0][1], GARDEN[3][1]],
@@ -291,6 +292,34 @@ def test_negative_texts_are_read_back_by_row_from_a_corpus_file(tmp_path, monkey
     for ids, texts in zip(out["hard_negatives_ids"], out["hard_negatives"]):
         assert len(ids) == 4 and texts == [text_of[i] for i in ids]
     assert op.last_summary.extra["index_docs"] == 7
+
+
+@pytest.mark.parametrize("where", ["input", "corpus_path"])
+def test_one_id_for_two_different_documents_is_a_named_error(tmp_path, where):
+    rows = pd.DataFrame({"id": ["g1", "g2", "g1"], "text": ["Tomatoes like warm soil.", "Basil grows fast.",
+                                                            "Bank interest rates rose."],
+                         "question": ["why warm soil?", "why basil?", "why rates?"]})
+    settings = {"index_dir": str(tmp_path / "idx")}
+    if where == "corpus_path":
+        settings["corpus_path"] = str(write_frame(rows[["id", "text"]], tmp_path / "corpus.jsonl"))
+        rows = rows.iloc[:2]
+    with pytest.raises(InputColumnError, match="id 'g1' at rows 0, 2: ids must identify one document"):
+        BM25HardNeg(**settings).process(rows)
+
+
+def test_ids_keep_their_type_and_a_custom_id_column_is_used(tmp_path):
+    rows = pd.DataFrame({"doc_id": pd.array([101, 102, 103, None], dtype="Int64"),
+                         "text": ["Tomatoes like warm soil and water.", "Basil likes warm soil and sun.",
+                                  "Peppers like warm soil and water too.", "Cucumbers want warm soil and water."],
+                         "question": ["why do tomatoes want warm soil and water?"] * 4})
+    out = BM25HardNeg(index_dir=str(tmp_path / "idx"), max_score_ratio=None).process(
+        rows, num_neg=2, input_id_key="doc_id")
+    ids = [i for row in out["hard_negatives_ids"] for i in row]
+    assert ids and all(isinstance(i, int) or i.startswith("h") for i in ids)
+    assert 101 in ids or 102 in ids
+    assert all(i not in (101,) for i in out.loc[0, "hard_negatives_ids"])  # never its own negative
+    # The row without an id gets a content-hash id; the others keep 101..103 (not '101.0').
+    assert not any(isinstance(i, str) and i.endswith(".0") for i in ids)
 
 
 def test_parquet_take_reads_any_rows_in_the_asked_order(tmp_path, monkeypatch):

@@ -80,22 +80,22 @@ def test_pipeline_end_to_end_on_simulator(tmp_path, sim):
     assert len(docs) == ROWS and docs["id"].is_unique
     # step 1: Doc2Query
     s1 = read_frame(step_file(config, 1))
-    assert (s1["doc2query_status"] == "ok").all()
+    assert (s1["rare_doc2query_status"] == "ok").all()
     assert s1["question"].map(lambda q: isinstance(q, str) and q.strip().endswith("?")).all()
     assert s1["scenario"].map(lambda s: isinstance(s, str) and len(s) > 20).all()
     # step 2: BM25 hard negatives: other documents of the corpus, never the positive
     s2 = read_frame(step_file(config, 2))
-    assert set(s2["hardneg_status"]) <= {"ok", "short"}
+    assert set(s2["rare_hardneg_status"]) <= {"ok", "short"}
     for _, row in s2.iterrows():
         assert row["text"] not in row["hard_negatives"]
         assert set(row["hard_negatives"]) <= set(docs["text"])
         assert row["id"] not in row["hard_negatives_ids"]
-        assert len(row["hard_negatives"]) == (3 if row["hardneg_status"] == "ok" else len(row["hard_negatives"]))
+        assert len(row["hard_negatives"]) == (3 if row["rare_hardneg_status"] == "ok" else len(row["hard_negatives"]))
         assert len(row["hard_negatives"]) <= 3
-    assert (s2["hardneg_status"] == "ok").sum() >= ROWS // 2
+    assert (s2["rare_hardneg_status"] == "ok").sum() >= ROWS // 2
     # step 3: ReasonDistill
     s3 = read_frame(step_file(config, 3))
-    assert (s3["distill_status"] == "ok").all() and (s3["status"] == "ok").all()
+    assert (s3["rare_distill_status"] == "ok").all() and (s3["rare_status"] == "ok").all()
     for _, row in s3.iterrows():
         assert sorted(row["document_order"]) == list(range(1 + len(row["hard_negatives"])))
         assert row["positive_doc_number"] == row["document_order"].index(0) + 1
@@ -106,8 +106,8 @@ def test_pipeline_end_to_end_on_simulator(tmp_path, sim):
     dataset = read_frame(result.exported.dataset.path)
     assert list(dataset.columns) == [
         "id", "question", "scenario", "positive", "hard_negatives", "hard_negatives_ids", "document_order",
-        "positive_doc_number", "reasoning", "answer", "simulated"]
-    assert len(dataset) == ROWS and dataset["simulated"].all()
+        "positive_doc_number", "reasoning", "answer", "rare_simulated"]
+    assert len(dataset) == ROWS and dataset["rare_simulated"].all()
     merged = dataset.merge(docs[["id", "text"]], on="id")
     assert (merged["positive"] == merged["text"]).all()
     assert result.exported.failed is None and result.simulated
@@ -197,7 +197,7 @@ def test_prompt_version_change_reruns_from_that_step(tmp_path, sim, monkeypatch)
     state, tasks = run_flow(config)
     assert [tasks[t] for t in STEP_TASKS] == ["Cached", "Cached", "Completed"]
     assert completions(sim) == ROWS
-    assert (read_frame(step_file(config, 3))["distill_prompt_version"] == "reason_distill/v2-test").all()
+    assert (read_frame(step_file(config, 3))["rare_distill_prompt_version"] == "reason_distill/v2-test").all()
 
 
 def test_deleted_step_file_is_recomputed(tmp_path, sim):
@@ -324,21 +324,25 @@ def test_cli_run_without_endpoint_uses_and_stops_the_simulator(tmp_path, capsys)
     assert "SIMULATOR" in captured.err and "SIMULATED" in captured.out
     assert "| distill | ran | 4 | 4 | 0 |" in captured.out
     dataset = read_frame(tmp_path / "out" / "dataset.jsonl")
-    assert len(dataset) == 4 and dataset["simulated"].all()
+    assert len(dataset) == 4 and dataset["rare_simulated"].all()
     assert _simulator_children() <= before  # the run's own simulator was stopped
 
 
 @pytest.mark.usefixtures("cli_env")
 def test_cli_exit_status(tmp_path, capsys):
-    from deployments.cli import EXIT_FAILED, EXIT_USAGE, main
+    from deployments.cli import EXIT_OK, EXIT_USAGE, main
 
     common = ["--output", str(tmp_path / "out"), "--cache-path", str(tmp_path / "cache")]
     assert main(["run", "--input", str(SAMPLE), "--set", "hardneg.num_neg=0", *common]) == EXIT_USAGE
     assert "hardneg.num_neg" in capsys.readouterr().err
     assert main(["run", "--input", str(SAMPLE), "--base-url", "http://127.0.0.1:9/v1", *common]) == EXIT_USAGE
     assert "llm.model" in capsys.readouterr().err
-    assert main(["run", "--input", str(tmp_path / "missing.jsonl"), *common]) == EXIT_FAILED
-    assert "missing.jsonl" in capsys.readouterr().err
+    # A user error is found before the flow starts: one line, exit 2, nothing ran.
+    assert main(["run", "--input", str(tmp_path / "missing.jsonl"), *common]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "missing.jsonl" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "cache").exists()
+    # Any llm.* option alone is fine on the simulator (its model name is the default one).
+    assert main(["run", "--input", str(SAMPLE), "--max-workers", "4", "--limit", "2", *common]) == EXIT_OK
 
 
 def test_report_counts_only_this_runs_requests_and_prices_them():
@@ -377,8 +381,8 @@ def test_run_without_usable_rows_fails_after_writing_the_report(tmp_path, sim, c
     assert "none of the 3 documents went through every step" in captured.err
     assert "- doc2query: unparseable: 3" in captured.out  # the report of this run, printed anyway
     failed = read_frame(tmp_path / "out" / "failed_rows.jsonl")
-    assert len(failed) == 3 and failed["error"].str.startswith("doc2query: unparseable").all()
-    assert list(failed["hardneg_status"]) == ["skipped"] * 3
+    assert len(failed) == 3 and failed["rare_error"].str.startswith("doc2query: unparseable").all()
+    assert list(failed["rare_hardneg_status"]) == ["skipped"] * 3
     assert len(read_frame(tmp_path / "out" / "dataset.jsonl")) == 0
 
 

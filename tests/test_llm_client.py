@@ -10,7 +10,7 @@ import time
 import pytest
 
 from rare_core.errors import LLMAuthError, LLMConfigError
-from rare_core.llm import APILLMServing_request, LLMRequest
+from rare_core.llm import APILLMServing_request, LLMConfig, LLMRequest
 from rare_core.llm.cache import ResponseCache
 from rare_core.llm.simulator import FaultSpec
 
@@ -116,7 +116,9 @@ def test_missing_key_is_reported_as_unset(sim, tmp_path, monkeypatch):
 
 def test_no_endpoint_is_a_config_error():
     with pytest.raises(LLMConfigError, match="no LLM endpoint"):
-        APILLMServing_request(model_name="m")
+        APILLMServing_request(api_url=None, model_name="m")
+    with pytest.raises(LLMConfigError, match="no LLM endpoint"):
+        APILLMServing_request(config=LLMConfig(model="m"))
 
 
 def test_concurrency_bound_seen_at_the_server(sim, tmp_path):
@@ -137,14 +139,23 @@ def test_second_run_is_served_from_the_cache(sim, tmp_path, monkeypatch):
     monkeypatch.setenv("DF_API_KEY", "first-key")
     first = client(sim, tmp_path).chat(requests_for(12))
     assert chat_requests(sim) == 12
-    # another key and another spelling of the same endpoint: neither is part of the cache key
+    # another key: not part of the cache key
     monkeypatch.setenv("DF_API_KEY", "second-key")
-    again = client(sim, tmp_path, api_url=sim.base_url.replace("127.0.0.1", "localhost")).chat(requests_for(12))
+    again = client(sim, tmp_path).chat(requests_for(12))
     assert chat_requests(sim) == 12
     assert again.totals.cache_hits == 12 and again.totals.requests == 0
     assert [r.text for r in again.responses] == [r.text for r in first.responses]
+    # the endpoint is (llm.cache_scope, by default the base URL): another URL is another scope...
+    other_url = sim.base_url.replace("127.0.0.1", "localhost")
+    client(sim, tmp_path, api_url=other_url).chat(requests_for(12))
+    assert chat_requests(sim) == 24
+    # ...unless both runs name the same scope
+    client(sim, tmp_path, cache_scope="shared-scope").chat(requests_for(12))
+    moved = client(sim, tmp_path, api_url=other_url, cache_scope="shared-scope").chat(requests_for(12))
+    assert moved.totals.cache_hits == 12 and chat_requests(sim) == 36
     with open(tmp_path / "cache.sqlite", "rb") as fh:
-        assert b"first-key" not in fh.read()
+        data = fh.read()
+        assert b"first-key" not in data and b"second-key" not in data
 
 
 def test_cache_modes(sim, tmp_path):
@@ -164,7 +175,7 @@ def test_killed_run_resumes_paying_only_for_unanswered_rows(sim, tmp_path):
     script = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {os.getcwd()!r})
-        from rare_core.llm import APILLMServing_request, LLMRequest
+        from rare_core.llm import APILLMServing_request, LLMConfig, LLMRequest
         llm = APILLMServing_request(api_url={sim.base_url!r}, model_name="test-model", max_workers=2,
                                     cache_path={str(cache_file)!r})
         llm.chat([LLMRequest(messages=[{{"role": "user", "content": f"row {{i}}"}}]) for i in range(40)])

@@ -45,14 +45,14 @@ def test_doc2query_writes_question_scenario_and_provenance(sim, llm, docs):
     op = Doc2Query(llm_serving=llm)
     out = op.process(docs)
     assert len(out) == len(docs)
-    assert (out["status"] == "ok").all() and (out["doc2query_status"] == "ok").all()
+    assert (out["rare_status"] == "ok").all() and (out["rare_doc2query_status"] == "ok").all()
     assert out["question"].map(lambda q: isinstance(q, str) and q.endswith("?")).all()
     assert out["scenario"].str.startswith("[simulated]").all()
     assert out["question"].nunique() == len(docs)
-    assert (out["doc2query_prompt_version"] == d2q_prompt.VERSION).all()
-    assert (out["doc2query_model"] == "teacher").all()
-    assert (out["doc2query_prompt_tokens"] > 0).all() and (out["doc2query_completion_tokens"] > 0).all()
-    assert out["doc2query_simulated"].all()
+    assert (out["rare_doc2query_prompt_version"] == d2q_prompt.VERSION).all()
+    assert (out["rare_doc2query_model"] == "teacher").all()
+    assert (out["rare_doc2query_prompt_tokens"] > 0).all() and (out["rare_doc2query_completion_tokens"] > 0).all()
+    assert out["rare_doc2query_simulated"].all()
     assert list(out["id"]) == list(docs["id"])  # input columns and order kept
     assert op.last_summary.rows_out == len(docs) and op.last_summary.failed == 0
     assert op.last_summary.simulated and op.last_summary.extra["requests"] == len(docs)
@@ -71,8 +71,8 @@ def test_unparseable_answer_is_reasked_and_reaches_the_model(sim, llm, docs):
     target = docs["text"][2][:60]
     sim.inject([FaultSpec(kind="malformed_json", count=1, match=target)])
     out = Doc2Query(llm_serving=llm).process(docs)
-    assert (out["status"] == "ok").all()
-    assert out["doc2query_attempts"].tolist()[2] == 2
+    assert (out["rare_status"] == "ok").all()
+    assert out["rare_doc2query_attempts"].tolist()[2] == 2
     assert chats(sim) == len(docs) + 1
     # the rerun gets both the bad first answer and the re-ask's answer from the cache
     sim.reset()
@@ -88,14 +88,14 @@ def test_row_fails_after_max_attempts_with_reason_and_raw(sim, llm, docs, kind):
     op = Doc2Query(llm_serving=llm)
     out = op.process(docs, max_attempts=3)
     row = out.iloc[1]
-    assert row["status"] == "failed" and row["doc2query_status"] == "failed"
+    assert row["rare_status"] == "failed" and row["rare_doc2query_status"] == "failed"
     assert pd.isna(row["question"]) and pd.isna(row["scenario"])  # missing, never an empty question
-    assert row["doc2query_attempts"] == 3 and "after 3 attempts" in row["error"]
+    assert row["rare_doc2query_attempts"] == 3 and "after 3 attempts" in row["rare_error"]
     expected = {"malformed_json": "unparseable", "length": "truncated", "empty": "empty response"}[kind]
-    assert expected in row["error"]
+    assert expected in row["rare_error"]
     if kind != "empty":
-        assert row["doc2query_raw"]  # the raw reply is kept
-    assert (out.drop(index=1)["status"] == "ok").all()
+        assert row["rare_doc2query_raw"]  # the raw reply is kept
+    assert (out.drop(index=1)["rare_status"] == "ok").all()
     assert op.last_summary.failed == 1 and sum(op.last_summary.failures_by_reason.values()) == 1
     assert chats(sim) == len(docs) + 2
 
@@ -110,7 +110,7 @@ def test_several_questions_per_document(sim, llm, docs):
 def test_empty_document_fails_without_a_request(sim, llm, docs):
     docs.loc[0, "text"] = "   "
     out = Doc2Query(llm_serving=llm).process(docs)
-    assert out.iloc[0]["status"] == "failed" and "empty" in out.iloc[0]["error"]
+    assert out.iloc[0]["rare_status"] == "failed" and "empty" in out.iloc[0]["rare_error"]
     assert chats(sim) == len(docs) - 1
 
 
@@ -127,13 +127,13 @@ def test_reason_distill_end_to_end(sim, llm, docs):
     frame = with_negatives(questions)
     op = ReasonDistill(llm_serving=llm)
     out = op.process(frame)
-    assert (out["status"] == "ok").all() and (out["distill_status"] == "ok").all()
+    assert (out["rare_status"] == "ok").all() and (out["rare_distill_status"] == "ok").all()
     assert out["reasoning"].str.startswith("[simulated reasoning]").all()
     assert out["answer"].str.startswith("[simulated]").all()
     for order, number in zip(out["document_order"], out["positive_doc_number"]):
         assert sorted(order) == [0, 1, 2]
         assert order[number - 1] == 0
-    assert (out["distill_prompt_version"] == rd_prompt.VERSION).all()
+    assert (out["rare_distill_prompt_version"] == rd_prompt.VERSION).all()
     # the same row always gets the same prompt: a rerun is answered from the cache
     sim.reset()
     again = ReasonDistill(llm_serving=llm).process(frame)
@@ -159,8 +159,8 @@ def test_reason_distill_skips_rows_failed_upstream(sim, llm, docs):
     op = ReasonDistill(llm_serving=llm)
     out = op.process(with_negatives(questions))
     first = out.iloc[0]
-    assert first["status"] == "failed" and first["error"].startswith("doc2query:")
-    assert first["distill_status"] == "skipped" and pd.isna(first["reasoning"])
+    assert first["rare_status"] == "failed" and first["rare_error"].startswith("doc2query:")
+    assert first["rare_distill_status"] == "skipped" and pd.isna(first["reasoning"])
     assert op.last_summary.skipped_upstream_failed == 1
     assert chats(sim) == len(docs) - 1
 
@@ -185,8 +185,8 @@ def test_seed_usage_with_file_storage(sim, llm, tmp_path, docs, monkeypatch):
     assert list(final["id"].astype(str)) == list(docs["id"].astype(str))
     assert final["reasoning"].notna().all() and final["answer"].notna().all()
     for own_id, negatives, neg_ids, status in zip(final["id"].astype(str), final["hard_negatives"],
-                                                  final["hard_negatives_ids"], final["hardneg_status"]):
+                                                  final["hard_negatives_ids"], final["rare_hardneg_status"]):
         assert own_id not in neg_ids  # the positive is never its own negative
         assert (len(negatives) == 3) == (status == "ok") and status in ("ok", "short")
-    assert (final["hardneg_status"] == "ok").any()
+    assert (final["rare_hardneg_status"] == "ok").any()
     assert chats(sim) == 2 * len(docs)

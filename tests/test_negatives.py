@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 import pytest
 
 from rare_core.retrieval.negatives import normalize_text, select_negatives, text_key
@@ -82,3 +84,39 @@ def test_exhausted_when_the_ranking_is_too_short(num_neg):
     sel = pick([("n1", 5.0)], num_neg=num_neg, max_score_ratio=None)
     assert sel.ids == ["n1"]
     assert sel.exhausted is (num_neg > 1)
+
+
+NFC = "Crème brûlée at the Café Zürich costs 12 euros."
+
+
+@pytest.mark.parametrize("copy", [
+    unicodedata.normalize("NFD", NFC),                                  # decomposed accents
+    "Ｃｒèｍｅ ｂｒûｌéｅ at the Café Zürich costs １２ euros．",         # full-width forms
+    "Crème brû\u200blée at the Ca\u200cfé Zü\u200drich costs 12\u2060 euros.\ufeff",  # zero-width characters
+    "Crè\u00adme brûlée at the Café Zürich costs 12 eu\u00adros.",      # soft hyphens
+    "\u200eCrème brûlée at the Café Zürich costs 12 euros.\u200f",      # direction marks
+    "CRÈME BRÛLÉE  at the CAFÉ ZÜRICH costs 12 EUROS.",
+])
+def test_normalize_text_folds_unicode_forms_and_invisible_characters(copy):
+    assert copy != NFC
+    assert normalize_text(copy) == normalize_text(NFC) == "crème brûlée at the café zürich costs 12 euros."
+    assert text_key(copy) == text_key(NFC)
+
+
+def test_normalize_text_meets_after_casefolding():
+    assert normalize_text("\u0390") == normalize_text("\u03aa\u0301")  # ΐ and Ϊ́: NFKC again after casefold
+    assert normalize_text("ﬁle") == normalize_text("FILE")  # the ligature
+    assert normalize_text("a\u200b b") == "a b" and normalize_text("co\u00adop") == "coop"
+    assert normalize_text("Straße") != normalize_text("Strafe")
+
+
+def test_unicode_variants_of_the_positive_are_never_negatives():
+    texts = {"pos": NFC, "nfd": unicodedata.normalize("NFD", NFC), "wide": NFC.replace("12", "１２"),
+             "zw": NFC.replace("brûlée", "brû\u200blée"), "shy": NFC.replace("Crème", "Crè\u00adme"),
+             "n1": "A dog sat on a log.", "n2": "Birds sit on wires.", "n3": "Fish swim in the sea."}
+    ranking = [("nfd", 9.0), ("wide", 8.5), ("pos", 8.0), ("zw", 7.5), ("shy", 7.0), ("n1", 5.0), ("n2", 4.0),
+               ("n3", 3.0)]
+    sel = select_negatives([d for d, _ in ranking], [s for _, s in ranking], num_neg=3, positive_ids={"pos"},
+                           positive_key=text_key(NFC), key_of=lambda d: text_key(texts[d]), max_score_ratio=None)
+    assert sel.ids == ["n1", "n2", "n3"]
+    assert sel.positive_rank == 1  # the NFD copy stands for the positive

@@ -1,15 +1,19 @@
-"""BM25Index on small corpora: build, cache reuse, ranking, tie-breaking, single-document scores."""
+"""BM25Index on small corpora: build, cache reuse, ranking, tie-breaking, single-document scores, long
+queries; and BM25HardNeg on Unicode copies of the positive."""
 
 from __future__ import annotations
 
+import random
+import string
 import subprocess
 import sys
+import unicodedata
 
 import pandas as pd
 import pytest
 
 from rare_core.errors import RetrievalError
-from rare_core.retrieval import BM25Index, SearchHits
+from rare_core.retrieval import BM25Index, SearchHits, normalize_text
 
 DOCS = pd.DataFrame({
     "id": ["d1", "d2", "d3", "d4", "d5"],
@@ -184,3 +188,113 @@ def test_a_corpus_object_builds_the_same_index_and_is_released(tmp_path):
     fresh = Corpus(DOCS, title_col="title")
     assert BM25Index.build(fresh, tmp_path / "other").search(["cat"], k=2) == built.search(["cat"], k=2)
     assert fresh.text is None
+
+
+# -- long queries: Lucene's clause limit --------------------------------------------------------
+
+def _vocabulary(n: int, seed: int = 3) -> list[str]:
+    """``n`` distinct made-up lower-case words of 7 to 10 letters (no stopword, no shared stem)."""
+    rng = random.Random(seed)
+    words: dict[str, None] = {}
+    while len(words) < n:
+        words["".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(7, 10)))] = None
+    return list(words)
+
+
+VOCAB = _vocabulary(4_000)
+LONG_DOCS = pd.DataFrame({"id": [f"L{j:02d}" for j in range(40)],
+                          "text": [" ".join(VOCAB[j * 100:(j + 1) * 100]) for j in range(40)]})
+
+
+@pytest.fixture(scope="module")
+def long_index(tmp_path_factory):
+    return BM25Index.build(LONG_DOCS, tmp_path_factory.mktemp("long"))
+
+
+def test_the_jvm_raises_lucenes_clause_limit(long_index):
+    from rare_core.retrieval.jvm import MAX_CLAUSE_COUNT, jclass
+
+    long_index.search(["x"], k=1)
+    assert jclass("org.apache.lucene.search.IndexSearcher").getMaxClauseCount() == MAX_CLAUSE_COUNT >= 16_384
+
+
+def test_a_query_of_1500_distinct_words_gets_hits_and_a_score(long_index):
+    query = " ".join(random.Random(5).sample(VOCAB[:2_000], 1_500))  # > 1,024 clauses, < MAX_QUERY_TOKENS
+    ids, scores = long_index.search([query, "nothing"], k=5)
+    assert len(ids[0]) == 5 and ids[1] == []
+    top = ids[0][0]
+    assert long_index.score([query], [top]) == [scores[0][0]]
+    assert isinstance(scores[0][0], float) and scores[0][0] > 0
+    assert long_index.searcher.truncated_queries == 0
+
+
+def test_queries_over_the_length_limit_are_cut_and_counted(long_index):
+    from rare_core.retrieval.search import MAX_QUERY_CHARS, MAX_QUERY_TOKENS, clip_query
+
+    query = " ".join(VOCAB[i % 4_000] for i in range(3 * MAX_QUERY_TOKENS))  # 6,144 words, ~60,000 characters
+    head, cut = clip_query(query)
+    assert cut and query.startswith(head) and len(head) <= MAX_QUERY_CHARS and len(head.split()) <= MAX_QUERY_TOKENS
+    searcher = long_index.searcher
+    before = searcher.truncated_queries
+    hits = long_index.search([query], k=40)
+    assert hits == long_index.search([head], k=40) and 10 < len(hits.ids[0]) < 40  # the head's words only
+    [score] = long_index.score([query], [hits.ids[0][0]])
+    assert score == hits.scores[0][0] and isinstance(score, float)
+    assert searcher.truncated_queries == before + 1  # the same query cut on both paths counts once
+    long_index.search([query + " more"], k=1)
+    assert searcher.truncated_queries == before + 2
+
+
+def test_clip_query():
+    from rare_core.retrieval.search import MAX_QUERY_CHARS, MAX_QUERY_TOKENS, clip_query
+
+    assert clip_query("why does x cause y?") == ("why does x cause y?", False)
+    assert clip_query("a " * MAX_QUERY_TOKENS) == ("a " * MAX_QUERY_TOKENS, False)
+    cut, was_cut = clip_query("a " * MAX_QUERY_TOKENS + "b")
+    assert was_cut and cut == " ".join(["a"] * MAX_QUERY_TOKENS)
+    cut, was_cut = clip_query("字" * (MAX_QUERY_CHARS + 5))  # no whitespace to count: cut by characters
+    assert was_cut and cut == "字" * MAX_QUERY_CHARS
+    cut, was_cut = clip_query("abcdefgh " * (MAX_QUERY_CHARS // 9 + 1))  # long words: the last whole one kept
+    assert was_cut and len(cut) <= MAX_QUERY_CHARS and cut.endswith("abcdefgh") and len(cut.split()) < MAX_QUERY_TOKENS
+
+
+def test_a_java_error_while_scoring_is_a_retrieval_error(long_index):
+    from rare_core.retrieval.jvm import jclass
+
+    lucene_searcher = jclass("org.apache.lucene.search.IndexSearcher")
+    limit = lucene_searcher.getMaxClauseCount()
+    lucene_searcher.setMaxClauseCount(8)
+    try:
+        with pytest.raises(RetrievalError, match="TooManyClauses") as err:
+            long_index.score([" ".join(VOCAB[:20])], ["L00"])
+    finally:
+        lucene_searcher.setMaxClauseCount(limit)
+    assert "\n" not in str(err.value)
+
+
+# -- copies of the positive in other Unicode forms, end to end ---------------------------------
+
+def test_unicode_copies_of_the_positive_are_never_hard_negatives(tmp_path):
+    from rare_core.operators.bm25_hardneg import BM25HardNeg
+
+    positive = "Tomatoes grow best in warm soil at the café with full sun and regular watering."
+    copies = {
+        "nfd": unicodedata.normalize("NFD", positive),
+        "wide": positive.replace("Tomatoes", "Ｔｏｍａｔｏｅｓ"),
+        "zwsp": positive.replace("regular", "regu\u200blar"),
+        "shy": positive.replace("watering", "water\u00ading"),
+        "bom": "\ufeff" + positive.replace("soil", "so\u2060il"),
+    }
+    others = [("g2", "Tomato plants need staking; water tomatoes deeply at the soil line."),
+              ("g3", "Roses prefer rich soil and morning sun; water roses at the base."),
+              ("g4", "Cucumbers grow fast in warm soil when watered every day."),
+              ("g5", "Basil grows well beside tomatoes in warm sunny beds.")]
+    rows = [("g1", positive), *copies.items(), *others]
+    df = pd.DataFrame({"id": [i for i, _ in rows], "text": [t for _, t in rows],
+                       "question": ["how should tomatoes be watered in warm soil with full sun?"] * len(rows)})
+    out = BM25HardNeg(index_dir=str(tmp_path / "idx"), max_score_ratio=None).process(df, num_neg=3)
+    family = {"g1", *copies}
+    for i in range(len(copies) + 1):  # the positive and each copy: none of the family comes back
+        negs = out.iloc[i]["hard_negatives_ids"]
+        assert len(negs) == 3 and not family & set(negs), (out.iloc[i]["id"], negs)
+        assert not {normalize_text(t) for t in out.iloc[i]["hard_negatives"]} & {normalize_text(positive)}

@@ -210,6 +210,23 @@ def test_clear_faults_drops_pending_faults(sim, client):
     assert sim.stats().faults_served == {}
 
 
+def test_raw_retry_after_header_is_sent_as_given(sim, client):
+    sim.inject([FaultSpec(kind="rate_limit", retry_after_header="soon")])
+    with pytest.raises(openai.RateLimitError) as info:
+        ask(client, hello())
+    assert info.value.response.headers["retry-after"] == "soon"
+
+
+def test_odd_shape_is_a_200_whose_json_is_not_a_completion(sim, client):
+    sim.inject([FaultSpec(kind="odd_shape")])
+    raw = client.chat.completions.with_raw_response.create(model="m", messages=hello())
+    assert raw.status_code == 200
+    body = json.loads(raw.text)
+    assert body["choices"] and all(isinstance(c, str) for c in body["choices"])
+    assert sim.stats().faults_served == {"odd_shape": 1}
+    assert ask(client, hello()).choices[0].message.content  # one use only
+
+
 def test_fault_spec_rejects_unknown_kinds_and_fields():
     with pytest.raises(ValueError):
         FaultSpec(kind="explode")

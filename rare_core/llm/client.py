@@ -1,15 +1,23 @@
 """``APILLMServing_request``: an OpenAI-compatible chat client for batches of requests.
 
-In: a list of :class:`LLMRequest` (rendered messages + prompt version).
-Out: a :class:`Batch` with one :class:`LLMResponse` per request, in input order, and the
-batch's :class:`RunTotals`.
+In: a list of :class:`LLMRequest` (rendered messages + prompt version, optionally its own
+``max_tokens``). Out: a :class:`Batch` with one :class:`LLMResponse` per request, in input
+order, and the batch's :class:`RunTotals`.
 
 * Bounded concurrency: up to ``max_workers`` requests in flight, all rows queued at once.
+* Identical requests (same cache key) in one batch are sent once; the duplicates get a copy of
+  the answer marked ``shared`` (counted in ``RunTotals.deduplicated``, not as requests).
 * Retries only where a retry can help (408, 409, 429, 5xx, connection errors, timeouts),
-  exponential backoff with jitter, honouring ``Retry-After``. Other errors fail the row.
-* 401/403 raise :class:`LLMAuthError` at once, naming the key's environment variable.
-* Optional requests-per-minute / tokens-per-minute limits.
-* A persistent :class:`ResponseCache` consulted before, and written after, every request.
+  exponential backoff with jitter, honouring ``Retry-After`` up to ``max_retry_after`` (a server
+  asking for a longer wait fails the row at once). Other errors fail the row.
+* 401/403 raise :class:`LLMAuthError` at once, naming the key's environment variable. Any other
+  exception while handling one request (a bug, an odd response) becomes that row's error.
+* Requests-per-minute / tokens-per-minute limits, one bucket per client for its whole life
+  (re-ask rounds do not start with a fresh burst).
+* A persistent :class:`ResponseCache` consulted before, and written after, every request; its
+  key includes the endpoint's scope (:func:`~rare_core.llm.config.endpoint_scope`).
+* :meth:`APILLMServing_request.chat` from code that already runs an event loop runs the batch
+  on a private loop in a thread of ours; Ctrl-C while waiting cancels the batch's requests.
 
 The API key is read from the environment variable named by ``LLMConfig.api_key_env`` when a
 batch starts; it lives only in the openai client object and is scrubbed from every error text.
@@ -18,12 +26,15 @@ batch starts; it lives only in the openai client object and is scrubbed from eve
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import email.utils
+import inspect
+import logging
 import os
 import random
+import threading
 import time
-from typing import Any, Callable
+from datetime import timezone
+from typing import Any, Callable, Coroutine, TypeVar
 
 import httpx
 import openai
@@ -31,22 +42,31 @@ from pydantic import BaseModel, Field
 
 from rare_core.errors import LLMAuthError, LLMConfigError
 from rare_core.llm.cache import ResponseCache, cache_key
-from rare_core.llm.config import GenerationParams, LLMConfig, redact_url
+from rare_core.llm.config import DEFAULT_MODEL, GenerationParams, LLMConfig, endpoint_scope, redact_url
 from rare_core.llm.ratelimit import RateLimiter
+
+log = logging.getLogger("rare_core.llm")
 
 # The simulator stamps this into ``system_fingerprint``; answers carrying it are marked simulated.
 SIMULATED_FINGERPRINT = "rare-simulator"
 RETRYABLE_STATUS = {408, 409, 429}
 _MISSING_KEY = "no-key-set"
+_CACHED_FIELDS = {"text", "finish_reason", "prompt_tokens", "completion_tokens", "model", "simulated"}
+_JOIN_POLL = 0.1  # seconds between checks of the waiting thread for a Ctrl-C
+_T = TypeVar("_T")
 
 ProgressCallback = Callable[[int, int], None]
 
 
 class LLMRequest(BaseModel):
-    """One chat request. ``prompt_version`` enters the cache key."""
+    """One chat request. ``prompt_version`` enters the cache key; ``max_tokens`` overrides
+    ``generation.max_tokens`` for this request (and enters the key through the params sent);
+    ``refresh_cache`` skips the cache read for this request (its answer is still written)."""
 
     messages: list[dict[str, str]]
     prompt_version: str = ""
+    max_tokens: int | None = Field(None, ge=1, le=262144)
+    refresh_cache: bool = False
 
 
 class LLMResponse(BaseModel):
@@ -61,6 +81,7 @@ class LLMResponse(BaseModel):
     model: str | None = None
     simulated: bool = False
     cached: bool = False
+    shared: bool = False  # a copy of the answer to an identical request of the same batch
     retries: int = 0
 
     @property
@@ -76,14 +97,16 @@ class RunTotals(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     failures: int = 0
-    cache_hits: int = 0
+    cache_hits: int = 0  # rows served from the response cache (the first row of each cache key)
+    deduplicated: int = 0  # rows answered by an identical request of the same batch (LLMResponse.shared)
     simulated: bool = False
     wall_seconds: float = 0.0
 
     def add(self, other: "RunTotals") -> "RunTotals":
         """Sum of two totals (wall time adds up: batches run one after another)."""
         data = {k: getattr(self, k) + getattr(other, k) for k in
-                ("requests", "retries", "prompt_tokens", "completion_tokens", "failures", "cache_hits", "wall_seconds")}
+                ("requests", "retries", "prompt_tokens", "completion_tokens", "failures", "cache_hits",
+                 "deduplicated", "wall_seconds")}
         return RunTotals(**data, simulated=self.simulated or other.simulated)
 
 
@@ -100,22 +123,43 @@ class _Retry(Exception):
 
 
 def parse_retry_after(headers: httpx.Headers | None) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` / ``retry-after`` (seconds or HTTP date)."""
+    """Seconds to wait from ``retry-after-ms`` / ``retry-after`` (seconds or HTTP date); None
+    when absent or unparseable (e.g. ``"soon"``): the caller then falls back to its backoff."""
     if not headers:
         return None
     if (ms := headers.get("retry-after-ms")) is not None:
         try:
-            return max(0.0, float(ms) / 1000.0)
+            return _non_negative(float(ms) / 1000.0)
         except ValueError:
             pass
-    value = headers.get("retry-after")
-    if value is None:
+    value = (headers.get("retry-after") or "").strip()
+    if not value:
         return None
     try:
-        return max(0.0, float(value))
+        return _non_negative(float(value))
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+        pass
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):  # raises (not None) on junk since 3.10
+        return None
+    if parsed.tzinfo is None:  # "-0000": RFC 5322's UTC of unknown origin
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return max(0.0, parsed.timestamp() - time.time())
+
+
+def _non_negative(seconds: float) -> float | None:
+    return None if seconds != seconds else max(0.0, seconds)  # NaN: no usable value
+
+
+def next_budget(config: LLMConfig, current: int | None) -> int | None:
+    """The token budget to ask a truncated reply again with: twice ``current`` (None: the
+    configured ``generation.max_tokens``), at most ``config.max_tokens_cap``; None when
+    ``current`` is already at or above the cap (asking again would be cut again)."""
+    current = config.generation.max_tokens if current is None else current
+    if current >= config.max_tokens_cap:
+        return None
+    return min(2 * current, config.max_tokens_cap)
 
 
 class APILLMServing_request:  # noqa: N801 - name kept from the system we implement
@@ -124,64 +168,106 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
     >>> llm = APILLMServing_request(api_url="http://127.0.0.1:8000/v1/chat/completions",
     ...                             model_name="gpt-4o-mini", max_workers=5)     # doctest: +SKIP
 
-    Either pass a full :class:`LLMConfig` as ``config`` or the familiar keywords
-    (``api_url``, ``model_name``, ``max_workers``, ``key_name_of_api_key``); any other
-    ``LLMConfig`` field (``timeout``, ``max_retries``, ``cache_path``...) or generation field
-    (``temperature``, ``max_tokens``, ``seed``...) may be given as a keyword too.
+    The parameters, their order and defaults are those of the system we implement. Either pass
+    a full :class:`LLMConfig` as ``config`` (then leave the others at their defaults) or the
+    familiar parameters; any other ``LLMConfig`` field (``timeout``, ``cache_path``...) or
+    generation field (``temperature``, ``max_tokens``, ``seed``...) may be given as a keyword too.
     """
 
     def __init__(
         self,
-        api_url: str | None = None,
-        model_name: str | None = None,
-        max_workers: int | None = None,
-        key_name_of_api_key: str | None = None,
+        api_url: str | None = "https://api.openai.com/v1/chat/completions",
+        key_name_of_api_key: str = "DF_API_KEY",
+        model_name: str | None = "gpt-4o",
+        max_workers: int = 10,
+        max_retries: int = 5,
         *,
         config: LLMConfig | None = None,
         **overrides: Any,
     ) -> None:
+        named = {"base_url": api_url, "api_key_env": key_name_of_api_key, "model": model_name,
+                 "max_workers": max_workers, "max_retries": max_retries}
         if config is None:
             gen_fields = set(GenerationParams.model_fields)
             gen = {k: overrides.pop(k) for k in list(overrides) if k in gen_fields}
-            fields: dict[str, Any] = {"base_url": api_url, "model": model_name, **overrides}
-            if max_workers is not None:
-                fields["max_workers"] = max_workers
-            if key_name_of_api_key is not None:
-                fields["api_key_env"] = key_name_of_api_key
-            config = LLMConfig(**fields, generation=GenerationParams(**gen))
-        elif api_url or model_name or max_workers or key_name_of_api_key or overrides:
+            base = GenerationParams.model_validate(overrides.pop("generation", None) or {})
+            config = LLMConfig(**{**named, **self._field_overrides(named, overrides)},
+                               generation=GenerationParams(**{**base.model_dump(), **gen}))
+        elif overrides or any(value != _DEFAULTS[name] for name, value in named.items()):
             raise TypeError("pass either config=LLMConfig(...) or keyword settings, not both")
         if not config.base_url:
             raise LLMConfigError("no LLM endpoint configured: set api_url (base_url) to an OpenAI-compatible URL")
         self.config = config
+        self._limiter = RateLimiter(config.requests_per_minute, config.tokens_per_minute)
         self._cache: ResponseCache | None = None
+
+    @property
+    def model_name(self) -> str:
+        """The model asked for: ``config.model``, or :data:`DEFAULT_MODEL` when that is None."""
+        return self.config.model or DEFAULT_MODEL
+
+    @property
+    def scope(self) -> str:
+        """The endpoint's identity in the response-cache key (:func:`endpoint_scope`)."""
+        return endpoint_scope(self.config)
+
+    @staticmethod
+    def _field_overrides(named: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+        """``overrides`` that use LLMConfig's own names (``base_url=``, ``model=``...) win over the
+        defaults of the familiar parameters, but not over a value passed for them as well."""
+        for name in set(named) & set(overrides):
+            if named[name] != _DEFAULTS[name] and overrides[name] != named[name]:
+                raise TypeError(f"{name} given twice (once under its LLMConfig name, once under the familiar one)")
+        return overrides
 
     # -- public API ---------------------------------------------------------------------------
 
     def chat(self, requests: list[LLMRequest], on_progress: ProgressCallback | None = None) -> Batch:
         """Send ``requests``; blocks until all are answered or failed. Safe to call from code that
-        already runs an event loop (it then runs the batch on a private thread)."""
+        already runs an event loop (it then runs the batch on a private loop in a thread of ours;
+        a KeyboardInterrupt while waiting cancels the batch's requests, then propagates)."""
+        coro = self.achat(requests, on_progress)
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return asyncio.run(self.achat(requests, on_progress))
-        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-            return pool.submit(asyncio.run, self.achat(requests, on_progress)).result()
+            return asyncio.run(coro)  # Ctrl-C: asyncio.run cancels the batch itself
+        return run_on_private_loop(coro)
 
     def generate_from_input(self, user_inputs: list[str], system_prompt: str = "You are a helpful assistant") -> list[str | None]:
         """Compatibility with the system we implement: one user message per input, texts out
         (None where a request failed)."""
-        batch = self.chat([
-            LLMRequest(messages=[{"role": "system", "content": system_prompt}, {"role": "user", "content": u}])
-            for u in user_inputs
+        return self.generate_from_conversations([
+            [{"role": "system", "content": system_prompt}, {"role": "user", "content": u}] for u in user_inputs
         ])
+
+    def generate_from_conversations(self, conversations: list[list[dict]]) -> list[str | None]:
+        """Compatibility with the system we implement: each conversation is a list of chat
+        messages (``{"role", "content"}``); texts out (None where a request failed)."""
+        batch = self.chat([LLMRequest(messages=messages) for messages in conversations])
         return [r.text if r.ok else None for r in batch.responses]
+
+    def start_serving(self) -> None:
+        """Compatibility with the system we implement: an HTTP endpoint has nothing to start."""
+        log.info("LLM endpoint %s (model %s): nothing to start", redact_url(self.config.base_url or ""), self.model_name)
+
+    def cleanup(self) -> None:
+        """Compatibility with the system we implement: same as :meth:`close`."""
+        self.close()
 
     async def achat(self, requests: list[LLMRequest], on_progress: ProgressCallback | None = None) -> Batch:
         """Async form of :meth:`chat`."""
         started = time.perf_counter()
         cfg = self.config
         key = os.environ.get(cfg.api_key_env) or ""
+        # One send per cache key: duplicates (the same document twice) share the answer.
+        groups: dict[tuple[str, bool], list[int]] = {}
+        sends: dict[tuple[str, bool], dict[str, Any]] = {}
+        model, scope = self.model_name, self.scope
+        for i, req in enumerate(requests):
+            params = self._params(req)
+            group = (cache_key(model, req.messages, params, req.prompt_version, scope=scope), req.refresh_cache)
+            groups.setdefault(group, []).append(i)
+            sends.setdefault(group, params)
         client = openai.AsyncOpenAI(
             base_url=cfg.base_url,
             api_key=key or _MISSING_KEY,
@@ -192,22 +278,26 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
             http_client=openai.DefaultAioHttpClient(timeout=cfg.timeout),
         )
         sem = asyncio.Semaphore(cfg.max_workers)
-        limiter = RateLimiter(cfg.requests_per_minute, cfg.tokens_per_minute)
         cache = self._open_cache()
         results: list[LLMResponse | None] = [None] * len(requests)
-        done = 0
+        progress = _Progress(on_progress, len(requests), key)
 
-        async def one(i: int, req: LLMRequest) -> None:
-            nonlocal done
-            results[i] = await self._one(client, sem, limiter, cache, req, key)
-            done += 1
-            if on_progress:
-                on_progress(done, len(requests))
+        async def one(group: tuple[str, bool], rows: list[int]) -> None:
+            try:
+                resp = await self._one(client, sem, cache, requests[rows[0]], sends[group], group[0], key)
+            except LLMAuthError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one request's bug is its row's error, not the batch's
+                resp = LLMResponse(error=f"unexpected error: {type(exc).__name__}: {_scrub(str(exc), key)[:500]}")
+            results[rows[0]] = resp
+            for j in rows[1:]:
+                results[j] = resp.model_copy(update={"shared": True})
+            progress.advance(len(rows))
 
         try:
             async with asyncio.TaskGroup() as tg:
-                for i, req in enumerate(requests):
-                    tg.create_task(one(i, req))
+                for group, rows in groups.items():
+                    tg.create_task(one(group, rows))
         except* LLMAuthError as group:
             raise group.exceptions[0] from None
         finally:
@@ -216,6 +306,7 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
         return Batch(responses=responses, totals=self._totals(responses, time.perf_counter() - started))
 
     def close(self) -> None:
+        """Close the response cache (the client holds no other resource between batches)."""
         if self._cache is not None:
             self._cache.close()
             self._cache = None
@@ -229,43 +320,56 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
             self._cache = ResponseCache(self.config.cache_path)
         return self._cache
 
-    def _params(self) -> dict[str, Any]:
-        return self.config.generation.model_dump(exclude_none=True)
+    def _params(self, req: LLMRequest) -> dict[str, Any]:
+        """The generation parameters sent for ``req`` (and hashed into its cache key)."""
+        params = self.config.generation.model_dump(exclude_none=True)
+        if req.max_tokens is not None:
+            params["max_tokens"] = req.max_tokens
+        return params
 
-    async def _one(self, client, sem, limiter, cache, req: LLMRequest, key: str) -> LLMResponse:
-        params = self._params()
-        ckey = cache_key(self.config.model, req.messages, params, req.prompt_version)
-        if cache is not None and self.config.cache_mode == "use":
+    def _trusted(self, payload: dict) -> bool:
+        """Whether a cached payload may be served. The scope is in the key already; belt and
+        braces: a simulated answer is never served outside the scope it was stored under."""
+        return not payload.get("simulated") or payload.get("scope") == self.scope
+
+    async def _one(self, client, sem, cache, req: LLMRequest, params: dict[str, Any], ckey: str, key: str) -> LLMResponse:
+        cfg = self.config
+        if cache is not None and cfg.cache_mode == "use" and not req.refresh_cache:
             hit = cache.get(ckey)
-            if hit is not None:
-                return LLMResponse(**hit, cached=True)
-        estimate = sum(len(m.get("content", "")) for m in req.messages) // 4 + self.config.generation.max_tokens
+            if hit is not None and self._trusted(hit):
+                return LLMResponse(**{k: v for k, v in hit.items() if k in _CACHED_FIELDS}, cached=True)
+        estimate = sum(len(m.get("content", "")) for m in req.messages) // 4 + params["max_tokens"]
         retries = 0
         async with sem:
             while True:
-                await limiter.acquire(estimate)
+                await self._limiter.acquire(estimate)
                 t0 = time.perf_counter()
                 try:
                     resp = await self._send(client, req, params, key)
                 except _Retry as r:
-                    if retries >= self.config.max_retries:
+                    latency = time.perf_counter() - t0
+                    if retries >= cfg.max_retries:
                         return LLMResponse(error=f"{r.reason} (gave up after {retries} retries)",
-                                           retries=retries, latency=time.perf_counter() - t0)
+                                           retries=retries, latency=latency)
+                    if r.retry_after is not None and r.retry_after > cfg.max_retry_after:
+                        return LLMResponse(
+                            error=f"{r.reason} (the server asked to wait {r.retry_after:g}s before a retry, "
+                                  f"more than llm.max_retry_after={cfg.max_retry_after:g}s; gave up after "
+                                  f"{retries} retries)", retries=retries, latency=latency)
                     await asyncio.sleep(self._delay(retries, r.retry_after))
                     retries += 1
                     continue
                 resp.latency = time.perf_counter() - t0
                 resp.retries = retries
                 if resp.ok and cache is not None:
-                    cache.put(ckey, resp.model_dump(include={
-                        "text", "finish_reason", "prompt_tokens", "completion_tokens", "model", "simulated"}))
+                    cache.put(ckey, {**resp.model_dump(include=_CACHED_FIELDS), "scope": self.scope})
                 return resp
 
     async def _send(self, client, req: LLMRequest, params: dict[str, Any], key: str) -> LLMResponse:
         """One HTTP call. Returns a response (maybe with a non-retryable error), raises _Retry
         for what a retry can fix, raises LLMAuthError for refused credentials."""
         try:
-            completion = await client.chat.completions.create(model=self.config.model, messages=req.messages, **params)
+            completion = await client.chat.completions.create(model=self.model_name, messages=req.messages, **params)
         except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
             env = self.config.api_key_env
             state = "is set" if key else "is NOT set"
@@ -300,21 +404,22 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
         )
 
     def _delay(self, retries: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(retry_after, self.config.backoff_max)
+        if retry_after is not None:  # honoured in full: the caller refuses more than max_retry_after
+            return retry_after
         base = min(self.config.backoff_max, self.config.backoff_base * (2 ** retries))
         return base * (0.5 + random.random() / 2)
 
     @staticmethod
     def _totals(responses: list[LLMResponse], wall: float) -> RunTotals:
-        sent = [r for r in responses if not r.cached]
+        sent = [r for r in responses if not r.cached and not r.shared]
         return RunTotals(
             requests=sum(1 + r.retries for r in sent),
             retries=sum(r.retries for r in sent),
             prompt_tokens=sum(r.prompt_tokens for r in sent),
             completion_tokens=sum(r.completion_tokens for r in sent),
             failures=sum(1 for r in responses if not r.ok),
-            cache_hits=sum(1 for r in responses if r.cached),
+            cache_hits=sum(1 for r in responses if r.cached and not r.shared),
+            deduplicated=sum(1 for r in responses if r.shared),
             simulated=any(r.simulated for r in responses),
             wall_seconds=wall,
         )
@@ -332,3 +437,85 @@ def _message(exc: openai.APIStatusError) -> str:
 def _scrub(text: str, key: str) -> str:
     """``text`` with the API key (if any) replaced: the one place keys are kept out of errors."""
     return text.replace(key, "***") if key and len(key) >= 4 else text
+
+
+# The familiar parameters -> their LLMConfig fields, and their defaults (read off the signature).
+_FAMILIAR = {"api_url": "base_url", "key_name_of_api_key": "api_key_env", "model_name": "model",
+             "max_workers": "max_workers", "max_retries": "max_retries"}
+_DEFAULTS = {_FAMILIAR[name]: param.default
+             for name, param in inspect.signature(APILLMServing_request.__init__).parameters.items()
+             if name in _FAMILIAR}
+
+
+class _Progress:
+    """Calls ``on_progress(done, total)``; an exception in it is logged (once per batch) and
+    ignored: a broken progress bar must neither fail a row nor stop the batch."""
+
+    def __init__(self, callback: ProgressCallback | None, total: int, key: str) -> None:
+        self.callback, self.total, self.key = callback, total, key
+        self.done = 0
+        self.warned = False
+
+    def advance(self, rows: int) -> None:
+        self.done += rows
+        if self.callback is None:
+            return
+        try:
+            self.callback(self.done, self.total)
+        except Exception as exc:  # noqa: BLE001
+            if not self.warned:
+                self.warned = True
+                log.warning("the on_progress callback raised %s: %s (ignored for the rest of this batch)",
+                            type(exc).__name__, _scrub(str(exc), self.key)[:500])
+
+
+def run_on_private_loop(coro: Coroutine[Any, Any, _T]) -> _T:
+    """Run ``coro`` on a new event loop in a thread of ours; return its result or raise its error.
+
+    Workaround for callers that already run a loop (Jupyter, an async flow): they cannot run a
+    second one in their thread. A KeyboardInterrupt (or any BaseException) raised in the calling
+    thread while it waits cancels the coroutine's task thread-safely, waits until the thread has
+    finished (the in-flight requests cancelled, the HTTP client closed), then propagates: a
+    Ctrl-C does not leave the batch sending, and paying for, every remaining request.
+    """
+    box: dict[str, Any] = {}
+    ready = threading.Event()
+
+    async def main() -> _T:
+        box["loop"], box["task"] = asyncio.get_running_loop(), asyncio.current_task()
+        ready.set()
+        return await coro
+
+    def target() -> None:
+        try:
+            with asyncio.Runner() as runner:  # closes the loop: leftover tasks, async generators, executor
+                box["result"] = runner.run(main())
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            box["error"] = exc
+        finally:
+            ready.set()
+
+    thread = threading.Thread(target=target, name="rare-llm-batch", daemon=True)
+    thread.start()
+    try:
+        _wait_for(thread)
+    except BaseException:
+        ready.wait()
+        task, loop = box.get("task"), box.get("loop")
+        if task is not None:
+            try:
+                loop.call_soon_threadsafe(task.cancel)
+            except RuntimeError:  # the loop closed meanwhile: the batch is over anyway
+                pass
+        thread.join()
+        raise
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+def _wait_for(thread: threading.Thread) -> None:
+    """Block until ``thread`` ends, in short joins: a signal or an asynchronous exception reaches
+    the waiting thread within ``_JOIN_POLL`` seconds."""
+    while thread.is_alive():
+        thread.join(_JOIN_POLL)

@@ -56,7 +56,8 @@ HANG_SECONDS = 600.0
 DEFAULT_RETRY_AFTER = 1.0
 
 FaultKind = Literal[
-    "rate_limit", "server_error", "hang", "malformed_json", "bad_body", "length", "empty", "unauthorized"
+    "rate_limit", "server_error", "hang", "malformed_json", "bad_body", "length", "empty", "unauthorized",
+    "odd_shape",
 ]
 
 
@@ -72,7 +73,9 @@ class FaultSpec(BaseModel):
     ``hang`` (no answer for 600 s, or until the client gives up), ``malformed_json`` (200 whose
     content is the unterminated first half of the answer), ``bad_body`` (200 whose HTTP body is
     not JSON), ``length`` (``finish_reason="length"``, content cut short), ``empty`` (content
-    ``""``) and ``unauthorized`` (401).
+    ``""``), ``unauthorized`` (401) and ``odd_shape`` (200 whose JSON body is not a chat
+    completion: ``choices`` holds strings). ``retry_after_header`` sends that raw text as the
+    429's ``Retry-After`` instead (e.g. an unparseable ``"soon"``).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -81,6 +84,7 @@ class FaultSpec(BaseModel):
     count: int = Field(default=1, ge=1)
     match: str | None = None
     retry_after: float | None = Field(default=None, ge=0)
+    retry_after_header: str | None = None
 
 
 class SimulatorConfig(BaseModel):
@@ -364,14 +368,18 @@ class _Simulator:
         kind = fault.kind
         if kind == "rate_limit":
             retry_after = DEFAULT_RETRY_AFTER if fault.retry_after is None else fault.retry_after
+            header = f"{retry_after:g}" if fault.retry_after_header is None else fault.retry_after_header
             return _error(
                 429, "Rate limit reached (simulated).", "requests", "rate_limit_exceeded",
-                headers={"Retry-After": f"{retry_after:g}"},
+                headers={"Retry-After": header},
             )
         if kind == "server_error":
             return _error(500, "The server had an error (simulated).", "server_error", None)
         if kind == "unauthorized":
             return _error(401, "Incorrect API key provided (simulated).", "invalid_request_error", "invalid_api_key")
+        if kind == "odd_shape":
+            return JSONResponse({"id": "chatcmpl-sim-odd", "object": "chat.completion", "model": body.model,
+                                 "choices": ["[simulated] not a choice object"]})
         if kind == "bad_body":
             return Response(b"<html><body>502 Bad Gateway (simulated)</body></html>", media_type="application/json")
         if kind == "hang":

@@ -1,40 +1,64 @@
-"""What every operator shares: column checks, the row-status convention, and ``run(storage)``.
+"""What every operator shares: column checks, the pipeline's bookkeeping columns, and ``run(storage)``.
 
-Row status convention (one set of columns for the whole pipeline):
+Bookkeeping lives in its own namespace: every column the pipeline writes about a row (rather
+than data for the trainer) starts with :data:`RESERVED_PREFIX` (``rare_``), so a user column
+named ``status``, ``error`` or ``doc2query_model`` is plain data and never read as ours:
 
-* ``status``: ``"ok"`` or ``"failed"``. A step never touches a row whose ``status`` is
+* ``rare_status``: ``"ok"`` or ``"failed"``. A step never touches a row whose ``rare_status`` is
   ``"failed"`` (it keeps its failed status and error); it marks rows it fails itself.
-* ``error``: for a failed row, ``"<step>: <reason>"``; otherwise empty.
-* ``<step>_status``: what that step did to the row: ``ok``, ``failed``, ``skipped`` (failed
-  upstream) or, for BM25HardNeg, ``short`` (fewer negatives than asked; not a failure).
+* ``rare_error``: for a failed row, ``"<step>: <reason>"``; otherwise empty.
+* ``rare_error_kind``: why it failed, which decides whether a rerun retries it: ``input``
+  (the row itself is unusable: never retried), ``request`` (the endpoint did not answer: an
+  outage, 429s, timeouts; a rerun retries these rows), ``content`` (the answers could not be
+  used after the re-asks; retried only when asked, ``rare run --retry-failed``).
+* ``rare_<step>_status``: what that step did to the row: ``ok``, ``failed``, ``skipped`` (failed
+  upstream) or, for BM25HardNeg, ``short`` (fewer negatives than asked; not a failure); and
+  ``rare_<step>_<field>`` for the step's provenance (model, prompt version, tokens, raw reply).
+
+The data columns a step adds (``question``, ``hard_negatives_ids``, ``document_order``...) are
+refused when the input already has them (``guard_outputs``), unless ``overwrite=True``.
 
 Every operator has ``process(df, **keys) -> DataFrame`` (frame in, frame out; what the Prefect
-tasks call) and ``run(storage, **keys)`` (the storage API of the system we implement), with the
-same keys and defaults. After each call, ``last_summary`` holds a :class:`StepSummary`.
+tasks call) and ``run(storage, **keys)`` (the storage API of the system we implement, returning
+the list of the output keys it wrote), with the same keys and defaults. After each call,
+``last_summary`` holds a :class:`StepSummary`. Frames may come with any index (duplicated
+labels included): operators work on positions and return a frame with a fresh RangeIndex.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections import Counter
-from typing import Iterable
+from typing import Iterable, Literal
 
 import pandas as pd
 from pydantic import BaseModel, Field
 
 from rare_core.errors import InputColumnError
 
-STATUS = "status"
-ERROR = "error"
+RESERVED_PREFIX = "rare_"
+STATUS = "rare_status"
+ERROR = "rare_error"
+ERROR_KIND = "rare_error_kind"
 OK = "ok"
 FAILED = "failed"
 SKIPPED = "skipped"
 SHORT = "short"
+ErrorKind = Literal["input", "request", "content"]
+INPUT_ERROR: ErrorKind = "input"
+REQUEST_ERROR: ErrorKind = "request"
+CONTENT_ERROR: ErrorKind = "content"
+
+
+def step_column(step: str, field: str) -> str:
+    """The bookkeeping column ``rare_<step>_<field>`` (e.g. ``rare_doc2query_status``)."""
+    return f"{RESERVED_PREFIX}{step}_{field}"
 
 
 class StepSummary(BaseModel):
-    """What one step did: rows in and out, failures by reason, and its step-specific counters."""
+    """What one step did: rows in and out, failures by reason and by kind, and its step-specific counters."""
 
     step: str
     rows_in: int = 0
@@ -43,6 +67,7 @@ class StepSummary(BaseModel):
     skipped_upstream_failed: int = 0
     failed: int = 0
     failures_by_reason: dict[str, int] = Field(default_factory=dict)
+    failures_by_kind: dict[str, int] = Field(default_factory=dict)
     wall_seconds: float = 0.0
     simulated: bool = False
     extra: dict[str, float | int | str | bool] = Field(default_factory=dict)
@@ -54,14 +79,33 @@ def document_id(text: object) -> str:
     return "h" + hashlib.blake2b(str(text).encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
 
 
+def is_blank(value: object) -> bool:
+    """True for None, NaN/NA and strings that are empty or only whitespace."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return True
+    return isinstance(value, str) and not value.strip()
+
+
+def canonical_id(value: object) -> str:
+    """A document id as text: integral floats (``101.0``, as pandas stores ints next to a
+    missing value) as ``"101"``, anything else ``str(value)``. The form ids are indexed and
+    compared in; the values written out keep their own type."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def require_columns(df: pd.DataFrame, columns: Iterable[str], step: str) -> None:
     """``InputColumnError`` naming each missing column and listing the columns present."""
     missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise InputColumnError(
-            f"{step}: input column(s) {', '.join(repr(c) for c in missing)} not found; "
-            f"columns present: {', '.join(repr(c) for c in df.columns) or '(none)'}"
-        )
+    if not missing:
+        return
+    if df.empty and not len(df.columns):
+        raise InputColumnError(f"{step}: the input has no documents (no rows, no columns)")
+    raise InputColumnError(
+        f"{step}: input column(s) {', '.join(repr(c) for c in missing)} not found; "
+        f"columns present: {', '.join(repr(str(c)) for c in df.columns)}"
+    )
 
 
 def guard_outputs(df: pd.DataFrame, columns: Iterable[str], step: str, overwrite: bool) -> None:
@@ -69,9 +113,18 @@ def guard_outputs(df: pd.DataFrame, columns: Iterable[str], step: str, overwrite
     clash = [c for c in columns if c in df.columns]
     if clash and not overwrite:
         raise InputColumnError(
-            f"{step}: output column(s) {', '.join(repr(c) for c in clash)} already exist; "
+            f"{step}: output column(s) {', '.join(repr(c) for c in clash)} already exist in the input; "
             "pass overwrite=True to replace them or choose other output keys"
         )
+
+
+def distinct_keys(step: str, **keys: str) -> None:
+    """``InputColumnError`` when two of a step's column keys name the same column."""
+    seen: dict[str, str] = {}
+    for name, column in keys.items():
+        if column in seen:
+            raise InputColumnError(f"{step}: {seen[column]} and {name} both name the column {column!r}")
+        seen[column] = name
 
 
 def active_mask(df: pd.DataFrame) -> pd.Series:
@@ -82,18 +135,23 @@ def active_mask(df: pd.DataFrame) -> pd.Series:
 
 
 def init_status(df: pd.DataFrame) -> pd.DataFrame:
-    """Add ``status``/``error`` columns if absent (the first step of a pipeline)."""
+    """A positional copy of ``df`` (fresh RangeIndex) with the status columns added if absent."""
+    df = df.reset_index(drop=True)
     if STATUS not in df.columns:
         df[STATUS] = OK
-    if ERROR not in df.columns:
-        df[ERROR] = ""
-    df[ERROR] = df[ERROR].fillna("").astype(str)
+    for col in (ERROR, ERROR_KIND):
+        df[col] = df[col].fillna("").astype(str) if col in df.columns else ""
     return df
 
 
-def mark_failed(df: pd.DataFrame, index, step: str, reason: str) -> None:
-    """Mark one row failed by ``step`` with ``reason``."""
-    df.loc[index, [STATUS, ERROR, f"{step}_status"]] = [FAILED, f"{step}: {reason}", FAILED]
+def mark_failed(df: pd.DataFrame, index, step: str, reason: str, kind: ErrorKind = INPUT_ERROR) -> None:
+    """Mark one row failed by ``step`` with ``reason`` of ``kind``."""
+    df.loc[index, [STATUS, ERROR, ERROR_KIND, step_column(step, "status")]] = [FAILED, f"{step}: {reason}", kind, FAILED]
+
+
+def failed_fields(step: str, reason: str, kind: ErrorKind) -> dict[str, str]:
+    """The status columns of a row that ``step`` failed, as a dict to merge into the row."""
+    return {STATUS: FAILED, ERROR: f"{step}: {reason}", ERROR_KIND: kind, step_column(step, "status"): FAILED}
 
 
 def failure_counts(reasons: Iterable[str]) -> dict[str, int]:
@@ -101,8 +159,16 @@ def failure_counts(reasons: Iterable[str]) -> dict[str, int]:
     return dict(Counter(r.split(":", 1)[0].strip() for r in reasons))
 
 
+def as_nullable_int(df: pd.DataFrame, columns: Iterable[str]) -> pd.DataFrame:
+    """``columns`` (those present) as pandas ``Int64``: integers stay integers next to missing values."""
+    for col in columns:
+        if col in df.columns:
+            df[col] = pd.array([None if is_blank(v) else int(v) for v in df[col]], dtype="Int64")
+    return df
+
+
 class Operator:
-    """Base class: subclasses implement ``process``; ``run`` adapts it to ``FileStorage``."""
+    """Base class: subclasses implement ``process`` and ``output_columns``; ``run`` adapts them to ``FileStorage``."""
 
     step_name: str = "operator"
 
@@ -112,27 +178,41 @@ class Operator:
     def process(self, df: pd.DataFrame, **keys) -> pd.DataFrame:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def run(self, storage, **keys) -> str:
-        """Read the step's input from ``storage``, process it, write the step's output; returns the path."""
+    def output_columns(self, **keys) -> list[str]:  # pragma: no cover - abstract
+        """Every data column ``process`` writes for these keys (bookkeeping ``rare_*`` aside)."""
+        raise NotImplementedError
+
+    def output_keys(self, **keys) -> list[str]:
+        """What ``run`` returns: the output keys, as the system we implement reports them."""
+        return self.output_columns(**keys)
+
+    def run(self, storage, **keys) -> list[str]:
+        """Read the step's input from ``storage``, process it, write the step's output; returns
+        the output keys written (as the system we implement does, e.g. ``['hard_negatives']``)."""
         df = storage.read("dataframe")
         out = self.process(df, **keys)
-        return str(storage.write(out))
+        storage.write(out)
+        return self.output_keys(**keys)
 
 
 def summarize(step: str, df_in: pd.DataFrame, out: pd.DataFrame, active: pd.Series, started: float,
               simulated: bool = False, extra: dict | None = None) -> StepSummary:
     """The :class:`StepSummary` of a step from its input and output frames."""
-    failed = out[f"{step}_status"] == FAILED if f"{step}_status" in out.columns else pd.Series(False, index=out.index)
+    col = step_column(step, "status")
+    failed = out[col] == FAILED if col in out.columns else pd.Series(False, index=out.index)
     return StepSummary(
         step=step, rows_in=len(df_in), rows_out=len(out), processed=int(active.sum()),
         skipped_upstream_failed=int((~active).sum()), failed=int(failed.sum()),
         failures_by_reason=failure_counts(out.loc[failed, ERROR].str.removeprefix(f"{step}: ")),
+        failures_by_kind=dict(Counter(out.loc[failed, ERROR_KIND])),
         wall_seconds=time.perf_counter() - started, simulated=simulated, extra=extra or {},
     )
 
 
-def ordered_columns(df: pd.DataFrame, rows: list[dict]) -> list[str]:
-    """Input columns first, then new ones in the order they first appear in ``rows``."""
+def frame_from_rows(df: pd.DataFrame, rows: list[dict]) -> pd.DataFrame:
+    """The output frame of ``rows`` (input rows extended with a step's columns): input columns
+    first, in their order and with their dtypes (an ``Int64`` column with a missing value would
+    otherwise come back as floats), then new ones in the order they first appear."""
     cols = list(df.columns)
     seen = set(cols)
     for row in rows:
@@ -140,4 +220,8 @@ def ordered_columns(df: pd.DataFrame, rows: list[dict]) -> list[str]:
             if c not in seen:
                 cols.append(c)
                 seen.add(c)
-    return cols
+    out = pd.DataFrame(rows, columns=cols)
+    for col in df.columns:
+        if out[col].dtype != df[col].dtype and isinstance(df[col].dtype, pd.api.extensions.ExtensionDtype):
+            out[col] = out[col].astype(df[col].dtype)
+    return out

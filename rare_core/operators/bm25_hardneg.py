@@ -1,23 +1,28 @@
 """BM25HardNeg: question + positive document in, BM25 hard negatives from a Lucene index out.
 
 ``process(df, input_question_key="question", input_text_key="text",
-output_negatives_key="hard_negatives", num_neg=None, overwrite=False)`` (``num_neg``
-defaults to the config's, 3) adds, with ``key`` =
-``output_negatives_key``:
+output_negatives_key="hard_negatives", num_neg=None, input_id_key="id", overwrite=False)``
+(``num_neg`` defaults to the config's, 3) adds, with ``key`` = ``output_negatives_key``:
 
-* ``key``: the negatives' texts (list of str, best BM25 first), ``key_ids`` and ``key_scores``;
+* ``key``: the negatives' texts (list of str, best BM25 first), ``key_ids`` (their ids, with
+  the type the ids have in the input: ints stay ints) and ``key_scores``;
 * ``positive_score``: the positive's BM25 score for the question (NaN when the positive is not
   in the index: a separate ``corpus_path`` without its id or text; the ``max_score_ratio`` guard
   is then not applied to that row);
 * ``positive_rank``: 1-based rank of the positive (or a copy of its text) in the BM25 ranking,
   -1 when it is not within the depth that row was searched to (and for rows not searched);
-* ``hardneg_status``: ``ok``; ``short`` (fewer than ``num_neg`` negatives: the corpus has no
-  more that pass the guards; not a failure); ``skipped`` (failed upstream: keeps its status and
-  error, gets empty lists); ``failed`` (empty or missing question).
+* ``rare_hardneg_status``: ``ok``; ``short`` (fewer than ``num_neg`` negatives: the corpus has
+  no more that pass the guards; not a failure); ``skipped`` (failed upstream: keeps its status
+  and error, gets empty lists); ``failed`` (empty or missing question).
 
-The positive's id is the ``id_key`` column when present (else, or where empty, a stable hash of
-the row's text). The corpus is the input frame's documents (deduplicated by id, first wins) or
-the ``corpus_path`` file (columns ``id``, ``text`` and optionally ``title``). The selection
+The positive's id is the ``input_id_key`` column when present (else, or where empty, a stable
+hash of the row's text, :func:`~rare_core.operators.base.document_id`); ids are compared as
+text (:func:`~rare_core.operators.base.canonical_id`: ``101`` and ``101.0`` are one id). The
+corpus is the input frame's documents (rows sharing an id and a text are one document, as the
+rows of a document's several questions are) or the ``corpus_path`` file (columns ``id``,
+``text`` and optionally ``title``). Two different texts under one id are an
+``InputColumnError`` naming the id: the index could hold only one of them, and the other's
+row would be scored against the wrong document. The selection
 rules are those of :mod:`rare_core.retrieval.negatives`, the search depths those of
 :mod:`rare_core.retrieval.mining` (``max_depth`` default 1000, like the reference miner's top 1000).
 
@@ -30,7 +35,6 @@ during the call); a corpus file in another format is kept in memory instead.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -42,10 +46,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
-from rare_core.errors import StorageError
+from rare_core.errors import InputColumnError, StorageError
 from rare_core.operators.base import (
-    FAILED, OK, SHORT, SKIPPED, Operator, active_mask, document_id, guard_outputs, init_status, mark_failed,
-    require_columns, summarize,
+    FAILED, INPUT_ERROR, OK, SHORT, SKIPPED, Operator, active_mask, canonical_id, distinct_keys, document_id,
+    guard_outputs, init_status, is_blank, mark_failed, require_columns, step_column, summarize,
 )
 from rare_core.retrieval.index import BM25Index, Corpus
 from rare_core.retrieval.mining import Miner
@@ -53,6 +57,8 @@ from rare_core.retrieval.negatives import text_key
 from rare_core.storage import format_of, read_frame
 
 STEP = "hardneg"
+POSITIVE_SCORE = "positive_score"
+POSITIVE_RANK = "positive_rank"
 CHUNK_QUESTIONS = 20_000  # questions searched and selected together (bounds the hits held)
 KEY_CHUNK = 50_000  # corpus texts fingerprinted at once
 READ_BATCH = 65_536  # rows per batch when a parquet corpus file is read
@@ -74,7 +80,6 @@ class BM25HardNegConfig(BaseModel):
     index_dir: str = Field("./cache/bm25_index", description="Cache root of the Lucene indexes.")
     max_depth: int = Field(1000, ge=1, description="Deepest ranking searched for a row before it is left short.")
     threads: int | None = Field(None, ge=1, description="Indexing threads; default: all cores (search uses all).")
-    id_key: str = Field("id", description="Input column with the positive document's id.")
     title_key: str | None = Field(
         "title", description="Input column indexed before the text when present (a corpus_path file: its 'title' "
                              "column); None: no titles.")
@@ -135,16 +140,19 @@ def _parquet_take(path: str, column: str, rows: np.ndarray) -> list[str]:
 
 @dataclass
 class _TextSource:
-    """Where the corpus texts are read back from, for the chosen negatives only.
+    """Where the corpus texts (and the ids as the user wrote them) are read back from, for the chosen negatives only.
 
     ``rows[c]``: the source row of corpus row ``c``; the source is ``series`` (the input
     frame's text column, or a non-parquet corpus file's, held anyway) or the parquet file at
     ``path``, read again column-wise at the end instead of holding 1M texts through the search.
+    ``ids``: the source's id values by source row when they are not text (ints stay ints in the
+    output); None when the index's text ids are the ids.
     """
 
     rows: np.ndarray
     series: pd.Series | None = None
     path: str | None = None
+    ids: np.ndarray | None = None
 
     def take(self, corpus_rows: np.ndarray) -> list[str]:
         """The texts (``str``) of ``corpus_rows``, in that order."""
@@ -153,19 +161,60 @@ class _TextSource:
             return self.series.take(source_rows).astype(str).tolist()
         return _parquet_take(self.path, "text", source_rows)
 
+    def take_ids(self, corpus_rows: np.ndarray) -> list | None:
+        """The id values of ``corpus_rows`` as the source holds them (None: use the index's)."""
+        if self.ids is None:
+            return None
+        return [_plain(v) for v in self.ids[self.rows[corpus_rows]]]
+
+
+def _plain(value: object) -> object:
+    """numpy scalars -> Python values; integral floats (ints next to a missing id) -> int."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _id_values(ids: pd.Series, fallback: pd.Series | None = None) -> np.ndarray | None:
+    """The id values to write out when they are not plain text (numbers), blanks from ``fallback``."""
+    if pd.api.types.is_string_dtype(ids) and ids.map(lambda v: isinstance(v, str) or is_blank(v)).all():
+        return None
+    values = ids.astype(object).to_numpy(copy=True)
+    if fallback is not None:
+        blank = ids.map(is_blank).to_numpy()
+        values[blank] = fallback.to_numpy()[blank]
+    return values
+
 
 def _negatives_of(index: BM25Index, source: _TextSource,
-                  chosen: list[list[int]]) -> tuple[list[list[str]], list[list[str]]]:
+                  chosen: list[list[int]]) -> tuple[list[list[str]], list[list[object]]]:
     """(texts, ids) of the negatives of each mined row, given as index rows ``chosen[j]``, all fetched at once."""
     doc_rows = np.array([r for rows in chosen for r in rows], dtype=np.int64)
-    flat_ids = iter(index.ids.take(pa.array(doc_rows)).to_pylist())
-    flat_texts = iter(source.take(index.input_rows[doc_rows]))
+    corpus_rows = index.input_rows[doc_rows]
+    ids = source.take_ids(corpus_rows)
+    flat_ids = iter(ids if ids is not None else index.ids.take(pa.array(doc_rows)).to_pylist())
+    flat_texts = iter(source.take(corpus_rows))
     return ([[next(flat_texts) for _ in rows] for rows in chosen],
             [[next(flat_ids) for _ in rows] for rows in chosen])
 
 
-def _blank(value: object) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or not str(value).strip()
+def _refuse_shared_ids(ids: pd.Series, texts: pd.Series, where: str) -> None:
+    """``InputColumnError`` when one id names two different (non-empty) texts."""
+    dup = ids.duplicated(keep=False) & texts.notna() & (texts.astype(str).str.strip() != "")
+    if not dup.any():
+        return
+    groups = pd.DataFrame({"id": ids[dup], "text": texts[dup].astype(str)}).groupby("id", sort=False)["text"]
+    clash = groups.nunique()
+    clash = clash[clash > 1]
+    if len(clash):
+        first = clash.index[0]
+        rows = [int(r) for r in ids.index[(ids == first).to_numpy()][:3]]
+        raise InputColumnError(
+            f"{where}: {len(clash)} id(s) name different documents, e.g. id {first!r} at rows "
+            f"{', '.join(map(str, rows))}: ids must identify one document (fix the ids, or drop the "
+            f"id column to use content hashes)")
 
 
 class BM25HardNeg(Operator):
@@ -176,16 +225,26 @@ class BM25HardNeg(Operator):
         base = config.model_dump() if config else {}
         self.config = BM25HardNegConfig.model_validate({**base, **settings})
 
-    def _positive_ids(self, df: pd.DataFrame, text_col: str) -> pd.Series:
-        texts = df[text_col].fillna("").astype(str)
-        hashed = texts.map(document_id)
-        if self.config.id_key not in df.columns:
-            return hashed
-        ids = df[self.config.id_key]
-        return ids.astype(str).where(~ids.map(_blank), hashed)
+    def output_columns(self, output_negatives_key: str = "hard_negatives", **_: object) -> list[str]:
+        key = output_negatives_key
+        return [key, f"{key}_ids", f"{key}_scores", POSITIVE_SCORE, POSITIVE_RANK]
 
-    def _corpus(self, df: pd.DataFrame, text_col: str, positive_ids: pd.Series) -> tuple[Corpus, _TextSource]:
-        """The documents to mine from (deduplicated by id, empty texts dropped) and where their texts are read back.
+    def output_keys(self, output_negatives_key: str = "hard_negatives", **_: object) -> list[str]:
+        return [output_negatives_key]
+
+    @staticmethod
+    def _positive_ids(df: pd.DataFrame, text_col: str, id_col: str) -> tuple[pd.Series, np.ndarray | None]:
+        """Each row's document id as text (hash of the text where there is none) and, when the
+        ids are not text, their values by row (see :class:`_TextSource`)."""
+        hashed = df[text_col].fillna("").astype(str).map(document_id)
+        if id_col not in df.columns:
+            return hashed, None
+        ids = df[id_col]
+        return ids.map(canonical_id).where(~ids.map(is_blank), hashed), _id_values(ids, hashed)
+
+    def _corpus(self, df: pd.DataFrame, text_col: str, positive_ids: pd.Series,
+                id_values: np.ndarray | None) -> tuple[Corpus, _TextSource]:
+        """The documents to mine from (one per id, empty texts dropped) and where their texts are read back.
 
         Out: a :class:`Corpus` of them (the only holder of their texts, which the index build
         releases) and a :class:`_TextSource` that fetches the chosen negatives' texts by corpus
@@ -196,57 +255,61 @@ class BM25HardNeg(Operator):
         if path:
             src = _read_corpus(path, ["id", "text"] + (["title"] if title_col else []))
             require_columns(src, ["id", "text"], f"{STEP} corpus {path}")
-            cols = {"id": src["id"].astype(str), "text": src["text"]}
+            cols = {"id": src["id"].map(canonical_id), "text": src["text"]}
             if title_col and "title" in src.columns:
                 cols["title"] = src["title"]
             series, file = (None, path) if format_of(path) == "parquet" else (src["text"], None)
+            id_values, where = _id_values(src["id"]), f"{STEP} corpus {path}"
         else:
             cols = {"id": positive_ids, "text": df[text_col]}
             if title_col and title_col in df.columns:
                 cols["title"] = df[title_col]
-            series, file = df[text_col], None
+            series, file, where = df[text_col], None, STEP
         frame = pd.DataFrame({name: col.reset_index(drop=True) for name, col in cols.items()})
         del cols
+        _refuse_shared_ids(frame["id"], frame["text"], where)
         text = frame["text"].where(frame["text"].notna(), "").astype(str)
         keep = (~frame["id"].duplicated() & (text.str.len() > 0) & ~text.str.isspace()).to_numpy()
         del text
         frame = frame[keep].reset_index(drop=True)
         frame["text"] = frame["text"].astype(str)
         corpus = Corpus(frame, title_col="title" if "title" in frame.columns else None)
-        return corpus, _TextSource(np.flatnonzero(keep), series, file)
+        return corpus, _TextSource(np.flatnonzero(keep), series, file, id_values)
 
     def process(self, df: pd.DataFrame, input_question_key: str = "question", input_text_key: str = "text",
                 output_negatives_key: str = "hard_negatives", num_neg: int | None = None,
-                overwrite: bool = False) -> pd.DataFrame:
+                input_id_key: str = "id", overwrite: bool = False) -> pd.DataFrame:
         started = time.perf_counter()
         num_neg = self.config.num_neg if num_neg is None else num_neg
         if num_neg < 1:
             raise ValueError(f"{STEP}: num_neg must be >= 1, got {num_neg}")
         key = output_negatives_key
-        outputs = [key, f"{key}_ids", f"{key}_scores", "positive_score", "positive_rank", f"{STEP}_status"]
+        outputs = self.output_columns(key)
+        distinct_keys(STEP, input_question_key=input_question_key, input_text_key=input_text_key,
+                      output_negatives_key=key, input_id_key=input_id_key)
         require_columns(df, [input_question_key, input_text_key], STEP)
         guard_outputs(df, outputs, STEP, overwrite)
         df_in = df
-        df = init_status(df.drop(columns=[c for c in outputs if c in df.columns]))
+        df = init_status(df.drop(columns=[c for c in [*outputs, step_column(STEP, "status")] if c in df.columns]))
         active = active_mask(df)
-        no_question = df[input_question_key].map(_blank)
-        for idx in df.index[active & no_question]:
-            mark_failed(df, idx, STEP, "invalid input: the question is empty or missing")
+        no_question = df[input_question_key].map(is_blank)
+        for pos in df.index[active & no_question]:
+            mark_failed(df, pos, STEP, "invalid input: the question is empty or missing", INPUT_ERROR)
         todo = np.flatnonzero((active & ~no_question).to_numpy())
 
         n = len(df)
         negatives: list[list[str]] = [[] for _ in range(n)]
-        neg_ids: list[list[str]] = [[] for _ in range(n)]
+        neg_ids: list[list[object]] = [[] for _ in range(n)]
         neg_scores: list[list[float]] = [[] for _ in range(n)]
         pos_score = np.full(n, np.nan)
         pos_rank = np.full(n, -1, dtype=np.int64)
         status = np.where(active.to_numpy(), OK, SKIPPED).astype(object)
         status[(active & no_question).to_numpy()] = FAILED
         extra = {"short_rows": 0, "queries": int(len(todo)), "index_seconds": 0.0, "search_seconds": 0.0,
-                 "index_reused": False, "index_docs": 0, "search_rounds": 0}
+                 "index_reused": False, "index_docs": 0, "search_rounds": 0, "truncated_queries": 0}
         if len(todo):
-            positive_ids = self._positive_ids(df, input_text_key)
-            corpus, source = self._corpus(df, input_text_key, positive_ids)
+            positive_ids, id_values = self._positive_ids(df, input_text_key, input_id_key)
+            corpus, source = self._corpus(df, input_text_key, positive_ids, id_values)
             keys = _text_keys(corpus)
             index = BM25Index.build(
                 corpus, self.config.index_dir, k1=self.config.k1, b=self.config.b,
@@ -272,6 +335,7 @@ class BM25HardNeg(Operator):
                         pos_score[row] = score
                     if len(sel.ids) < num_neg:
                         status[row] = SHORT
+            extra["truncated_queries"] = index.truncated_queries
             index.close()  # unmaps the index files before the texts are read back
             for row, row_texts, row_ids in zip(todo, *_negatives_of(index, source, chosen)):
                 negatives[row], neg_ids[row] = row_texts, row_ids
@@ -281,8 +345,8 @@ class BM25HardNeg(Operator):
         df[key] = pd.Series(negatives, index=df.index, dtype=object)
         df[f"{key}_ids"] = pd.Series(neg_ids, index=df.index, dtype=object)
         df[f"{key}_scores"] = pd.Series(neg_scores, index=df.index, dtype=object)
-        df["positive_score"] = pos_score
-        df["positive_rank"] = pos_rank
-        df[f"{STEP}_status"] = status
+        df[POSITIVE_SCORE] = pos_score
+        df[POSITIVE_RANK] = pos_rank
+        df[step_column(STEP, "status")] = status
         self.last_summary = summarize(STEP, df_in, df, active, started, extra=extra)
         return df

@@ -1,10 +1,11 @@
 """Doc2Query: one document in, standalone reasoning-intensive question(s) + scenario out.
 
 ``process(df, input_key="text", output_question_key="question", output_scenario_key="scenario")``
-adds the question and scenario columns (None, never "", for a failed row) and the provenance
-columns ``doc2query_{status,model,prompt_version,prompt_tokens,completion_tokens,attempts,
+adds the question and scenario columns (None, never "", for a failed row) and the bookkeeping
+columns ``rare_doc2query_{status,model,prompt_version,prompt_tokens,completion_tokens,attempts,
 simulated,raw}``. With ``num_questions > 1`` each document yields that many rows, numbered in
-``question_index``. A failed row keeps its raw reply in ``doc2query_raw`` and its reason in ``error``.
+``question_index`` (a reply with fewer, or repeated, questions is re-asked). A failed row keeps
+its raw reply in ``rare_doc2query_raw`` and its reason in ``rare_error``.
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rare_core.llm.client import LLMRequest
 from rare_core.operators.base import (
-    ERROR, FAILED, OK, SKIPPED, STATUS, active_mask, guard_outputs, init_status, mark_failed,
-    ordered_columns, require_columns, summarize,
+    INPUT_ERROR, OK, SKIPPED, active_mask, as_nullable_int, distinct_keys, failed_fields, guard_outputs,
+    frame_from_rows, init_status, is_blank, mark_failed, require_columns, step_column, summarize,
 )
-from rare_core.operators.llm_step import LLMOperator, ask_and_parse, provenance
-from rare_core.parsing import GeneratedQuestion, GeneratedQuestions, parse_json_object
+from rare_core.operators.llm_step import PROVENANCE_INTS, LLMOperator, ask_and_parse, provenance
+from rare_core.parsing import parse_questions
 from rare_core.prompts import doc2query as prompt
 
 STEP = "doc2query"
+QUESTION_INDEX = "question_index"
 
 
 class Doc2QueryConfig(BaseModel):
@@ -42,50 +44,60 @@ class Doc2Query(LLMOperator):
     config_class = Doc2QueryConfig
     config: Doc2QueryConfig
 
+    def output_columns(self, output_question_key: str = "question", output_scenario_key: str = "scenario",
+                    **_: object) -> list[str]:
+        extra = [QUESTION_INDEX] if self.config.num_questions > 1 else []
+        return [output_question_key, output_scenario_key, *extra]
+
     def process(self, df: pd.DataFrame, input_key: str = "text", output_question_key: str = "question",
                 output_scenario_key: str = "scenario", max_attempts: int | None = None,
                 overwrite: bool = False) -> pd.DataFrame:
         started = time.perf_counter()
+        distinct_keys(STEP, input_key=input_key, output_question_key=output_question_key,
+                      output_scenario_key=output_scenario_key)
         require_columns(df, [input_key], STEP)
-        guard_outputs(df, [output_question_key, output_scenario_key], STEP, overwrite)
+        guard_outputs(df, self.output_columns(output_question_key, output_scenario_key), STEP, overwrite)
         n = self.config.num_questions
         attempts = max_attempts or self.config.max_attempts
-        df = init_status(df.copy())
+        df = init_status(df)
         active = active_mask(df)
         texts = df[input_key]
-        has_text = texts.map(lambda t: isinstance(t, str) and bool(t.strip()))
-        for idx in df.index[active & ~has_text]:
-            mark_failed(df, idx, STEP, "invalid input: the document text is empty or missing")
+        has_text = texts.map(lambda t: isinstance(t, str) and not is_blank(t))
+        for pos in df.index[active & ~has_text]:
+            kind = "empty or missing" if is_blank(texts[pos]) else f"not text ({type(texts[pos]).__name__})"
+            mark_failed(df, pos, STEP, f"invalid input: the document text is {kind}", INPUT_ERROR)
         todo = df.index[active & has_text]
         requests = [LLMRequest(messages=prompt.build_messages(texts[i], n, self.config.max_doc_chars),
                                prompt_version=prompt.VERSION) for i in todo]
-        schema = GeneratedQuestion if n == 1 else GeneratedQuestions
         outcomes, totals = ask_and_parse(
-            self.llm, requests, lambda text: parse_json_object(text, schema), attempts, self.on_progress)
+            self.llm, requests, lambda text: parse_questions(text, n), attempts, self.on_progress,
+            retry_unusable_cached=self.retry_failed)
 
-        by_index = dict(zip(todo, outcomes))
+        by_pos = dict(zip(todo, outcomes))
+        status_col, raw_col = step_column(STEP, "status"), step_column(STEP, "raw")
+        empty = {output_question_key: None, output_scenario_key: None}
         out_rows: list[dict] = []
-        for idx, base in zip(df.index, df.to_dict("records")):
-            outcome = by_index.get(idx)
+        for pos, base in enumerate(df.to_dict("records")):
+            outcome = by_pos.get(pos)
             if outcome is None:  # failed upstream, or invalid input marked above
-                if not active[idx]:
-                    base[f"{STEP}_status"] = SKIPPED
-                out_rows.append({**base, output_question_key: None, output_scenario_key: None})
+                if not active[pos]:
+                    base[status_col] = SKIPPED
+                out_rows.append({**base, **empty})
                 continue
             prov = provenance(STEP, outcome, prompt.VERSION)
             if outcome.parsed is None:
-                out_rows.append({**base, **prov, output_question_key: None, output_scenario_key: None,
-                                 STATUS: FAILED, ERROR: f"{STEP}: {outcome.error}",
-                                 f"{STEP}_status": FAILED, f"{STEP}_raw": outcome.raw})
+                out_rows.append({**base, **prov, **empty, **failed_fields(STEP, outcome.error, outcome.kind),
+                                 raw_col: outcome.raw})
                 continue
-            items = outcome.parsed.questions[:n] if n > 1 else [outcome.parsed]
-            for k, item in enumerate(items):
+            for k, item in enumerate(outcome.parsed):
                 row = {**base, **prov, output_question_key: item.question, output_scenario_key: item.scenario,
-                       f"{STEP}_status": OK, f"{STEP}_raw": None}
+                       status_col: OK, raw_col: None}
                 if n > 1:
-                    row["question_index"] = k
+                    row[QUESTION_INDEX] = k
                 out_rows.append(row)
-        out = pd.DataFrame(out_rows, columns=ordered_columns(df, out_rows))
+        out = frame_from_rows(df, out_rows)
+        as_nullable_int(out, [QUESTION_INDEX, *(step_column(STEP, f) for f in PROVENANCE_INTS)])
         self.last_summary = summarize(STEP, df, out, active, started, totals.simulated,
-                                      totals.model_dump(exclude={"simulated", "wall_seconds"}))
+                                      {**totals.model_dump(exclude={"simulated", "wall_seconds"}),
+                                       "truncations": sum(o.truncations for o in outcomes)})
         return out

@@ -1,14 +1,20 @@
 """Ask, parse, re-ask: the loop both LLM operators share.
 
 In: one :class:`LLMRequest` per row and a parse function. Out: one :class:`Outcome` per row
-(the parsed object or the failure reason with the raw reply) and the batch totals.
+(the parsed object, or the failure reason, its kind and the raw reply) and the batch totals.
 
-A reply that cannot be parsed (or was cut off, ``finish_reason == "length"``) is asked again
-with the reason appended to the conversation, up to ``max_attempts`` calls in all; the last
-reply is parsed too. The re-ask is a different conversation, so it has its own cache key and
-reaches the model instead of getting the same bad answer back from the response cache.
-A request that failed at the HTTP level is not re-asked here: the client already retried
-whatever a retry can fix.
+* A reply that cannot be parsed is asked again with the reason appended to the conversation,
+  up to ``max_attempts`` calls in all; the last reply is parsed too. The re-ask is a different
+  conversation, so it has its own cache key and reaches the model instead of getting the same
+  bad answer back from the response cache. Such a row fails as ``content``.
+* A reply cut off at its token budget (``finish_reason == "length"``) is not re-asked with the
+  same budget (it would be cut again and paid again): it is asked once more, the same
+  conversation, with the budget doubled up to ``llm.max_tokens_cap``
+  (:func:`rare_core.llm.client.next_budget`); at the cap it fails at once, naming the setting.
+* A request that failed at the HTTP level is not re-asked here (the client already retried
+  whatever a retry can fix): the row fails as ``request``, and a rerun asks again.
+* With ``retry_unusable_cached``, an unusable answer that came from the response cache (a
+  rerun of rows that failed for content) is first asked again bypassing the cache.
 """
 
 from __future__ import annotations
@@ -18,8 +24,8 @@ from typing import Callable, Generic, TypeVar
 
 from pydantic import BaseModel
 
-from rare_core.llm.client import APILLMServing_request, LLMRequest, ProgressCallback, RunTotals
-from rare_core.operators.base import Operator
+from rare_core.llm.client import APILLMServing_request, LLMRequest, LLMResponse, ProgressCallback, RunTotals, next_budget
+from rare_core.operators.base import CONTENT_ERROR, REQUEST_ERROR, ErrorKind, Operator, step_column
 from rare_core.parsing import ParseError
 
 T = TypeVar("T")
@@ -33,29 +39,33 @@ _MAX_ECHO_CHARS = 4000
 
 class LLMOperator(Operator):
     """Base of the operators that call an LLM: the client, the step's settings and a progress
-    callback ``on_progress(done, total)``. Settings come as ``config=`` or as keywords."""
+    callback ``on_progress(done, total)``. Settings come as ``config=`` or as keywords.
+    ``retry_failed``: ask again rows whose cached answers could not be used (see module doc)."""
 
     config_class: type[BaseModel]
     prompt_version: str
 
     def __init__(self, llm_serving: APILLMServing_request, config: BaseModel | None = None,
-                 on_progress: ProgressCallback | None = None, **settings) -> None:
+                 on_progress: ProgressCallback | None = None, retry_failed: bool = False, **settings) -> None:
         super().__init__()
         self.llm = llm_serving
         self.config = config or self.config_class(**settings)
         self.on_progress = on_progress
+        self.retry_failed = retry_failed
 
 
 @dataclass
 class Outcome(Generic[T]):
     parsed: T | None = None
     error: str | None = None
+    kind: ErrorKind | None = None
     raw: str | None = None
     attempts: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     model: str | None = None
     simulated: bool = False
+    truncations: int = 0
 
 
 def ask_and_parse(
@@ -64,6 +74,7 @@ def ask_and_parse(
     parse: Callable[[str | None], T],
     max_attempts: int = 3,
     on_progress: ProgressCallback | None = None,
+    retry_unusable_cached: bool = False,
 ) -> tuple[list[Outcome[T]], RunTotals]:
     if max_attempts < 1:
         raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
@@ -71,56 +82,92 @@ def ask_and_parse(
     totals = RunTotals()
     pending = list(range(len(requests)))
     current = list(requests)
-    for attempt in range(1, max_attempts + 1):
-        if not pending:
-            break
-        batch = llm.chat([current[i] for i in pending], on_progress if attempt == 1 else None)
+    refreshed: set[int] = set()
+    first = True
+    while pending:
+        batch = llm.chat([current[i] for i in pending], on_progress if first else None)
+        first = False
         totals = totals.add(batch.totals)
         retry: list[int] = []
         for i, resp in zip(pending, batch.responses):
             out = outcomes[i]
-            out.attempts = attempt
+            if retry_unusable_cached and resp.cached and i not in refreshed and _unusable(resp, parse):
+                refreshed.add(i)  # asked again past the cache; not an attempt of its own
+                current[i] = current[i].model_copy(update={"refresh_cache": True})
+                retry.append(i)
+                continue
+            out.attempts += 1
             out.prompt_tokens += resp.prompt_tokens
             out.completion_tokens += resp.completion_tokens
-            out.model = resp.model or llm.config.model
+            out.model = resp.model or llm.model_name
             out.simulated = out.simulated or resp.simulated
             out.raw = resp.text
-            if not resp.ok:
-                out.error = f"request failed: {resp.error}"
+            out.error, out.kind = _judge(resp, parse, out)
+            if out.error is None or out.kind == REQUEST_ERROR or out.attempts >= max_attempts:
                 continue
             if resp.finish_reason == "length":
-                out.error = "truncated: the reply hit max_tokens (finish_reason=length)"
+                budget = next_budget(llm.config, current[i].max_tokens or llm.config.generation.max_tokens)
+                if budget is None:
+                    continue  # at the cap: asking again would be cut again
+                current[i] = current[i].model_copy(update={"max_tokens": budget, "refresh_cache": False})
             else:
-                try:
-                    out.parsed, out.error = parse(resp.text), None
-                    continue
-                except ParseError as exc:
-                    out.error = f"unparseable: {exc}"
-            if attempt < max_attempts:
-                current[i] = _reask(requests[i], resp.text or "", out.error, attempt)
-                retry.append(i)
+                current[i] = _reask(requests[i], current[i], resp.text or "", out.error, out.attempts)
+            retry.append(i)
         pending = retry
     for out in outcomes:
-        if out.error is not None and out.attempts == max_attempts and not out.error.startswith("request failed"):
-            out.error = f"{out.error} (after {max_attempts} attempts)"
+        if out.kind == CONTENT_ERROR and out.attempts > 1:
+            out.error = f"{out.error} (after {out.attempts} attempts)"
     return outcomes, totals
 
 
-def _reask(original: LLMRequest, reply: str, reason: str, attempt: int) -> LLMRequest:
+def _unusable(resp: LLMResponse, parse: Callable[[str | None], object]) -> bool:
+    """True when an answer arrived but cannot be used (cut off, or unparseable)."""
+    if not resp.ok:
+        return False
+    if resp.finish_reason == "length":
+        return True
+    try:
+        parse(resp.text)
+    except ParseError:
+        return True
+    return False
+
+
+def _judge(resp: LLMResponse, parse: Callable[[str | None], T], out: Outcome[T]) -> tuple[str | None, ErrorKind | None]:
+    """Parse ``resp`` into ``out.parsed``; returns the failure (reason, kind) or (None, None)."""
+    out.parsed = None
+    if not resp.ok:
+        return f"request failed: {resp.error}", REQUEST_ERROR
+    if resp.finish_reason == "length":
+        out.truncations += 1
+        return (f"truncated: the reply hit its token budget (finish_reason=length); raise "
+                f"llm.generation.max_tokens or llm.max_tokens_cap"), CONTENT_ERROR
+    try:
+        out.parsed = parse(resp.text)
+    except ParseError as exc:
+        return f"unparseable: {exc}", CONTENT_ERROR
+    return None, None
+
+
+def _reask(original: LLMRequest, previous: LLMRequest, reply: str, reason: str, attempt: int) -> LLMRequest:
+    """The original conversation + the unusable reply + the reason; ``previous``'s budget."""
     messages = list(original.messages) + [
         {"role": "assistant", "content": reply[:_MAX_ECHO_CHARS]},
         {"role": "user", "content": _REASK.format(reason=reason) + f" [attempt {attempt + 1}]"},
     ]
-    return LLMRequest(messages=messages, prompt_version=original.prompt_version)
+    return previous.model_copy(update={"messages": messages, "refresh_cache": False})
 
 
 def provenance(step: str, outcome: Outcome, prompt_version: str) -> dict:
-    """The per-row provenance columns of an LLM step."""
+    """The per-row provenance columns of an LLM step (``rare_<step>_*``)."""
     return {
-        f"{step}_model": outcome.model,
-        f"{step}_prompt_version": prompt_version,
-        f"{step}_prompt_tokens": outcome.prompt_tokens,
-        f"{step}_completion_tokens": outcome.completion_tokens,
-        f"{step}_attempts": outcome.attempts,
-        f"{step}_simulated": outcome.simulated,
+        step_column(step, "model"): outcome.model,
+        step_column(step, "prompt_version"): prompt_version,
+        step_column(step, "prompt_tokens"): outcome.prompt_tokens,
+        step_column(step, "completion_tokens"): outcome.completion_tokens,
+        step_column(step, "attempts"): outcome.attempts,
+        step_column(step, "simulated"): outcome.simulated,
     }
+
+
+PROVENANCE_INTS = ("prompt_tokens", "completion_tokens", "attempts")

@@ -270,6 +270,11 @@ class BM25Index:
             out[j] = value
         return out
 
+    @property
+    def truncated_queries(self) -> int:
+        """Queries cut to the searcher's length limit since the searcher opened (see ``search``)."""
+        return self._searcher.truncated_queries if self._searcher is not None else 0
+
     def close(self) -> None:
         """Release the Lucene readers (the next search reopens them)."""
         if self._searcher is not None:

@@ -28,6 +28,12 @@ stack lives here, each with the reason:
   threads; pauses stay short on heaps this size and the work is I/O- and search-bound), a
   capped JIT code cache and metaspace (Anserini needs well under the caps; they only stop
   growth the JVM would otherwise allow itself).
+* **Lucene's clause limit.** A query holds one clause per distinct analyzed term and Lucene
+  refuses more than ``IndexSearcher.maxClauseCount`` (1,024 by default): a long question would
+  get no hits from SearchCollection (the error is only logged in its thread) and fail when
+  scored. The limit is a static, so it is raised once here, when the JVM starts (or is found
+  started), to :data:`MAX_CLAUSE_COUNT` (never lowered); queries are also cut by
+  :func:`rare_core.retrieval.search.clip_query` so that none can reach it.
 * **Quiet, headless.** ``-Djava.awt.headless=true`` and Anserini's log4j left at its jar
   default; nothing here reads stdin.
 """
@@ -47,6 +53,7 @@ MIN_JAVA = 21
 DEFAULT_XMX = "640m"
 JVM_OPTIONS = ("-XX:+UseSerialGC", "-XX:ReservedCodeCacheSize=64m", "-XX:MaxMetaspaceSize=256m",
                "-Djava.awt.headless=true")
+MAX_CLAUSE_COUNT = 16_384  # Lucene 9: IndexSearcher.setMaxClauseCount (BooleanQuery's is a deprecated alias)
 _LOCK = threading.Lock()
 _STARTED = False
 
@@ -110,8 +117,11 @@ def start_jvm() -> None:
             jnius_config.set_classpath(str(jar))
         elif not any(Path(p).name == jar.name for p in jnius_config.get_classpath()):
             raise RetrievalError(f"the JVM was started elsewhere without {jar.name} on its class path")
-        import jnius  # noqa: F401  (starts the JVM with the options above)
+        from jnius import autoclass  # starts the JVM with the options above
 
+        searcher = autoclass("org.apache.lucene.search.IndexSearcher")
+        if searcher.getMaxClauseCount() < MAX_CLAUSE_COUNT:
+            searcher.setMaxClauseCount(MAX_CLAUSE_COUNT)
         _STARTED = True
 
 

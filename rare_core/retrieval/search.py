@@ -20,6 +20,16 @@ Query weighting: ``"bow"`` is Anserini's ``BagOfWordsQueryGenerator`` (each anal
 a SHOULD clause, repeated tokens counted again), ``"bm25"`` is ``QuerySideBm25QueryGenerator``
 (``-bm25.querySide``: each distinct query term boosted by its query-side BM25 weight with the
 same k1/b).
+
+Long queries: Lucene refuses a query with more clauses (one per distinct analyzed term) than
+``IndexSearcher.maxClauseCount``: SearchCollection then logs the error in its thread and gives
+that query no hits, and a single-document score raises. :mod:`~rare_core.retrieval.jvm` raises
+the limit to :data:`~rare_core.retrieval.jvm.MAX_CLAUSE_COUNT` (16,384) at JVM start, and
+:func:`clip_query` (used by both paths) cuts every query to :data:`MAX_QUERY_TOKENS` whitespace
+tokens and :data:`MAX_QUERY_CHARS` characters. The second cut makes the limit unreachable, since
+an analyzed term takes at least one character (a CJK text has no whitespace to count); the first
+keeps a document pasted as a question to its opening. ``LuceneSearcher.truncated_queries``
+counts the distinct queries cut so far.
 """
 
 from __future__ import annotations
@@ -47,6 +57,35 @@ FIELD_ID = "id"
 # not sent (no hits, as Lucene would give them). The analyzer treats all of them as spaces anyway.
 _TOPIC_BREAKS = re.compile(r"[\t\n\r]")
 _JAVA_TRIM = "".join(map(chr, range(33)))
+MAX_QUERY_TOKENS = 2_048  # whitespace tokens kept of a query (a question is rarely over 100)
+MAX_QUERY_CHARS = 16_000  # characters kept: below jvm.MAX_CLAUSE_COUNT with room for the score path's filter
+_TOKEN = re.compile(r"\S+")
+
+
+def clip_query(query: str) -> tuple[str, bool]:
+    """``query`` cut after its first :data:`MAX_QUERY_TOKENS` whitespace tokens and to at most
+    :data:`MAX_QUERY_CHARS` characters (at a whitespace when the cut falls inside a token and
+    there is one before it), and whether anything was cut."""
+    if len(query) < 2 * MAX_QUERY_TOKENS and len(query) <= MAX_QUERY_CHARS:
+        return query, False  # n tokens take at least 2n - 1 characters
+    cut = query
+    for i, m in enumerate(_TOKEN.finditer(query), start=1):
+        if i == MAX_QUERY_TOKENS:
+            cut = query[:m.end()]
+            break
+    if len(cut) > MAX_QUERY_CHARS:
+        head = cut[:MAX_QUERY_CHARS]
+        if not cut[MAX_QUERY_CHARS].isspace() and re.search(r"\s", head):
+            head = re.sub(r"\S+$", "", head)
+        cut = head
+    cut = cut.rstrip()
+    return (cut, True) if cut != query.rstrip() else (query, False)
+
+
+def _java_error(exc: Exception) -> str:
+    """The first line of a Java exception's message (jnius appends the Java stack trace)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def row_key(row: int, num_docs: int) -> str:
@@ -114,8 +153,9 @@ class LuceneSearcher:
         try:
             self._searcher = jclass("io.anserini.search.SimpleSearcher")(str(path))
         except Exception as exc:  # jnius.JavaException: Lucene cannot open the folder
-            raise RetrievalError(f"cannot open the Lucene index at {path}: {exc}") from exc
+            raise RetrievalError(f"cannot open the Lucene index at {path}: {_java_error(exc)}") from exc
         self._searcher.set_bm25(float(settings.k1), float(settings.b))
+        self._truncated: set[int] = set()  # hashes of the queries clip_query cut
         self._reader = None
         if settings.query_weighting == "bm25":
             self._reader = jclass("io.anserini.index.IndexReaderUtils").getReader(str(path))
@@ -150,13 +190,29 @@ class LuceneSearcher:
             finally:
                 collection.close()
         except Exception as exc:  # jnius.JavaException from the parser or a search thread
-            raise RetrievalError(f"BM25 batch search failed: {exc}") from exc
+            raise RetrievalError(f"BM25 batch search failed: {_java_error(exc)}") from exc
         return parse_run(output)
+
+    @property
+    def truncated_queries(self) -> int:
+        """Distinct queries that :func:`clip_query` cut since this searcher opened (both paths)."""
+        return len(self._truncated)
+
+    def _clip(self, queries: list[str]) -> list[str]:
+        """``queries`` through :func:`clip_query`, noting the ones cut."""
+        out = []
+        for query in queries:
+            clipped, cut = clip_query(query)
+            if cut:
+                self._truncated.add(hash(query))
+            out.append(clipped)
+        return out
 
     def search(self, queries: list[str], k: int) -> RunHits:
         """Top-``k`` hits of every query (``k`` >= 1), query numbers = positions in ``queries``."""
         if k < 1:
             raise RetrievalError(f"k must be >= 1, got {k}")
+        queries = self._clip(queries)
         step = max(1, min(RUN_QUERIES, RUN_HITS // k))
         parts = []
         with tempfile.TemporaryDirectory(prefix="rare-bm25-run-") as tmp:
@@ -170,18 +226,22 @@ class LuceneSearcher:
 
         Runs the query with a FILTER clause on the row's id (the filter adds nothing to the
         score), so the score is exactly the one the document gets in the ranking. 0.0 when the
-        document matches no query term.
+        document matches no query term. A Java error becomes :class:`RetrievalError`.
         """
         boolean_builder = jclass("org.apache.lucene.search.BooleanQuery$Builder")
         occur = jclass("org.apache.lucene.search.BooleanClause$Occur")
         term_query, term = jclass("org.apache.lucene.search.TermQuery"), jclass("org.apache.lucene.index.Term")
         analyzer = self._searcher.get_analyzer()
         out = []
-        for query, row in zip(queries, rows):
-            builder = boolean_builder()
-            builder.add(self._generator.buildQuery(FIELD_CONTENTS, analyzer, query), occur.MUST)
-            builder.add(term_query(term(FIELD_ID, row_key(int(row), self.num_docs))), occur.FILTER)
-            hits = self._searcher.search(builder.build(), 1)
+        for query, row in zip(self._clip(queries), rows):
+            try:
+                builder = boolean_builder()
+                builder.add(self._generator.buildQuery(FIELD_CONTENTS, analyzer, query), occur.MUST)
+                builder.add(term_query(term(FIELD_ID, row_key(int(row), self.num_docs))), occur.FILTER)
+                hits = self._searcher.search(builder.build(), 1)
+            except Exception as exc:  # jnius.JavaException (e.g. IndexSearcher$TooManyClauses)
+                raise RetrievalError(f"BM25 scoring failed for a query of {len(query)} characters: "
+                                     f"{_java_error(exc)}") from exc
             out.append(run_score(hits[0].score) if len(hits) else 0.0)
         return out
 

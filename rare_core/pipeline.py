@@ -1,0 +1,104 @@
+"""The pipeline's steps as data: one :class:`StepSpec` per operator, in run order (:data:`STEPS`).
+
+A spec says what the flow needs to know about a step and nothing else: its name and file
+number in the storage layout, its label, the config section holding its settings, the
+operator class, which column keys it takes (``process`` keyword -> column), whether it calls
+the LLM, and what besides its input file and settings its output depends on (its cache inputs).
+The Prefect layer (``tasks/``) builds one task per spec and one cache key per spec from this;
+``rare_core.inputs`` refuses an input that already has a column some step writes. A new step
+is a new operator module and one more spec here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from pydantic import BaseModel
+
+from rare_core.config import ColumnKeys, PipelineConfig
+from rare_core.llm.client import APILLMServing_request, ProgressCallback
+from rare_core.llm.config import endpoint_scope
+from rare_core.operators.base import Operator
+from rare_core.operators.bm25_hardneg import BM25HardNeg
+from rare_core.operators.doc2query import Doc2Query
+from rare_core.operators.reason_distill import ReasonDistill
+from rare_core.hashing import file_sha256
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """One step of the pipeline (see the module docstring)."""
+
+    name: str
+    index: int
+    label: str
+    task_name: str
+    section: str
+    operator: type[Operator]
+    keys: Callable[[ColumnKeys], dict[str, str]]
+    uses_llm: bool = False
+    cache_exclude: frozenset[str] = field(default_factory=frozenset)
+    cache_inputs: Callable[[PipelineConfig], dict[str, Any]] = lambda config: {}
+
+    def settings(self, config: PipelineConfig) -> BaseModel:
+        """The step's section of ``config``."""
+        return getattr(config, self.section)
+
+    def build(self, config: PipelineConfig, llm: APILLMServing_request | None = None,
+              on_progress: ProgressCallback | None = None) -> Operator:
+        """The operator with this run's settings (LLM steps: with the run's client)."""
+        if self.uses_llm:
+            return self.operator(llm_serving=llm, config=self.settings(config), on_progress=on_progress,
+                                 retry_failed=config.retry_failed)
+        return self.operator(config=self.settings(config))
+
+    def writes(self, config: PipelineConfig) -> list[str]:
+        """The data columns the step adds to a row."""
+        return self.build(config).output_columns(**self.keys(config.columns))
+
+    def cache_settings(self, config: PipelineConfig) -> dict[str, Any]:
+        """Everything the step's output depends on besides its input file (see tasks.artifacts)."""
+        out: dict[str, Any] = {
+            "step": self.name,
+            "settings": self.settings(config).model_dump(mode="json", exclude=set(self.cache_exclude)),
+            "columns": self.keys(config.columns),
+            **self.cache_inputs(config),
+        }
+        if self.uses_llm:
+            llm = config.llm
+            out.update(model=llm.model, generation=llm.generation.model_dump(mode="json"),
+                       endpoint=endpoint_scope(llm) if llm.base_url else SIMULATOR_SCOPE,
+                       prompt_version=self.operator.prompt_version)
+        return out
+
+
+# The response-cache scope of the built-in simulator, whose port changes every run: its
+# answers are cached under this name, never under a real endpoint's.
+SIMULATOR_SCOPE = "rare-simulator"
+
+
+def _corpus_hash(config: PipelineConfig) -> dict[str, Any]:
+    corpus = config.hardneg.corpus_path  # a separate corpus: its content counts, like the input's
+    return {"corpus_sha256": file_sha256(corpus) if corpus else None}
+
+
+DOC2QUERY = StepSpec(
+    name="doc2query", index=1, label="Doc2Query", task_name="doc2query", section="doc2query", operator=Doc2Query,
+    keys=lambda k: {"input_key": k.text, "output_question_key": k.question, "output_scenario_key": k.scenario},
+    uses_llm=True)
+HARDNEG = StepSpec(
+    name="hardneg", index=2, label="BM25HardNeg", task_name="bm25-hardneg", section="hardneg", operator=BM25HardNeg,
+    keys=lambda k: {"input_question_key": k.question, "input_text_key": k.text,
+                    "output_negatives_key": k.hard_negatives, "input_id_key": k.id},
+    cache_exclude=frozenset({"index_dir", "threads"}), cache_inputs=_corpus_hash)
+DISTILL = StepSpec(
+    name="distill", index=3, label="ReasonDistill", task_name="reason-distill", section="distill",
+    operator=ReasonDistill,
+    keys=lambda k: {"input_text_key": k.text, "input_question_key": k.question, "input_scenario_key": k.scenario,
+                    "input_hardneg_key": k.hard_negatives, "output_key": k.reasoning, "output_answer_key": k.answer},
+    uses_llm=True)
+
+STEPS: tuple[StepSpec, ...] = (DOC2QUERY, HARDNEG, DISTILL)
+STEP_BY_NAME: dict[str, StepSpec] = {spec.name: spec for spec in STEPS}
+INPUT_STEP_INDEX = 0  # the loaded input's file number in the layout

@@ -1,0 +1,126 @@
+"""Rows a user can trust, through the flow: transient failures are retried on the next run,
+``refresh`` refreshes, simulated answers never reach a real endpoint's run, the output folder
+never holds a stale dataset, and a bad input is refused before anything is paid for."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from prefect_fixtures import SAMPLE
+from test_flow import completions, make_config, run_flow
+
+from rare_core.llm.simulator import FaultSpec
+from rare_core.storage import read_frame, write_frame
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def sample(n: int):
+    with open(SAMPLE, encoding="utf-8") as fh:
+        rows = [json.loads(line) for line in fh][:n]
+    import pandas as pd
+
+    return pd.DataFrame(rows)
+
+
+def test_user_status_column_does_not_drop_rows(tmp_path, sim):
+    docs = sample(6).assign(status=["published", "failed", "draft", "published", "failed", "retracted"],
+                            error="none")
+    path = write_frame(docs, tmp_path / "docs.jsonl")
+    config = make_config(tmp_path, sim, input_path=str(path), limit=None)
+    state, _ = run_flow(config)
+    assert state.is_completed()
+    dataset = read_frame(Path(config.output_path) / "dataset.jsonl")
+    assert len(dataset) == 6
+    final = read_frame(Path(config.cache_path) / "dataflow_cache_step_step3.jsonl")
+    assert final["status"].tolist() == docs["status"].tolist() and (final["error"] == "none").all()
+
+
+def test_rows_lost_to_an_outage_are_asked_again_on_the_next_run(tmp_path, sim):
+    docs = sample(6)
+    config = make_config(tmp_path, sim, limit=6)
+    config = config.model_copy(update={"llm": config.llm.model_copy(update={"max_retries": 1})})
+    sim.inject([FaultSpec(kind="server_error", count=2, match=docs["text"][i][:60]) for i in (1, 4)])
+    state, _ = run_flow(config)
+    assert state.is_completed()
+    failed = read_frame(Path(config.output_path) / "failed_rows.jsonl")
+    assert sorted(failed["id"].tolist()) == sorted(docs["id"][[1, 4]].tolist())
+    assert (failed["rare_error_kind"] == "request").all()
+    sim.reset()
+    state, tasks = run_flow(config)
+    assert state.is_completed() and tasks["doc2query"] != "Cached"
+    # only the two lost rows reach the endpoint, twice each (their question, their reasoning)
+    assert completions(sim) == 4
+    assert len(read_frame(Path(config.output_path) / "dataset.jsonl")) == 6
+    assert not (Path(config.output_path) / "failed_rows.jsonl").exists()
+    sim.reset()
+    state, tasks = run_flow(config)  # now complete: a rerun is Cached throughout
+    assert {tasks[t] for t in ("doc2query", "bm25-hardneg", "reason-distill")} == {"Cached"}
+    assert completions(sim) == 0
+
+
+def test_unusable_answers_are_retried_only_when_asked(tmp_path, sim):
+    docs = sample(4)
+    config = make_config(tmp_path, sim, limit=4)
+    sim.inject([FaultSpec(kind="malformed_json", count=3, match=docs["text"][2][:60])])
+    run_flow(config)
+    sim.reset()
+    state, tasks = run_flow(config)
+    assert tasks["doc2query"] == "Cached" and completions(sim) == 0
+    state, tasks = run_flow(config.model_copy(update={"retry_failed": True}))
+    assert tasks["doc2query"] != "Cached"
+    assert completions(sim) == 2  # the row's fresh question, then its reasoning
+    assert len(read_frame(Path(config.output_path) / "dataset.jsonl")) == 4
+
+
+def test_cache_mode_refresh_asks_again(tmp_path, sim):
+    config = make_config(tmp_path, sim, limit=3)
+    run_flow(config)
+    sim.reset()
+    refresh = config.model_copy(update={"llm": config.llm.model_copy(update={"cache_mode": "refresh"})})
+    state, tasks = run_flow(refresh)
+    assert tasks["doc2query"] != "Cached" and tasks["reason-distill"] != "Cached"
+    assert completions(sim) == 6
+
+
+def test_simulated_answers_are_never_served_to_a_real_endpoint(tmp_path, sim):
+    builtin = make_config(tmp_path, sim, limit=3)
+    builtin = builtin.model_copy(update={"llm": builtin.llm.model_copy(update={"base_url": None})})
+    state, _ = run_flow(builtin)
+    assert state.result().simulated
+    sim.reset()
+    real = make_config(tmp_path, sim, limit=3)  # same model name, same cache folder, an endpoint
+    state, tasks = run_flow(real)
+    assert tasks["doc2query"] != "Cached" and completions(sim) == 6
+    report = (Path(real.output_path) / "report.md").read_text(encoding="utf-8")
+    assert "No LLM endpoint was configured" not in report
+
+
+def test_a_failed_run_leaves_no_stale_dataset(tmp_path, sim):
+    config = make_config(tmp_path, sim, limit=3)
+    run_flow(config)
+    out = Path(config.output_path)
+    assert (out / "dataset.jsonl").exists()
+    sim.inject([FaultSpec(kind="unauthorized", count=50)])
+    state, _ = run_flow(config.model_copy(update={"llm": config.llm.model_copy(update={"cache_mode": "refresh"})}),
+                        expected_tasks={"load-input", "doc2query"})
+    assert state.is_failed()
+    assert not (out / "dataset.jsonl").exists() and not (out / "report.md").exists()
+
+
+def test_failed_rows_keep_question_index_and_kind(tmp_path, sim):
+    config = make_config(tmp_path, sim, limit=3)
+    config = config.model_copy(update={"doc2query": config.doc2query.model_copy(update={"num_questions": 2})})
+    run_flow(config)
+    questions = read_frame(Path(config.cache_path) / "dataflow_cache_step_step1.jsonl")
+    target = questions[questions["question_index"] == 1].iloc[0]
+    sim.inject([FaultSpec(kind="malformed_json", count=10, match=f"<question>\n{target['question']}\n</question>")])
+    state, _ = run_flow(config.model_copy(update={"llm": config.llm.model_copy(update={"cache_mode": "refresh"})}))
+    assert state.is_completed()
+    failed = read_frame(Path(config.output_path) / "failed_rows.jsonl")
+    assert len(failed) == 1 and failed["id"].iloc[0] == target["id"] and failed["question_index"].iloc[0] == 1
+    assert failed["rare_error_kind"].iloc[0] == "content" and failed["rare_error"].iloc[0].startswith("distill:")
+    dataset = read_frame(Path(config.output_path) / "dataset.jsonl")
+    assert len(dataset) == 5 and str(dataset["question_index"].dtype) == "int64"

@@ -1,0 +1,138 @@
+"""The reliability suite: kill -9 mid-step and resume, two runs on one cache folder at once,
+and every byte a run writes scanned for the API key. Runs ``rare run`` as a real subprocess
+against the project's simulator over loopback HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from prefect_fixtures import PROJECT_ROOT, SAMPLE, wait_until
+
+from rare_core.llm.simulator import SimulatorProcess
+from rare_core.storage import read_frame
+
+DOCS = 24
+WORKERS = 4
+COMPARED = ["id", "question", "scenario", "hard_negatives_ids", "document_order", "reasoning", "answer"]
+
+
+def rare_run(tmp: Path, base_url: str, *extra: str, env: dict | None = None) -> subprocess.Popen:
+    """``rare run`` on the first DOCS sample documents with step files and output under ``tmp``."""
+    args = [sys.executable, "-m", "deployments.cli", "run", "--input", str(SAMPLE), "--limit", str(DOCS),
+            "--cache-path", str(tmp / "cache"), "--output", str(tmp / "out"), "--base-url", base_url,
+            "--model", "teacher", "--max-workers", str(WORKERS), *extra]
+    return subprocess.Popen(args, cwd=PROJECT_ROOT, env=env or dict(os.environ), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 180) -> tuple[int, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, err.decode("utf-8", "replace")
+
+
+def dataset(tmp: Path):
+    frame = read_frame(tmp / "out" / "dataset.jsonl")
+    return frame[COMPARED].sort_values("id").reset_index(drop=True)
+
+
+@pytest.fixture
+def api_env(prefect_harness):
+    """The environment for ``rare run`` subprocesses: the test session's Prefect API."""
+    from prefect.settings import PREFECT_API_URL
+
+    return dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value(),
+                PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL="CRITICAL")
+
+
+@pytest.fixture(scope="module")
+def slow_sim():
+    """A simulator of its own whose answers take 200 ms, so that a step can be caught halfway."""
+    with SimulatorProcess(latency=0.2) as process:
+        yield process
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, slow_sim, prefect_harness):
+    """An uninterrupted run: its rows, and the completions it took."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value())
+    tmp = tmp_path_factory.mktemp("reference")
+    slow_sim.reset()
+    code, err = finish(rare_run(tmp, slow_sim.base_url, env=env))
+    assert code == 0, err
+    return dataset(tmp), slow_sim.stats().completions_served
+
+
+@pytest.mark.parametrize("kill_at", [3, DOCS // 2, DOCS + 2, DOCS + DOCS - 8],
+                         ids=["doc2query-early", "doc2query-half", "distill-early", "distill-late"])
+def test_kill_9_mid_step_resumes_with_the_same_rows_paying_only_what_was_in_flight(
+        tmp_path, slow_sim, reference, api_env, kill_at):
+    ref_rows, ref_completions = reference
+    assert ref_completions == 2 * DOCS
+    slow_sim.reset()
+    proc = rare_run(tmp_path, slow_sim.base_url, env=api_env)
+    wait_until(lambda: slow_sim.stats().completions_served >= kill_at or proc.poll() is not None, 120,
+               f"{kill_at} completions", interval=0.01)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(0.3)  # requests in flight at the kill still finish at the server: count them too
+    first = slow_sim.stats().completions_served
+    slow_sim.reset()
+    code, err = finish(rare_run(tmp_path, slow_sim.base_url, env=api_env))
+    assert code == 0, err
+    resumed = slow_sim.stats().completions_served
+    repaid = first + resumed - ref_completions
+    print(f"kill at {kill_at}: {first} completions before the kill, {resumed} after, re-paid {repaid}")
+    assert 0 <= repaid <= WORKERS  # at most the requests in flight when the process died
+    rows = dataset(tmp_path)
+    assert len(rows) == DOCS
+    assert rows.to_dict("records") == ref_rows.to_dict("records")
+
+
+def test_two_runs_on_one_cache_folder_at_once(tmp_path, slow_sim, reference, api_env):
+    ref_rows, _ = reference
+    slow_sim.reset()
+    procs = [rare_run(tmp_path, slow_sim.base_url, env=api_env) for _ in range(2)]
+    results = [finish(p) for p in procs]
+    assert [code for code, _ in results] == [0, 0], [err[-2000:] for _, err in results]
+    rows = dataset(tmp_path)
+    assert len(rows) == DOCS and rows["id"].is_unique
+    assert rows.to_dict("records") == ref_rows.to_dict("records")
+    with sqlite3.connect(tmp_path / "cache" / "llm_responses.sqlite") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert db.execute("SELECT COUNT(*) FROM responses").fetchone()[0] == 2 * DOCS
+
+
+def test_no_byte_a_run_writes_holds_the_api_key(tmp_path):
+    secret = "sk-live-SCAN-ME-5f0c2b7e9a1d4c3b8e6f"
+    home = tmp_path / "prefect-home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env.update(PREFECT_HOME=str(home), PREFECT_PROFILES_PATH=str(home / "profiles.toml"), DF_API_KEY=secret,
+               PREFECT_LOCAL_STORAGE_PATH=str(home / "storage"))
+    with SimulatorProcess(latency=0.0, api_key=secret) as sim:
+        code, err = finish(rare_run(tmp_path, sim.base_url, "--limit", "4", "-v", env=env), timeout=300)
+        assert code == 0, err[-3000:]
+        assert sim.stats().completions_served == 8
+        # and a refused key: the error names the variable, never the key
+        code, bad = finish(rare_run(tmp_path / "bad", sim.base_url, "--limit", "2", "-v",
+                                    env={**env, "DF_API_KEY": secret[:-4] + "XXXX"}), timeout=300)
+        assert code == 1 and "DF_API_KEY" in bad
+    assert secret not in err and secret[:-4] not in bad
+    scanned = 0
+    for root in (tmp_path, home):
+        for path in root.rglob("*"):
+            if path.is_file():
+                data = path.read_bytes()
+                scanned += 1
+                assert secret.encode() not in data and secret[:-4].encode() not in data, path
+    assert scanned > 10 and any(p.suffix == ".db" for p in home.rglob("*"))  # Prefect's database was scanned
