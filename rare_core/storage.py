@@ -464,6 +464,17 @@ def _write_csv(df: pd.DataFrame, path: Path) -> None:
     write_text_atomic(sidecar, json.dumps(meta))
 
 
+def remove_frame(path: str | os.PathLike) -> list[str]:
+    """Delete a frame file and its csv sidecar, those that exist; returns the names removed."""
+    path = Path(path)
+    removed = []
+    for file in (path, _sidecar_of(path)):
+        if file.is_file():
+            file.unlink()
+            removed.append(file.name)
+    return removed
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically: temp file in the same folder, then rename
     -> ``path``."""

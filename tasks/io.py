@@ -34,7 +34,7 @@ from rare_core.operators.doc2query import QUESTION_INDEX
 from rare_core.operators.reason_distill import DOCUMENT_ORDER, POSITIVE_DOC_NUMBER
 from rare_core.pipeline import INPUT_STEP_INDEX, STEPS
 from rare_core.report import Report, StepRecord, build_report
-from rare_core.storage import FORMATS, write_text_atomic
+from rare_core.storage import FORMATS, remove_frame, write_text_atomic
 from tasks.artifacts import ArtifactRef, step_path
 
 DATASET_STEM = "dataset"
@@ -68,15 +68,14 @@ def load_input(config: PipelineConfig) -> ArtifactRef:
 
 
 def clear_outputs(config: PipelineConfig) -> list[str]:
-    """Remove the previous run's dataset, failed rows, report and summary (any format); returns their names."""
+    """Remove the previous run's dataset, failed rows (any format), report and summary; returns their names."""
     out_dir = Path(config.output_path).resolve()
-    names = [f"{stem}.{fmt}" for stem in (DATASET_STEM, FAILED_STEM) for fmt in FORMATS] + [REPORT_FILE, SUMMARY_FILE]
-    removed = []
-    for name in names:
-        for path in (out_dir / name, out_dir / f"{name}.jsoncols"):
-            if path.is_file():
-                path.unlink()
-                removed.append(path.name)
+    removed = [name for stem in (DATASET_STEM, FAILED_STEM) for fmt in FORMATS
+               for name in remove_frame(out_dir / f"{stem}.{fmt}")]
+    for name in (REPORT_FILE, SUMMARY_FILE):
+        if (out_dir / name).is_file():
+            (out_dir / name).unlink()
+            removed.append(name)
     return removed
 
 
@@ -129,7 +128,7 @@ def export_dataset(final: ArtifactRef, config: PipelineConfig) -> ExportResult:
         keep = [config.columns.id, *index, STATUS, ERROR, ERROR_KIND, *statuses]
         result.failed = ArtifactRef.write(df.loc[~ok, keep].reset_index(drop=True), failed_path)
     else:
-        failed_path.unlink(missing_ok=True)  # a file from an earlier run would describe other rows
+        remove_frame(failed_path)  # a file from an earlier run would describe other rows
     sample = [{c: _sample_cell(v) for c, v in row.items()} for row in dataset.head(SAMPLE_ROWS).to_dict("records")]
     create_table_artifact(
         table=sample, key="rare-dataset-sample",

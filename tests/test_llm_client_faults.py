@@ -27,25 +27,9 @@ from rare_core.llm.cache import ResponseCache
 from rare_core.llm.client import parse_retry_after
 from rare_core.llm.ratelimit import TokenBucket
 from rare_core.llm.simulator import FaultSpec
+from test_llm_client import CHAT, chat_requests, client, requests_for  # noqa: F401 (shared helpers)
 
-CHAT = "/v1/chat/completions"
 SECRET = "sk-test-SECRET-value-0123456789"
-
-
-def chat_requests(sim) -> int:
-    return sim.stats().requests_by_path.get(CHAT, 0)
-
-
-def requests_for(n: int, tag: str = "r") -> list[LLMRequest]:
-    return [LLMRequest(messages=[{"role": "user", "content": f"{tag} number {i} about topic{i}"}], prompt_version="t/1")
-            for i in range(n)]
-
-
-def client(sim, tmp_path, **overrides) -> APILLMServing_request:
-    settings = dict(api_url=sim.base_url, model_name="test-model", max_workers=8, timeout=5.0,
-                    backoff_base=0.01, cache_path=str(tmp_path / "cache.sqlite"))
-    settings.update(overrides)
-    return APILLMServing_request(**settings)
 
 
 # ------------------------------------------------------------------ 1. the operator API

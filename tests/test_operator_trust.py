@@ -13,9 +13,9 @@ from rare_core import APILLMServing_request, BM25HardNeg, Doc2Query, FileStorage
 from rare_core.errors import InputColumnError
 from rare_core.llm.simulator import FaultSpec
 from rare_core.storage import read_frame, write_frame
+from test_llm_operators import chats, llm  # noqa: F401 (shared fixture and counter)
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "pubmedqa_sample.jsonl"
-CHAT = "/v1/chat/completions"
 
 
 @pytest.fixture
@@ -24,14 +24,6 @@ def docs() -> pd.DataFrame:
         return pd.DataFrame([json.loads(line) for line in fh][:6])
 
 
-@pytest.fixture
-def llm(sim, tmp_path):
-    return APILLMServing_request(api_url=sim.base_url, model_name="teacher", max_workers=4,
-                                 cache_path=str(tmp_path / "responses.sqlite"), backoff_base=0.01)
-
-
-def chats(sim) -> int:
-    return sim.stats().requests_by_path.get(CHAT, 0)
 
 
 def test_user_columns_named_status_and_error_are_plain_data(sim, llm, docs):
