@@ -51,7 +51,12 @@ log = logging.getLogger("rare_core.llm")
 SIMULATED_FINGERPRINT = "rare-simulator"
 RETRYABLE_STATUS = {408, 409, 429}
 _MISSING_KEY = "no-key-set"
-_CACHED_FIELDS = {"text", "finish_reason", "prompt_tokens", "completion_tokens", "model", "simulated"}
+_CACHED_FIELDS = {"text", "reasoning", "reasoning_field", "finish_reason", "prompt_tokens", "completion_tokens",
+                  "model", "simulated"}
+# Where servers put a reasoning model's thinking beside the content, in the order they are read:
+# DeepSeek's API and vLLM's reasoning parsers up to 0.9 use ``reasoning_content``; newer vLLM,
+# Ollama's OpenAI API and OpenRouter use ``reasoning``.
+REASONING_FIELDS = ("reasoning_content", "reasoning")
 _JOIN_POLL = 0.1  # seconds between checks of the waiting thread for a Ctrl-C
 _T = TypeVar("_T")
 
@@ -73,6 +78,8 @@ class LLMResponse(BaseModel):
     """What came back for one request (or why nothing usable did)."""
 
     text: str | None = None
+    reasoning: str | None = None  # thinking the server returned beside the content
+    reasoning_field: str | None = None  # which message field held it (see REASONING_FIELDS)
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -81,6 +88,7 @@ class LLMResponse(BaseModel):
     model: str | None = None
     simulated: bool = False
     cached: bool = False
+    batch: bool = False  # answered through the Batch API (priced at batch prices)
     shared: bool = False  # a copy of the answer to an identical request of the same batch
     retries: int = 0
 
@@ -313,6 +321,41 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
 
     # -- internals ----------------------------------------------------------------------------
 
+    def request_key(self, req: LLMRequest) -> str:
+        """The response-cache key of ``req`` (model, messages, params sent, prompt version, scope)."""
+        return cache_key(self.model_name, req.messages, self._params(req), req.prompt_version, scope=self.scope)
+
+    def request_body(self, req: LLMRequest) -> dict[str, Any]:
+        """The JSON body ``req`` is sent as to ``/chat/completions``."""
+        return {"model": self.model_name, "messages": req.messages, **self._params(req)}
+
+    def response_cache(self) -> ResponseCache | None:
+        """The response cache this client reads and writes (None when caching is off)."""
+        return self._open_cache()
+
+    def cached_response(self, req: LLMRequest) -> LLMResponse | None:
+        """The cached answer of ``req`` this client may serve, if any (honours cache_mode and
+        ``req.refresh_cache``)."""
+        cache = self._open_cache()
+        if cache is None or self.config.cache_mode != "use" or req.refresh_cache:
+            return None
+        hit = cache.get(self.request_key(req))
+        return _from_payload(hit) if hit is not None and self._trusted(hit) else None
+
+    def store_response(self, req: LLMRequest, resp: LLMResponse) -> None:
+        """Put an answer to ``req`` into the response cache (answers with an error are not kept)."""
+        cache = self._open_cache()
+        if resp.ok and cache is not None:
+            cache.put(self.request_key(req), self._payload(resp))
+
+    def _payload(self, resp: LLMResponse) -> dict[str, Any]:
+        """What the response cache keeps of an answer: its fields, and the scope it came from."""
+        return {**resp.model_dump(include=_CACHED_FIELDS), "scope": self.scope}
+
+    def api_key(self) -> str:
+        """The API key from the environment variable ``config.api_key_env`` ("" when unset)."""
+        return os.environ.get(self.config.api_key_env) or ""
+
     def _open_cache(self) -> ResponseCache | None:
         if self.config.cache_mode == "off" or not self.config.cache_path:
             return None
@@ -337,7 +380,7 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
         if cache is not None and cfg.cache_mode == "use" and not req.refresh_cache:
             hit = cache.get(ckey)
             if hit is not None and self._trusted(hit):
-                return LLMResponse(**{k: v for k, v in hit.items() if k in _CACHED_FIELDS}, cached=True)
+                return _from_payload(hit)
         estimate = sum(len(m.get("content", "")) for m in req.messages) // 4 + params["max_tokens"]
         retries = 0
         async with sem:
@@ -362,7 +405,7 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
                 resp.latency = time.perf_counter() - t0
                 resp.retries = retries
                 if resp.ok and cache is not None:
-                    cache.put(ckey, {**resp.model_dump(include=_CACHED_FIELDS), "scope": self.scope})
+                    cache.put(ckey, self._payload(resp))
                 return resp
 
     async def _send(self, client, req: LLMRequest, params: dict[str, Any], key: str) -> LLMResponse:
@@ -390,18 +433,7 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
             return LLMResponse(error=text)
         except (openai.APIError, ValueError) as exc:  # a 200 whose body is not JSON or not a completion
             return LLMResponse(error=f"invalid response: {type(exc).__name__}: {_scrub(str(exc), key)[:200]}")
-        if not completion.choices:
-            return LLMResponse(error="response has no choices", model=completion.model)
-        choice = completion.choices[0]
-        usage = completion.usage
-        return LLMResponse(
-            text=choice.message.content if choice.message else None,
-            finish_reason=choice.finish_reason,
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens if usage else 0,
-            model=completion.model,
-            simulated=getattr(completion, "system_fingerprint", None) == SIMULATED_FINGERPRINT,
-        )
+        return response_from_completion(completion)
 
     def _delay(self, retries: int, retry_after: float | None) -> float:
         if retry_after is not None:  # honoured in full: the caller refuses more than max_retry_after
@@ -423,6 +455,40 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
             simulated=any(r.simulated for r in responses),
             wall_seconds=wall,
         )
+
+
+def _from_payload(payload: dict) -> LLMResponse:
+    return LLMResponse(**{k: v for k, v in payload.items() if k in _CACHED_FIELDS}, cached=True)
+
+
+def response_from_completion(completion: Any) -> LLMResponse:
+    """An ``openai`` ChatCompletion (or its JSON body as a dict, as a batch output line holds it)
+    -> :class:`LLMResponse`: the content, the thinking from :data:`REASONING_FIELDS` if any,
+    the finish reason, the token counts and whether the simulator wrote it."""
+    if isinstance(completion, dict):
+        from openai.types.chat import ChatCompletion
+
+        completion = ChatCompletion.model_validate(completion)
+    if not completion.choices:
+        return LLMResponse(error="response has no choices", model=completion.model)
+    choice = completion.choices[0]
+    message, usage = choice.message, completion.usage
+    reasoning = field = None
+    for name in REASONING_FIELDS:
+        value = getattr(message, name, None) if message is not None else None
+        if isinstance(value, str) and value.strip():
+            reasoning, field = value, name
+            break
+    return LLMResponse(
+        text=message.content if message else None,
+        reasoning=reasoning,
+        reasoning_field=field,
+        finish_reason=choice.finish_reason,
+        prompt_tokens=usage.prompt_tokens if usage else 0,
+        completion_tokens=usage.completion_tokens if usage else 0,
+        model=completion.model,
+        simulated=getattr(completion, "system_fingerprint", None) == SIMULATED_FINGERPRINT,
+    )
 
 
 def _message(exc: openai.APIStatusError) -> str:

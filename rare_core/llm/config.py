@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 CacheMode = Literal["use", "refresh", "off"]
+Mode = Literal["online", "batch"]
 
 DEFAULT_MODEL = "gpt-4o"
 """The model asked for when ``LLMConfig.model`` is None (the default of the system we implement)."""
@@ -44,6 +45,19 @@ class GenerationParams(BaseModel):
     response_format: dict[str, Any] | None = Field(
         None, description="OpenAI response_format, e.g. a JSON schema, where the endpoint supports it."
     )
+
+
+class BatchConfig(BaseModel):
+    """How ``mode: batch`` uses the OpenAI Batch API (``rare_core.llm.batch``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    completion_window: Literal["24h"] = Field("24h", description="The Batch API's completion window.")
+    poll_interval: float = Field(30.0, gt=0, description="First wait between status polls, seconds (grows to poll_max).")
+    poll_max: float = Field(300.0, gt=0, description="Longest wait between status polls, seconds.")
+    max_requests_per_file: int = Field(50_000, ge=1, le=50_000, description="Requests per batch input file (OpenAI: 50,000).")
+    max_bytes_per_file: int = Field(200 * 1024 * 1024, ge=1024, le=200 * 1024 * 1024,
+                                    description="Bytes per batch input file (OpenAI: 200 MB).")
 
 
 class LLMConfig(BaseModel):
@@ -83,6 +97,9 @@ class LLMConfig(BaseModel):
         "without credentials or query (scheme://host:port/path).")
     max_tokens_cap: int = Field(
         32768, ge=1, le=262144, description="Largest max_tokens a truncated reply may be asked again with.")
+    mode: Mode = Field("online", description="online: one request at a time; batch: the Batch API (half the price, "
+                                             "answers within the completion window).")
+    batch: BatchConfig = Field(default_factory=BatchConfig)
     generation: GenerationParams = Field(default_factory=GenerationParams)
 
     @field_validator("base_url")
