@@ -159,7 +159,9 @@ def run(config: PipelineConfig, verbose: bool = False) -> int:
     from tasks.progress import progress_listener
 
     err = Console(stderr=True)
-    simulated = not config.llm.base_url
+    from rare_core.config import LLMRoles
+
+    simulated = any(not config.llm_for(role).base_url for role in LLMRoles.model_fields)
     if simulated:
         _notice(err, SIMULATED_NOTICE, "bold yellow")
     started = time.time()

@@ -23,7 +23,7 @@ from rare_core.report import Report
 from rare_core.pipeline import STEPS
 from tasks.artifacts import resolve_paths
 from tasks.io import ExportResult, export_dataset, load_input, publish_report
-from tasks.llm import llm_endpoint
+from tasks.llm import llm_endpoints
 from tasks.steps import run_step
 
 FLOW_NAME = "rare-pipeline"
@@ -49,13 +49,13 @@ def rare_pipeline(config: PipelineConfig) -> PipelineResult:
     config = resolve_paths(config)
     source = load_input(config)
     artifact, records = source, []
-    with llm_endpoint(config, logger) as llm:
+    with llm_endpoints(config, logger) as llm:
         for spec in STEPS:
-            outcome = run_step(spec, artifact, config, llm.client if spec.uses_llm else None)
+            outcome = run_step(spec, artifact, config, llm.client_for(spec.role))
             artifact = outcome.result.artifact
             records.append(outcome.record)
     exported = export_dataset(artifact, config)
-    report = publish_report(records, config, source, exported, llm.simulated)
+    report = publish_report(records, config, source, exported, llm.simulated_roles)
     if exported.dataset.rows == 0:
         raise EmptyDatasetError(
             f"none of the {source.rows} documents went through every step; reasons in "

@@ -8,11 +8,11 @@ Field descriptions and constraints are what the Prefect UI's run form shows and 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-from rare_core.llm.config import LLMConfig
+from rare_core.llm.config import BatchConfig, GenerationParams, LLMConfig
 from rare_core.operators.base import RESERVED_PREFIX
 from rare_core.operators.bm25_hardneg import POSITIVE_RANK, POSITIVE_SCORE, BM25HardNegConfig
 from rare_core.operators.doc2query import QUESTION_INDEX, Doc2QueryConfig
@@ -68,6 +68,44 @@ class Prices(BaseModel):
     output_per_million: float = Field(0.0, ge=0)
 
 
+def _overrides(model: type[BaseModel], name: str, doc: str, nested: dict[str, type[BaseModel]]) -> type[BaseModel]:
+    """A model with every field of ``model`` optional (None: not overridden); ``nested`` fields
+    become overrides of their own model."""
+    fields: dict[str, Any] = {}
+    for field, info in model.model_fields.items():
+        annotation = nested.get(field, info.annotation)
+        fields[field] = (annotation | None, Field(None, description=info.description))
+    return create_model(name, __doc__=doc, __config__=ConfigDict(extra="forbid", hide_input_in_errors=True), **fields)
+
+
+GenerationOverrides = _overrides(GenerationParams, "GenerationOverrides",
+                                 "Generation settings of one role; unset fields are the shared llm section's.", {})
+BatchOverrides = _overrides(BatchConfig, "BatchOverrides", "Batch API settings of one role.", {})
+LLMRole = _overrides(LLMConfig, "LLMRole", "One role's endpoint settings; every unset field is the shared llm "
+                     "section's (a cheap model writing questions, a strong reasoning model teaching...).",
+                     {"generation": GenerationOverrides, "batch": BatchOverrides})
+Role = Literal["question_writer", "teacher"]
+
+
+class LLMRoles(BaseModel):
+    """Who does what: each role may use its own endpoint, model, key variable and generation
+    settings; what a role leaves unset comes from the shared ``llm`` section."""
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    question_writer: LLMRole | None = Field(None, description="Doc2Query: writes the questions.")  # type: ignore[valid-type]
+    teacher: LLMRole | None = Field(None, description="ReasonDistill: writes the reasoning and the answer.")  # type: ignore[valid-type]
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if value is None:
+            continue
+        out[key] = _merge(out.get(key) or {}, value) if isinstance(value, dict) else value
+    return out
+
+
 class PipelineConfig(BaseModel):
     """Everything one pipeline run needs. The API key is never here: ``llm.api_key_env`` names
     the environment variable that holds it."""
@@ -81,7 +119,8 @@ class PipelineConfig(BaseModel):
     # flow/task parameters with dict(model) (PrefectHQ/prefect#15610).
     columns: ColumnKeys = Field(default_factory=ColumnKeys, description="Column names of the input and of each step's output.")
     llm: LLMConfig = Field(default_factory=LLMConfig,
-                           description="LLM endpoint; leave base_url empty to run on the built-in simulator.")
+                           description="LLM endpoint shared by every role; leave base_url empty to run on the built-in simulator.")
+    roles: LLMRoles = Field(default_factory=LLMRoles, description="Per-role endpoint settings (question_writer, teacher).")
     doc2query: Doc2QueryConfig = Field(default_factory=Doc2QueryConfig)
     hardneg: BM25HardNegConfig = Field(default_factory=BM25HardNegConfig)
     distill: ReasonDistillConfig = Field(default_factory=ReasonDistillConfig)
@@ -103,7 +142,22 @@ class PipelineConfig(BaseModel):
             if self.llm.base_url:
                 raise ValueError("llm.model is required with llm.base_url (the model name the endpoint serves)")
             self.llm = self.llm.model_copy(update={"model": SIMULATOR_MODEL})
+        for role in LLMRoles.model_fields:
+            self.llm_for(role)  # each role must resolve to a valid endpoint config
         return self
+
+    def llm_for(self, role: str) -> LLMConfig:
+        """The endpoint settings of ``role``: the shared ``llm`` section with the role's overrides."""
+        override = getattr(self.roles, role)
+        if override is None:
+            return self.llm
+        data = _merge(self.llm.model_dump(), override.model_dump(exclude_none=True))
+        if override.base_url and not override.model and not self.llm.base_url:  # the shared model is the simulator's
+            raise ValueError(f"roles.{role}.model is required with roles.{role}.base_url")
+        try:
+            return LLMConfig.model_validate(data)
+        except ValueError as exc:
+            raise ValueError(f"roles.{role}: {exc}") from None
 
 
 SIMULATOR_MODEL = "rare-sim-1"

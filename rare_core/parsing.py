@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import TypeVar, Union
+from typing import Literal, TypeVar, Union
 
 from pydantic import BaseModel, RootModel, ValidationError, field_validator
 
@@ -178,11 +178,18 @@ class GeneratedQuestions(BaseModel):
         return value
 
 
+ReasoningForm = Literal["reasoning_content", "reasoning", "inline", "swallowed", "untagged"]
+
+
 class Reasoning(BaseModel):
-    """A ReasonDistill output: the reasoning and the final answer, separated."""
+    """A ReasonDistill output: the reasoning and the final answer, separated, and where the
+    reasoning came from (``form``): a message field of its own (``reasoning_content``,
+    ``reasoning``), inline ``<think>…</think>``, inline with the opening ``<think>`` swallowed,
+    or untagged text before ``<answer>``."""
 
     reasoning: str
     answer: str
+    form: ReasoningForm = "inline"
 
 
 # -- JSON ---------------------------------------------------------------------------------------
@@ -341,34 +348,64 @@ def _thinking(head: str) -> str:
     return "\n".join(blocks)
 
 
-def parse_reasoning(text: str | None) -> Reasoning:
+def parse_reasoning(text: str | None, reasoning: str | None = None, reasoning_field: str | None = None) -> Reasoning:
     """Split a reply into reasoning and answer.
 
-    With a ``</think>``, only the text after the LAST ``</think>`` holds the answer block (an
-    ``<answer>`` mentioned while thinking is part of the reasoning) and the reasoning is the
-    text before it, from the first ``<think>`` on (the whole of it when the opening tag was
-    swallowed, as some reasoning models do). Without ``</think>``, the reasoning is the text
+    ``reasoning``: thinking the server returned in a message field of its own
+    (``reasoning_field``: ``reasoning_content`` or ``reasoning``); the content then holds only
+    the answer, as ``<answer>…</answer>`` or as plain text, and both are accepted (a
+    ``<think>`` block in the content as well is added to the reasoning).
+
+    Otherwise, with a ``</think>``, only the text after the LAST ``</think>`` holds the answer
+    block (an ``<answer>`` mentioned while thinking is part of the reasoning) and the reasoning
+    is the text before it, from the first ``<think>`` on (the whole of it when the opening tag
+    was swallowed, as some reasoning models do). Without ``</think>``, the reasoning is the text
     before the first ``<answer>`` and the answer the last ``<answer>…</answer>`` block.
     The answer block is required; both parts are stripped and must not be empty.
     """
+    if reasoning is not None and reasoning.strip():
+        return _with_separate_reasoning(text, reasoning.strip(), reasoning_field or "reasoning")
     if text is None or not text.strip():
         raise ParseError("empty response")
     closes = list(_THINK_CLOSE.finditer(text))
     if closes:
         head, tail = text[:closes[-1].start()], text[closes[-1].end():]
-        reasoning = _thinking(head)
+        thinking = _thinking(head)
+        form: ReasoningForm = "inline" if _THINK_OPEN.search(head) else "swallowed"
     else:
         tail = text
-        reasoning = _THINK_OPEN.sub("", re.split(r"<answer>", text, maxsplit=1, flags=re.IGNORECASE)[0]).strip()
+        thinking = _THINK_OPEN.sub("", re.split(r"<answer>", text, maxsplit=1, flags=re.IGNORECASE)[0]).strip()
+        form = "untagged"
+    answer = _answer_block(tail, " after </think>" if closes else "")
+    if not thinking:
+        raise ParseError("no reasoning before the answer")
+    return Reasoning(reasoning=thinking, answer=answer, form=form)
+
+
+def _answer_block(tail: str, where: str = "") -> str:
+    """The last ``<answer>…</answer>`` of ``tail``, stripped; ParseError when there is none or it is empty."""
     answers = _ANSWER.findall(tail)
     if not answers:
         if re.search(r"<answer>", tail, re.IGNORECASE):
             raise ParseError("unterminated <answer> block")
-        where = " after </think>" if closes else ""
         raise ParseError(f"no <answer> block{where} in the response")
     answer = answers[-1].strip()
     if not answer:
         raise ParseError("empty <answer> block")
-    if not reasoning:
-        raise ParseError("no reasoning before the answer")
-    return Reasoning(reasoning=reasoning, answer=answer)
+    return answer
+
+
+def _with_separate_reasoning(text: str | None, reasoning: str, field: str) -> Reasoning:
+    content = (text or "").strip()
+    closes = list(_THINK_CLOSE.finditer(content))
+    if closes:  # some servers also leave a think block in the content
+        reasoning = f"{reasoning}\n{_thinking(content[:closes[-1].start()])}".strip()
+        content = content[closes[-1].end():].strip()
+    if re.search(r"<answer>", content, re.IGNORECASE):
+        answer = _answer_block(content)
+    else:
+        answer = content
+    if not answer:
+        raise ParseError(f"empty answer (the reasoning came in {field}, the content was empty)")
+    form: ReasoningForm = "reasoning_content" if field == "reasoning_content" else "reasoning"
+    return Reasoning(reasoning=reasoning, answer=answer, form=form)

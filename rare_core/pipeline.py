@@ -37,7 +37,8 @@ class StepSpec:
     section: str
     operator: type[Operator]
     keys: Callable[[ColumnKeys], dict[str, str]]
-    uses_llm: bool = False
+    role: str | None = None  # the LLM role (rare_core.config.LLMRoles) of an LLM step
+
     cache_exclude: frozenset[str] = field(default_factory=frozenset)
     cache_inputs: Callable[[PipelineConfig], dict[str, Any]] = lambda config: {}
 
@@ -48,7 +49,7 @@ class StepSpec:
     def build(self, config: PipelineConfig, llm: APILLMServing_request | None = None,
               on_progress: ProgressCallback | None = None) -> Operator:
         """The operator with this run's settings (LLM steps: with the run's client)."""
-        if self.uses_llm:
+        if self.role:
             return self.operator(llm_serving=llm, config=self.settings(config), on_progress=on_progress,
                                  retry_failed=config.retry_failed)
         return self.operator(config=self.settings(config))
@@ -65,12 +66,16 @@ class StepSpec:
             "columns": self.keys(config.columns),
             **self.cache_inputs(config),
         }
-        if self.uses_llm:
-            llm = config.llm
+        if self.role:
+            llm = config.llm_for(self.role)
             out.update(model=llm.model, generation=llm.generation.model_dump(mode="json"),
                        endpoint=endpoint_scope(llm) if llm.base_url else SIMULATOR_SCOPE,
-                       prompt_version=self.operator.prompt_version)
+                       max_tokens_cap=llm.max_tokens_cap, prompt_version=self.operator.prompt_version)
         return out
+
+    @property
+    def uses_llm(self) -> bool:
+        return self.role is not None
 
 
 # The response-cache scope of the built-in simulator, whose port changes every run: its
@@ -86,7 +91,7 @@ def _corpus_hash(config: PipelineConfig) -> dict[str, Any]:
 DOC2QUERY = StepSpec(
     name="doc2query", index=1, label="Doc2Query", task_name="doc2query", section="doc2query", operator=Doc2Query,
     keys=lambda k: {"input_key": k.text, "output_question_key": k.question, "output_scenario_key": k.scenario},
-    uses_llm=True)
+    role="question_writer")
 HARDNEG = StepSpec(
     name="hardneg", index=2, label="BM25HardNeg", task_name="bm25-hardneg", section="hardneg", operator=BM25HardNeg,
     keys=lambda k: {"input_question_key": k.question, "input_text_key": k.text,
@@ -97,7 +102,7 @@ DISTILL = StepSpec(
     operator=ReasonDistill,
     keys=lambda k: {"input_text_key": k.text, "input_question_key": k.question, "input_scenario_key": k.scenario,
                     "input_hardneg_key": k.hard_negatives, "output_key": k.reasoning, "output_answer_key": k.answer},
-    uses_llm=True)
+    role="teacher")
 
 STEPS: tuple[StepSpec, ...] = (DOC2QUERY, HARDNEG, DISTILL)
 STEP_BY_NAME: dict[str, StepSpec] = {spec.name: spec for spec in STEPS}

@@ -193,7 +193,7 @@ def recompute_reason(spec: StepSpec, source: ArtifactRef, config: PipelineConfig
     reason a rerun may remove: at the HTTP level (always retried), or for their content when
     ``retry_failed`` is set; ``llm.cache_mode=refresh`` asks every row again.
     """
-    if spec.uses_llm and config.llm.cache_mode == "refresh":
+    if spec.role and config.llm_for(spec.role).cache_mode == "refresh":
         return "llm.cache_mode is refresh: every row is asked again"
     path = step_path(config, spec.index)
     try:

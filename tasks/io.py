@@ -26,7 +26,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
-from rare_core.config import PipelineConfig
+from rare_core.config import LLMRoles, PipelineConfig
 from rare_core.inputs import load_documents
 from rare_core.llm.config import redact_url
 from rare_core.operators.base import ERROR, ERROR_KIND, OK, RESERVED_PREFIX, STATUS, step_column
@@ -141,16 +141,19 @@ def export_dataset(final: ArtifactRef, config: PipelineConfig) -> ExportResult:
 
 @task(name="publish-report", cache_policy=NO_CACHE, persist_result=False)
 def publish_report(records: list[StepRecord], config: PipelineConfig, source: ArtifactRef,
-                   exported: ExportResult, simulated: bool) -> Report:
+                   exported: ExportResult, simulated_roles: list[str]) -> Report:
     """The run report -> ``report.md`` + ``summary.json`` in the output folder and a markdown artifact."""
-    header = {
-        "Input": f"{config.input_path} ({source.rows} documents)",
-        "LLM": (f"built-in simulator (model name `{config.llm.model}`)" if simulated
-                else f"{redact_url(config.llm.base_url or '')} model `{config.llm.model}`"),
+    header = {"Input": f"{config.input_path} ({source.rows} documents)"}
+    for role in LLMRoles.model_fields:
+        llm = config.llm_for(role)
+        header[f"LLM ({role})"] = (f"built-in simulator (model name `{llm.model}`)" if role in simulated_roles
+                                   else f"{redact_url(llm.base_url or '')} model `{llm.model}`")
+    header.update({
         "Dataset": exported.dataset.path,
         "Failed rows": exported.failed.path if exported.failed else "none",
         "Step files": str(Path(config.cache_path).resolve()),
-    }
+    })
+    simulated = bool(simulated_roles)
     report = build_report(records, config.prices, simulated=simulated, dataset_rows=exported.dataset.rows,
                           header=header)
     out_dir = Path(config.output_path).resolve()

@@ -124,3 +124,24 @@ def test_failed_rows_keep_question_index_and_kind(tmp_path, sim):
     assert failed["rare_error_kind"].iloc[0] == "content" and failed["rare_error"].iloc[0].startswith("distill:")
     dataset = read_frame(Path(config.output_path) / "dataset.jsonl")
     assert len(dataset) == 5 and str(dataset["question_index"].dtype) == "int64"
+
+
+def test_roles_have_their_own_endpoint_model_and_settings(tmp_path, sim, monkeypatch):
+    from rare_core.llm.simulator import SimulatorProcess
+
+    monkeypatch.setenv("TEACHER_KEY", "teacher-secret-1234")
+    with SimulatorProcess(latency=0.0, api_key="teacher-secret-1234") as teacher:
+        data = make_config(tmp_path, sim, limit=3).model_dump()
+        data["roles"] = {"question_writer": {"model": "cheap-writer"},
+                         "teacher": {"base_url": teacher.base_url, "model": "big-thinker", "api_key_env": "TEACHER_KEY",
+                                     "generation": {"temperature": 0.95, "top_p": 0.7}}}
+        config = type(make_config(tmp_path, sim)).model_validate(data)
+        state, _ = run_flow(config)
+        assert state.is_completed()
+        assert completions(sim) == 3 and teacher.stats().completions_served == 3
+        assert teacher.stats().models == ["big-thinker"]
+    final = read_frame(Path(config.cache_path) / "dataflow_cache_step_step3.jsonl")
+    assert set(final["rare_doc2query_model"]) == {"cheap-writer"} and set(final["rare_distill_model"]) == {"big-thinker"}
+    report = (Path(config.output_path) / "report.md").read_text(encoding="utf-8")
+    assert "LLM (question_writer)" in report and "`big-thinker`" in report and "`cheap-writer`" in report
+    assert config.llm_for("teacher").generation.max_tokens == config.llm.generation.max_tokens  # unset: shared

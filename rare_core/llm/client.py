@@ -42,6 +42,7 @@ from pydantic import BaseModel, Field
 
 from rare_core.errors import LLMAuthError, LLMConfigError
 from rare_core.llm.cache import ResponseCache, cache_key
+from rare_core.llm.concurrency import AdaptiveConcurrency, parse_reset
 from rare_core.llm.config import DEFAULT_MODEL, GenerationParams, LLMConfig, endpoint_scope, redact_url
 from rare_core.llm.ratelimit import RateLimiter
 
@@ -119,15 +120,27 @@ class RunTotals(BaseModel):
 
 
 class Batch(BaseModel):
+    """One response per request (a conversation's last), every response of each conversation
+    (``chains``, in order) and the totals over all of them."""
+
     responses: list[LLMResponse]
+    chains: list[list[LLMResponse]] = Field(default_factory=list)
+    leaders: list[int] = Field(default_factory=list)  # the row whose conversation each row shares (itself if none)
     totals: RunTotals = Field(default_factory=RunTotals)
 
 
 class _Retry(Exception):
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+    """What a retry can fix; ``kind``: ``refused`` (429), ``timeout`` or ``error`` (5xx, connection)."""
+
+    def __init__(self, reason: str, retry_after: float | None = None, kind: str = "error") -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
+        self.kind = kind
+
+
+# follow(row, request, response) -> the row's next request (a re-ask), or None: the row is done.
+FollowUp = Callable[[int, "LLMRequest", "LLMResponse"], "LLMRequest | None"]
 
 
 def parse_retry_after(headers: httpx.Headers | None) -> float | None:
@@ -207,6 +220,7 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
             raise LLMConfigError("no LLM endpoint configured: set api_url (base_url) to an OpenAI-compatible URL")
         self.config = config
         self._limiter = RateLimiter(config.requests_per_minute, config.tokens_per_minute)
+        self.concurrency = AdaptiveConcurrency(config.max_workers)
         self._cache: ResponseCache | None = None
 
     @property
@@ -231,10 +245,19 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
     # -- public API ---------------------------------------------------------------------------
 
     def chat(self, requests: list[LLMRequest], on_progress: ProgressCallback | None = None) -> Batch:
-        """Send ``requests``; blocks until all are answered or failed. Safe to call from code that
-        already runs an event loop (it then runs the batch on a private loop in a thread of ours;
-        a KeyboardInterrupt while waiting cancels the batch's requests, then propagates)."""
-        coro = self.achat(requests, on_progress)
+        """Send ``requests``; blocks until all are answered or failed (one response each)."""
+        return self.converse(requests, None, on_progress)
+
+    def converse(self, requests: list[LLMRequest], follow: FollowUp | None = None,
+                 on_progress: ProgressCallback | None = None) -> Batch:
+        """Conversations: each row's request, then, as soon as its answer arrives,
+        ``follow(row, request, response)``'s next request for that row (a re-ask), until it
+        returns None; all in one pool, so a re-ask never waits for the rest of the batch.
+        ``on_progress(done, total)`` counts rows whose conversation is over. Blocks until all
+        are. Safe to call from code that already runs an event loop (it then runs on a private
+        loop in a thread of ours; a KeyboardInterrupt while waiting cancels the requests, then
+        propagates)."""
+        coro = self.aconverse(requests, follow, on_progress)
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -264,18 +287,18 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
 
     async def achat(self, requests: list[LLMRequest], on_progress: ProgressCallback | None = None) -> Batch:
         """Async form of :meth:`chat`."""
+        return await self.aconverse(requests, None, on_progress)
+
+    async def aconverse(self, requests: list[LLMRequest], follow: FollowUp | None = None,
+                        on_progress: ProgressCallback | None = None) -> Batch:
+        """Async form of :meth:`converse`."""
         started = time.perf_counter()
         cfg = self.config
-        key = os.environ.get(cfg.api_key_env) or ""
-        # One send per cache key: duplicates (the same document twice) share the answer.
+        key = self.api_key()
+        # One conversation per first request: duplicates (the same document twice) share it.
         groups: dict[tuple[str, bool], list[int]] = {}
-        sends: dict[tuple[str, bool], dict[str, Any]] = {}
-        model, scope = self.model_name, self.scope
         for i, req in enumerate(requests):
-            params = self._params(req)
-            group = (cache_key(model, req.messages, params, req.prompt_version, scope=scope), req.refresh_cache)
-            groups.setdefault(group, []).append(i)
-            sends.setdefault(group, params)
+            groups.setdefault((self.request_key(req), req.refresh_cache), []).append(i)
         client = openai.AsyncOpenAI(
             base_url=cfg.base_url,
             api_key=key or _MISSING_KEY,
@@ -285,33 +308,35 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
             # reached 0.56 of the ideal rate at 64 workers; aiohttp: ~1.3 ms and 0.92 (bench/).
             http_client=openai.DefaultAioHttpClient(timeout=cfg.timeout),
         )
-        sem = asyncio.Semaphore(cfg.max_workers)
         cache = self._open_cache()
-        results: list[LLMResponse | None] = [None] * len(requests)
+        chains: list[list[LLMResponse]] = [[] for _ in requests]
         progress = _Progress(on_progress, len(requests), key)
 
-        async def one(group: tuple[str, bool], rows: list[int]) -> None:
-            try:
-                resp = await self._one(client, sem, cache, requests[rows[0]], sends[group], group[0], key)
-            except LLMAuthError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - one request's bug is its row's error, not the batch's
-                resp = LLMResponse(error=f"unexpected error: {type(exc).__name__}: {_scrub(str(exc), key)[:500]}")
-            results[rows[0]] = resp
+        async def conversation(rows: list[int]) -> None:
+            req: LLMRequest | None = requests[rows[0]]
+            chain = chains[rows[0]]
+            while req is not None:
+                chain.append(await self._one_safe(client, cache, req, key))
+                req = follow(rows[0], req, chain[-1]) if follow is not None else None
             for j in rows[1:]:
-                results[j] = resp.model_copy(update={"shared": True})
+                chains[j] = [r.model_copy(update={"shared": True}) for r in chain]
             progress.advance(len(rows))
 
         try:
             async with asyncio.TaskGroup() as tg:
-                for group, rows in groups.items():
-                    tg.create_task(one(group, rows))
+                for rows in groups.values():
+                    tg.create_task(conversation(rows))
         except* LLMAuthError as group:
             raise group.exceptions[0] from None
         finally:
             await client.close()
-        responses = [r for r in results if r is not None]
-        return Batch(responses=responses, totals=self._totals(responses, time.perf_counter() - started))
+        every = [r for chain in chains for r in chain]
+        leaders = list(range(len(requests)))
+        for rows in groups.values():
+            for j in rows:
+                leaders[j] = rows[0]
+        return Batch(responses=[chain[-1] for chain in chains], chains=chains, leaders=leaders,
+                     totals=self._totals(every, time.perf_counter() - started))
 
     def close(self) -> None:
         """Close the response cache (the client holds no other resource between batches)."""
@@ -375,44 +400,71 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
         braces: a simulated answer is never served outside the scope it was stored under."""
         return not payload.get("simulated") or payload.get("scope") == self.scope
 
-    async def _one(self, client, sem, cache, req: LLMRequest, params: dict[str, Any], ckey: str, key: str) -> LLMResponse:
+    async def _one_safe(self, client, cache, req: LLMRequest, key: str) -> LLMResponse:
+        """:meth:`_one`, with any unexpected exception made that request's error (never the batch's)."""
+        try:
+            return await self._one(client, cache, req, key)
+        except LLMAuthError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one request's bug is its row's error, not the batch's
+            return LLMResponse(error=f"unexpected error: {type(exc).__name__}: {_scrub(str(exc), key)[:500]}")
+
+    async def _one(self, client, cache, req: LLMRequest, key: str) -> LLMResponse:
+        """One request: from the cache, or sent (retried where a retry can help) and cached.
+
+        Each attempt holds a slot of :attr:`concurrency` only while it is on the wire; backing
+        off, it holds none. A 429 does not use up ``max_retries`` while the endpoint keeps
+        answering other requests: a capped endpoint that is still working never costs a row.
+        """
         cfg = self.config
+        params, ckey = self._params(req), self.request_key(req)
         if cache is not None and cfg.cache_mode == "use" and not req.refresh_cache:
             hit = cache.get(ckey)
             if hit is not None and self._trusted(hit):
                 return _from_payload(hit)
         estimate = sum(len(m.get("content", "")) for m in req.messages) // 4 + params["max_tokens"]
         retries = 0
-        async with sem:
-            while True:
-                await self._limiter.acquire(estimate)
-                t0 = time.perf_counter()
-                try:
-                    resp = await self._send(client, req, params, key)
-                except _Retry as r:
-                    latency = time.perf_counter() - t0
-                    if retries >= cfg.max_retries:
-                        return LLMResponse(error=f"{r.reason} (gave up after {retries} retries)",
-                                           retries=retries, latency=latency)
-                    if r.retry_after is not None and r.retry_after > cfg.max_retry_after:
-                        return LLMResponse(
-                            error=f"{r.reason} (the server asked to wait {r.retry_after:g}s before a retry, "
-                                  f"more than llm.max_retry_after={cfg.max_retry_after:g}s; gave up after "
-                                  f"{retries} retries)", retries=retries, latency=latency)
-                    await asyncio.sleep(self._delay(retries, r.retry_after))
-                    retries += 1
-                    continue
-                resp.latency = time.perf_counter() - t0
-                resp.retries = retries
-                if resp.ok and cache is not None:
-                    cache.put(ckey, self._payload(resp))
-                return resp
+        while True:
+            await self._limiter.acquire(estimate)
+            successes_before = self.concurrency.successes
+            ticket = await self.concurrency.acquire()
+            t0 = time.perf_counter()
+            try:
+                resp, headers = await self._send(client, req, params, key)
+            except _Retry as r:
+                await self.concurrency.release(ticket, r.kind)
+                latency = time.perf_counter() - t0
+                answering = r.kind == "refused" and self.concurrency.successes > successes_before
+                if retries >= cfg.max_retries and not answering:
+                    return LLMResponse(error=f"{r.reason} (gave up after {retries} retries)",
+                                       retries=retries, latency=latency)
+                if r.retry_after is not None and r.retry_after > cfg.max_retry_after:
+                    return LLMResponse(
+                        error=f"{r.reason} (the server asked to wait {r.retry_after:g}s before a retry, "
+                              f"more than llm.max_retry_after={cfg.max_retry_after:g}s; gave up after "
+                              f"{retries} retries)", retries=retries, latency=latency)
+                await asyncio.sleep(self._delay(retries, r.retry_after))
+                retries += 0 if answering else 1
+                continue
+            except BaseException:
+                await self.concurrency.release(ticket, "error")
+                raise
+            await self.concurrency.release(ticket, "ok" if resp.ok else "error", *_rate_headers(headers))
+            resp.latency = time.perf_counter() - t0
+            resp.retries = retries
+            if resp.ok and cache is not None:
+                cache.put(ckey, self._payload(resp))
+            return resp
 
-    async def _send(self, client, req: LLMRequest, params: dict[str, Any], key: str) -> LLMResponse:
-        """One HTTP call. Returns a response (maybe with a non-retryable error), raises _Retry
-        for what a retry can fix, raises LLMAuthError for refused credentials."""
+    async def _send(self, client, req: LLMRequest, params: dict[str, Any],
+                    key: str) -> tuple[LLMResponse, httpx.Headers | None]:
+        """One HTTP call -> (response, its headers). Returns a response (maybe with a
+        non-retryable error), raises _Retry for what a retry can fix, raises LLMAuthError for
+        refused credentials."""
         try:
-            completion = await client.chat.completions.create(model=self.model_name, messages=req.messages, **params)
+            raw = await client.chat.completions.with_raw_response.create(
+                model=self.model_name, messages=req.messages, **params)
+            completion = raw.parse()
         except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
             env = self.config.api_key_env
             state = "is set" if key else "is NOT set"
@@ -422,18 +474,19 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
                 f"which {state}: {_scrub(_message(exc), key)}"
             ) from None
         except openai.APITimeoutError:
-            raise _Retry(f"timeout after {self.config.timeout:g}s") from None
+            raise _Retry(f"timeout after {self.config.timeout:g}s", kind="timeout") from None
         except openai.APIConnectionError as exc:
             raise _Retry(f"connection error: {_scrub(str(exc), key)}") from None
         except openai.APIStatusError as exc:
             status = exc.status_code
             text = f"HTTP {status}: {_scrub(_message(exc), key)}"
             if status in RETRYABLE_STATUS or status >= 500:
-                raise _Retry(text, parse_retry_after(exc.response.headers)) from None
-            return LLMResponse(error=text)
+                raise _Retry(text, parse_retry_after(exc.response.headers),
+                             kind="refused" if status == 429 else "error") from None
+            return LLMResponse(error=text), exc.response.headers
         except (openai.APIError, ValueError) as exc:  # a 200 whose body is not JSON or not a completion
-            return LLMResponse(error=f"invalid response: {type(exc).__name__}: {_scrub(str(exc), key)[:200]}")
-        return response_from_completion(completion)
+            return LLMResponse(error=f"invalid response: {type(exc).__name__}: {_scrub(str(exc), key)[:200]}"), None
+        return response_from_completion(completion), raw.headers
 
     def _delay(self, retries: int, retry_after: float | None) -> float:
         if retry_after is not None:  # honoured in full: the caller refuses more than max_retry_after
@@ -455,6 +508,17 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
             simulated=any(r.simulated for r in responses),
             wall_seconds=wall,
         )
+
+
+def _rate_headers(headers: httpx.Headers | None) -> tuple[int | None, float | None]:
+    """(remaining requests, seconds to their reset) from ``x-ratelimit-*`` headers, where sent."""
+    if not headers:
+        return None, None
+    try:
+        remaining = int(headers.get("x-ratelimit-remaining-requests", ""))
+    except ValueError:
+        remaining = None
+    return remaining, parse_reset(headers.get("x-ratelimit-reset-requests"))
 
 
 def _from_payload(payload: dict) -> LLMResponse:

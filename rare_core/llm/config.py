@@ -40,7 +40,9 @@ class GenerationParams(BaseModel):
 
     temperature: float = Field(0.7, ge=0.0, le=2.0, description="Sampling temperature.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
-    max_tokens: int = Field(2048, ge=1, le=262144, description="Completion token budget per request.")
+    max_tokens: int = Field(
+        8192, ge=1, le=262144, description="Completion token budget per request (8,192: a reasoning teacher's "
+        "thinking fits, as in the RARE recipe; a truncated reply is asked again with up to max_tokens_cap).")
     seed: int | None = Field(None, description="Sampling seed, where the endpoint supports it.")
     response_format: dict[str, Any] | None = Field(
         None, description="OpenAI response_format, e.g. a JSON schema, where the endpoint supports it."
@@ -82,7 +84,7 @@ class LLMConfig(BaseModel):
     max_workers: int = Field(16, ge=1, le=4096, description="Requests in flight at once.")
     requests_per_minute: float | None = Field(None, gt=0, description="Optional request rate limit.")
     tokens_per_minute: float | None = Field(None, gt=0, description="Optional token rate limit (prompt estimate + max_tokens).")
-    timeout: float = Field(120.0, gt=0, description="Seconds before one request times out.")
+    timeout: float = Field(600.0, gt=0, description="Seconds before one request times out (a reasoning model may think for minutes).")
     max_retries: int = Field(5, ge=0, le=50, description="Retries of one request on 408/409/429/5xx/connection errors/timeouts.")
     backoff_base: float = Field(1.0, gt=0, description="First backoff delay in seconds (doubles each retry, with jitter).")
     backoff_max: float = Field(60.0, gt=0, description="Largest backoff delay in seconds.")

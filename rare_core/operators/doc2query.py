@@ -70,7 +70,7 @@ class Doc2Query(LLMOperator):
         requests = [LLMRequest(messages=prompt.build_messages(texts[i], n, self.config.max_doc_chars),
                                prompt_version=prompt.VERSION) for i in todo]
         outcomes, totals = ask_and_parse(
-            self.llm, requests, lambda text: parse_questions(text, n), attempts, self.on_progress,
+            self.llm, requests, lambda resp: parse_questions(resp.text, n), attempts, self.on_progress,
             retry_unusable_cached=self.retry_failed)
 
         by_pos = dict(zip(todo, outcomes))

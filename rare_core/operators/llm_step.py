@@ -19,7 +19,7 @@ In: one :class:`LLMRequest` per row and a parse function. Out: one :class:`Outco
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Generic, TypeVar
 
 from pydantic import BaseModel
@@ -71,69 +71,64 @@ class Outcome(Generic[T]):
 def ask_and_parse(
     llm: APILLMServing_request,
     requests: list[LLMRequest],
-    parse: Callable[[str | None], T],
+    parse: Callable[[LLMResponse], T],
     max_attempts: int = 3,
     on_progress: ProgressCallback | None = None,
     retry_unusable_cached: bool = False,
 ) -> tuple[list[Outcome[T]], RunTotals]:
+    """One :class:`Outcome` per request, and the totals; ``parse(response)`` raises ParseError
+    for an unusable answer. Re-asks are pipelined: a row is asked again the moment its
+    unusable answer arrives (:meth:`APILLMServing_request.converse`), not after the batch."""
     if max_attempts < 1:
         raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
     outcomes: list[Outcome[T]] = [Outcome() for _ in requests]
-    totals = RunTotals()
-    pending = list(range(len(requests)))
-    current = list(requests)
     refreshed: set[int] = set()
-    first = True
-    while pending:
-        batch = llm.chat([current[i] for i in pending], on_progress if first else None)
-        first = False
-        totals = totals.add(batch.totals)
-        retry: list[int] = []
-        for i, resp in zip(pending, batch.responses):
-            out = outcomes[i]
-            if retry_unusable_cached and resp.cached and i not in refreshed and _unusable(resp, parse):
-                refreshed.add(i)  # asked again past the cache; not an attempt of its own
-                current[i] = current[i].model_copy(update={"refresh_cache": True})
-                retry.append(i)
-                continue
-            out.attempts += 1
-            out.prompt_tokens += resp.prompt_tokens
-            out.completion_tokens += resp.completion_tokens
-            out.model = resp.model or llm.model_name
-            out.simulated = out.simulated or resp.simulated
-            out.raw = resp.text
-            out.error, out.kind = _judge(resp, parse, out)
-            if out.error is None or out.kind == REQUEST_ERROR or out.attempts >= max_attempts:
-                continue
-            if resp.finish_reason == "length":
-                budget = next_budget(llm.config, current[i].max_tokens or llm.config.generation.max_tokens)
-                if budget is None:
-                    continue  # at the cap: asking again would be cut again
-                current[i] = current[i].model_copy(update={"max_tokens": budget, "refresh_cache": False})
-            else:
-                current[i] = _reask(requests[i], current[i], resp.text or "", out.error, out.attempts)
-            retry.append(i)
-        pending = retry
+
+    def follow(i: int, current: LLMRequest, resp: LLMResponse) -> LLMRequest | None:
+        out = outcomes[i]
+        if retry_unusable_cached and resp.cached and i not in refreshed and _unusable(resp, parse):
+            refreshed.add(i)  # asked again past the cache; not an attempt of its own
+            return current.model_copy(update={"refresh_cache": True})
+        out.attempts += 1
+        out.prompt_tokens += resp.prompt_tokens
+        out.completion_tokens += resp.completion_tokens
+        out.model = resp.model or llm.model_name
+        out.simulated = out.simulated or resp.simulated
+        out.raw = resp.text
+        out.error, out.kind = _judge(resp, parse, out)
+        if out.error is None or out.kind == REQUEST_ERROR or out.attempts >= max_attempts:
+            return None
+        if resp.finish_reason == "length":
+            budget = next_budget(llm.config, current.max_tokens or llm.config.generation.max_tokens)
+            if budget is None:
+                return None  # at the cap: asking again would be cut again
+            return current.model_copy(update={"max_tokens": budget, "refresh_cache": False})
+        return _reask(requests[i], current, resp.text or "", out.error, out.attempts)
+
+    batch = llm.converse(requests, follow, on_progress)
+    for i, leader in enumerate(batch.leaders):  # rows that shared another row's conversation
+        if leader != i:
+            outcomes[i] = replace(outcomes[leader])
     for out in outcomes:
         if out.kind == CONTENT_ERROR and out.attempts > 1:
             out.error = f"{out.error} (after {out.attempts} attempts)"
-    return outcomes, totals
+    return outcomes, batch.totals
 
 
-def _unusable(resp: LLMResponse, parse: Callable[[str | None], object]) -> bool:
+def _unusable(resp: LLMResponse, parse: Callable[[LLMResponse], object]) -> bool:
     """True when an answer arrived but cannot be used (cut off, or unparseable)."""
     if not resp.ok:
         return False
     if resp.finish_reason == "length":
         return True
     try:
-        parse(resp.text)
+        parse(resp)
     except ParseError:
         return True
     return False
 
 
-def _judge(resp: LLMResponse, parse: Callable[[str | None], T], out: Outcome[T]) -> tuple[str | None, ErrorKind | None]:
+def _judge(resp: LLMResponse, parse: Callable[[LLMResponse], T], out: Outcome[T]) -> tuple[str | None, ErrorKind | None]:
     """Parse ``resp`` into ``out.parsed``; returns the failure (reason, kind) or (None, None)."""
     out.parsed = None
     if not resp.ok:
@@ -143,7 +138,7 @@ def _judge(resp: LLMResponse, parse: Callable[[str | None], T], out: Outcome[T])
         return (f"truncated: the reply hit its token budget (finish_reason=length); raise "
                 f"llm.generation.max_tokens or llm.max_tokens_cap"), CONTENT_ERROR
     try:
-        out.parsed = parse(resp.text)
+        out.parsed = parse(resp)
     except ParseError as exc:
         return f"unparseable: {exc}", CONTENT_ERROR
     return None, None

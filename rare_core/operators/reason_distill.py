@@ -8,7 +8,11 @@ input_hardneg_key="hard_negatives", output_key="reasoning", output_answer_key="a
   ``[positive, *hard_negatives]`` (0 is the positive), and ``positive_doc_number``: the
   1-based ``[Document i]`` label the positive had (``Int64``). The order is a permutation seeded
   by the row's question and positive, so the same row always gets the same prompt;
-* ``rare_distill_{status,model,prompt_version,prompt_tokens,completion_tokens,attempts,simulated,raw}``.
+* ``rare_distill_{status,model,prompt_version,prompt_tokens,completion_tokens,attempts,simulated,raw}``
+  and ``rare_distill_reasoning_form``: where the reasoning came from (``reasoning_content`` or
+  ``reasoning``: a message field of its own, as reasoning models behind vLLM's reasoning parser,
+  DeepSeek, Ollama or OpenRouter return it; ``inline`` ``<think>``; ``swallowed``: inline without
+  the opening tag; ``untagged``).
 """
 
 from __future__ import annotations
@@ -18,13 +22,13 @@ import time
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from rare_core.llm.client import LLMRequest
+from rare_core.llm.client import LLMRequest, LLMResponse
 from rare_core.operators.base import (
     INPUT_ERROR, OK, SKIPPED, active_mask, as_nullable_int, distinct_keys, failed_fields, guard_outputs,
     frame_from_rows, init_status, is_blank, mark_failed, require_columns, step_column, summarize,
 )
 from rare_core.operators.llm_step import PROVENANCE_INTS, LLMOperator, ask_and_parse, provenance
-from rare_core.parsing import parse_reasoning
+from rare_core.parsing import Reasoning, parse_reasoning
 from rare_core.prompts import reason_distill as prompt
 
 STEP = "distill"
@@ -47,6 +51,11 @@ def _as_list(value) -> list[str]:
     if isinstance(value, str):
         raise ValueError("hard negatives must be a list of texts, got a string")
     return [str(v) for v in value]
+
+
+def _parse(resp: LLMResponse) -> Reasoning:
+    """The teacher's reply: thinking from a message field of its own, or inline in the content."""
+    return parse_reasoning(resp.text, resp.reasoning, resp.reasoning_field)
 
 
 class ReasonDistill(LLMOperator):
@@ -90,7 +99,7 @@ class ReasonDistill(LLMOperator):
                 messages=prompt.build_messages(scenario, question, [docs[j] for j in order], self.config.max_doc_chars),
                 prompt_version=prompt.VERSION))
         outcomes, totals = ask_and_parse(
-            self.llm, requests, parse_reasoning, max_attempts or self.config.max_attempts, self.on_progress,
+            self.llm, requests, _parse, max_attempts or self.config.max_attempts, self.on_progress,
             retry_unusable_cached=self.retry_failed)
 
         by_pos = dict(zip(todo, outcomes))
@@ -112,7 +121,8 @@ class ReasonDistill(LLMOperator):
                                  raw_col: outcome.raw})
                 continue
             out_rows.append({**base, **prov, **shown, output_key: outcome.parsed.reasoning,
-                             output_answer_key: outcome.parsed.answer, status_col: OK, raw_col: None})
+                             output_answer_key: outcome.parsed.answer, status_col: OK, raw_col: None,
+                             step_column(STEP, "reasoning_form"): outcome.parsed.form})
         out = frame_from_rows(df, out_rows)
         as_nullable_int(out, [POSITIVE_DOC_NUMBER, *(step_column(STEP, f) for f in PROVENANCE_INTS)])
         self.last_summary = summarize(STEP, df, out, active, started, totals.simulated,
