@@ -2,6 +2,7 @@
 
     rare run   --input docs.jsonl --output out/ [--base-url URL --model NAME] [options]
     rare serve --input docs.jsonl --output out/ [--cron "0 3 * * *"] [options]
+    rare estimate --input docs.jsonl [--model NAME] [options]     (sends nothing)
 
 ``run`` runs the flow in this process (against ``PREFECT_API_URL`` when set, else a temporary
 local Prefect server), draws a progress bar of the LLM steps on stderr, prints the report on
@@ -213,6 +214,9 @@ def _parser() -> argparse.ArgumentParser:
     run_parser = commands.add_parser("run", help="run the pipeline once, here, with a progress bar")
     _add_config_options(run_parser)
     run_parser.add_argument("-v", "--verbose", action="store_true", help="show Prefect's run logs and tracebacks on stderr")
+    estimate_parser = commands.add_parser("estimate", help="requests, tokens and cost of a run, sending nothing")
+    _add_config_options(estimate_parser)
+    estimate_parser.add_argument("-v", "--verbose", action="store_true", help="tracebacks on stderr")
     serve_parser = commands.add_parser("serve", help="serve the flow as a scheduled deployment (Ctrl-C stops)")
     _add_config_options(serve_parser)
     serve_parser.add_argument("--name", help="deployment name (default rare-served)")
@@ -230,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = build_config(args)
         from rare_core.inputs import preflight
 
-        preflight(config)
+        documents = preflight(config)
     except (ConfigError, RareError, OSError) as exc:
         if verbose:
             traceback.print_exc()
@@ -238,6 +242,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     if args.command == "run":
         return run(config, verbose=verbose)
+    if args.command == "estimate":
+        from rare_core.estimate import build_estimate, render_estimate
+
+        print(render_estimate(build_estimate(config, documents)))
+        return EXIT_OK
     from deployments.serve import ServeOptions, serve
 
     given = {"name": args.name, "cron": args.cron}

@@ -66,6 +66,8 @@ class Prices(BaseModel):
 
     input_per_million: float = Field(0.0, ge=0)
     output_per_million: float = Field(0.0, ge=0)
+    batch_input_per_million: float | None = Field(None, ge=0, description="Batch API price; default: half of input_per_million.")
+    batch_output_per_million: float | None = Field(None, ge=0, description="Batch API price; default: half of output_per_million.")
 
 
 def _overrides(model: type[BaseModel], name: str, doc: str, nested: dict[str, type[BaseModel]]) -> type[BaseModel]:

@@ -93,11 +93,12 @@ def build_report(
     builtin_simulator: bool | None = None,
     dataset_rows: int | None = None,
     header: Mapping[str, str] | None = None,
+    sections: Mapping[str, str] | None = None,
     title: str = "RARE pipeline report",
 ) -> Report:
     """The report of one run; ``simulated`` is also set when any step's summary says so.
     ``builtin_simulator``: whether no endpoint was configured (default: ``simulated``); it picks
-    the banner's wording."""
+    the banner's wording. ``sections``: more sections (title -> markdown) at the end."""
     rows = [_step_row(r, prices) for r in steps]
     builtin_simulator = simulated if builtin_simulator is None else builtin_simulator
     simulated = simulated or any(r.summary.simulated for r in steps)
@@ -112,7 +113,10 @@ def build_report(
         "steps": rows,
         "totals": totals,
     }
-    return Report(markdown=_render(title, summary, prices), summary=summary)
+    markdown = _render(title, summary, prices)
+    for name, text in (sections or {}).items():
+        markdown += f"\n## {name}\n\n{text.rstrip()}\n"
+    return Report(markdown=markdown, summary=summary)
 
 
 def _num(value: int | float) -> str:

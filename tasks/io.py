@@ -27,6 +27,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from rare_core.config import LLMRoles, PipelineConfig
+from rare_core.estimate import build_estimate, compare, render_comparison
 from rare_core.inputs import load_documents
 from rare_core.llm.config import redact_url
 from rare_core.operators.base import ERROR, ERROR_KIND, OK, RESERVED_PREFIX, STATUS, step_column
@@ -44,6 +45,7 @@ SUMMARY_FILE = "summary.json"
 POSITIVE = "positive"
 SIMULATED = f"{RESERVED_PREFIX}simulated"
 SAMPLE_ROWS = 5
+ESTIMATE_MAX_DOCS = 20_000
 SAMPLE_CHARS = 240
 
 
@@ -139,6 +141,16 @@ def export_dataset(final: ArtifactRef, config: PipelineConfig) -> ExportResult:
     return result
 
 
+def _estimate_section(config: PipelineConfig, source: ArtifactRef, records: list[StepRecord]) -> dict[str, str]:
+    """The report's "Estimate against actual" (``rare estimate``'s figures beside this run's);
+    left out above ESTIMATE_MAX_DOCS documents, where counting every prompt takes minutes."""
+    if source.rows > ESTIMATE_MAX_DOCS:
+        return {"Estimate against actual": f"Not computed for {source.rows:,} documents (over "
+                                           f"{ESTIMATE_MAX_DOCS:,}): run `rare estimate` with the same options."}
+    estimate = build_estimate(config, source.load())
+    return {"Estimate against actual": render_comparison(compare(estimate, records))}
+
+
 @task(name="publish-report", cache_policy=NO_CACHE, persist_result=False)
 def publish_report(records: list[StepRecord], config: PipelineConfig, source: ArtifactRef,
                    exported: ExportResult, simulated_roles: list[str]) -> Report:
@@ -155,7 +167,7 @@ def publish_report(records: list[StepRecord], config: PipelineConfig, source: Ar
     })
     simulated = bool(simulated_roles)
     report = build_report(records, config.prices, simulated=simulated, dataset_rows=exported.dataset.rows,
-                          header=header)
+                          header=header, sections=_estimate_section(config, source, records))
     out_dir = Path(config.output_path).resolve()
     write_text_atomic(out_dir / REPORT_FILE, report.markdown)
     write_text_atomic(out_dir / SUMMARY_FILE, json.dumps(report.summary, indent=1))

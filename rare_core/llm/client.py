@@ -67,12 +67,17 @@ ProgressCallback = Callable[[int, int], None]
 class LLMRequest(BaseModel):
     """One chat request. ``prompt_version`` enters the cache key; ``max_tokens`` overrides
     ``generation.max_tokens`` for this request (and enters the key through the params sent);
-    ``refresh_cache`` skips the cache read for this request (its answer is still written)."""
+    ``refresh_cache`` skips the cache read for this request (its answer is still written).
+    ``response_format`` (e.g. a strict JSON schema) is sent with it; unless
+    ``response_format_required``, an endpoint that answers 400 because it does not support it
+    gets the request once more without, and the client sends no more for the rest of its life."""
 
     messages: list[dict[str, str]]
     prompt_version: str = ""
     max_tokens: int | None = Field(None, ge=1, le=262144)
     refresh_cache: bool = False
+    response_format: dict[str, Any] | None = None
+    response_format_required: bool = False
 
 
 class LLMResponse(BaseModel):
@@ -221,6 +226,7 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
         self.config = config
         self._limiter = RateLimiter(config.requests_per_minute, config.tokens_per_minute)
         self.concurrency = AdaptiveConcurrency(config.max_workers)
+        self.structured_output_unsupported = False  # learned from a 400 (see LLMRequest.response_format)
         self._cache: ResponseCache | None = None
 
     @property
@@ -393,7 +399,15 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
         params = self.config.generation.model_dump(exclude_none=True)
         if req.max_tokens is not None:
             params["max_tokens"] = req.max_tokens
+        if req.response_format is not None:
+            params["response_format"] = req.response_format
         return params
+
+    def _effective(self, req: LLMRequest) -> LLMRequest:
+        """``req`` as it is sent: without its response_format once the endpoint refused one."""
+        if req.response_format is not None and self.structured_output_unsupported and not req.response_format_required:
+            return req.model_copy(update={"response_format": None})
+        return req
 
     def _trusted(self, payload: dict) -> bool:
         """Whether a cached payload may be served. The scope is in the key already; belt and
@@ -417,6 +431,7 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
         answering other requests: a capped endpoint that is still working never costs a row.
         """
         cfg = self.config
+        req = self._effective(req)
         params, ckey = self._params(req), self.request_key(req)
         if cache is not None and cfg.cache_mode == "use" and not req.refresh_cache:
             hit = cache.get(ckey)
@@ -450,6 +465,12 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
                 await self.concurrency.release(ticket, "error")
                 raise
             await self.concurrency.release(ticket, "ok" if resp.ok else "error", *_rate_headers(headers))
+            if not resp.ok and _refuses_response_format(req, resp):
+                if not self.structured_output_unsupported:
+                    log.warning("the endpoint %s does not support response_format (%s): sending without it",
+                                redact_url(cfg.base_url or ""), resp.error)
+                self.structured_output_unsupported = True
+                return await self._one(client, cache, req, key)
             resp.latency = time.perf_counter() - t0
             resp.retries = retries
             if resp.ok and cache is not None:
@@ -508,6 +529,16 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
             simulated=any(r.simulated for r in responses),
             wall_seconds=wall,
         )
+
+
+_UNSUPPORTED_FORMAT = ("response_format", "json_schema", "structured output", "guided", "not supported", "unsupported")
+
+
+def _refuses_response_format(req: LLMRequest, resp: LLMResponse) -> bool:
+    """A 400 that says the endpoint cannot do the request's (optional) response_format."""
+    return (req.response_format is not None and not req.response_format_required
+            and (resp.error or "").startswith("HTTP 400")
+            and any(word in resp.error.lower() for word in _UNSUPPORTED_FORMAT))
 
 
 def _rate_headers(headers: httpx.Headers | None) -> tuple[int | None, float | None]:

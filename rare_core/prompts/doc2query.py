@@ -7,7 +7,7 @@ The model answers with JSON: ``{"question": ..., "scenario": ...}`` for one ques
 
 from __future__ import annotations
 
-VERSION = "doc2query/v1"
+VERSION = "doc2query/v2"
 
 DOC_OPEN = "<document>"
 DOC_CLOSE = "</document>"
@@ -43,13 +43,18 @@ def truncate(text: str, max_chars: int) -> str:
 
 
 def build_messages(document: str, num_questions: int = 1, max_doc_chars: int = 6000) -> list[dict]:
-    """Chat messages asking for ``num_questions`` question(s) about ``document``."""
+    """Chat messages asking for ``num_questions`` question(s) about ``document``.
+
+    The fixed instructions come first and the document last, so that every prompt of a run
+    shares its longest possible prefix (prefix caching in vLLM and SGLang, prompt caching at
+    OpenAI bill and compute that part once).
+    """
     shape = _ONE if num_questions == 1 else _MANY.replace("N", str(num_questions))
     count = "one question" if num_questions == 1 else f"exactly {num_questions} different questions"
     user = (
-        f"Number of questions: {num_questions}\n"
+        _RULES.format(json_shape=shape)
+        + f"\n\nNumber of questions: {num_questions}\n"
         f"Write {count} from the document between the delimiters below.\n\n"
-        f"{DOC_OPEN}\n{truncate(document, max_doc_chars)}\n{DOC_CLOSE}\n\n"
-        + _RULES.format(json_shape=shape)
+        f"{DOC_OPEN}\n{truncate(document, max_doc_chars)}\n{DOC_CLOSE}"
     )
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]

@@ -13,14 +13,14 @@ import random
 
 from rare_core.prompts.doc2query import truncate
 
-VERSION = "reason_distill/v1"
+VERSION = "reason_distill/v2"
 
 SYSTEM = (
     "You are an expert who solves hard questions by reasoning over retrieved documents. Some "
     "documents are relevant and some only look relevant. You think carefully and show your work."
 )
 
-_INSTRUCTIONS = """Work through it in this order:
+_INSTRUCTIONS = """Read the scenario, the question and the documents below, then work through it in this order:
 1. Identify the essential problem: what exactly is being asked, and what would a good answer need?
 2. Judge each document: say which ones actually help and why, and which ones only look relevant.
 3. Reason step by step from the helpful documents (and sound domain knowledge) to a conclusion.
@@ -48,10 +48,12 @@ def build_messages(scenario: str, question: str, documents: list[str], max_doc_c
     docs = "\n\n".join(
         f"[Document {i}]\n{truncate(doc, max_doc_chars)}" for i, doc in enumerate(documents, start=1)
     )
+    # Fixed instructions first, the row's own content last: the prompts of a run share a
+    # prefix that prefix caching (vLLM, SGLang) and prompt caching (OpenAI) compute once.
     user = (
+        f"{_INSTRUCTIONS}\n\n"
         f"<scenario>\n{scenario}\n</scenario>\n\n"
         f"<question>\n{question}\n</question>\n\n"
-        f"<documents>\n{docs}\n</documents>\n\n"
-        f"{_INSTRUCTIONS}"
+        f"<documents>\n{docs}\n</documents>"
     )
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
