@@ -122,13 +122,14 @@ class _ProgressBars:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.progress = Progress(TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=console)
+                                 TimeElapsedColumn(), TextColumn("{task.fields[endpoint]}"), console=console)
         self._bars: dict[str, Any] = {}
 
-    def __call__(self, step: str, done: int, total: int) -> None:
+    def __call__(self, step: str, done: int, total: int, live: dict[str, Any]) -> None:
         if step not in self._bars:
-            self._bars[step] = self.progress.add_task(STEP_LABELS.get(step, step), total=total)
-        self.progress.update(self._bars[step], completed=done, total=total)
+            self._bars[step] = self.progress.add_task(STEP_LABELS.get(step, step), total=total, endpoint="")
+        endpoint = f"{live['in_flight']:>3} in flight / limit {live['limit']}  429s {live['refused_429']}" if live else ""
+        self.progress.update(self._bars[step], completed=done, total=total, endpoint=endpoint)
 
 
 def _notice(console, text: str, style: str) -> None:

@@ -1,9 +1,12 @@
 """Progress of the LLM steps: a Prefect progress artifact, and a hook for local listeners.
 
-In: the client's ``on_progress(done, total)`` calls. Out: a Prefect progress artifact per
-step run, updated at most once per ``min_interval`` seconds (and always at the end), and a
-call of every listener registered in this process with ``(step, done, total)`` each time:
-that is how ``rare run`` draws its progress bar while the flow runs in the same process.
+In: the client's ``on_progress(done, total)`` calls, and optionally a ``live()`` callable with
+the endpoint's state (requests in flight, the adaptive limit, 429s seen:
+``AdaptiveConcurrency.snapshot``). Out: a Prefect progress artifact per step run, updated at
+most once per ``min_interval`` seconds (and always at the end), whose description shows that
+state, and a call of every listener registered in this process with ``(step, done, total,
+live)`` each time: that is how ``rare run`` draws its progress bar while the flow runs in the
+same process.
 """
 
 from __future__ import annotations
@@ -11,11 +14,12 @@ from __future__ import annotations
 import threading
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-ProgressListener = Callable[[str, int, int], None]
+ProgressListener = Callable[[str, int, int, dict[str, Any]], None]
+LiveState = Callable[[], dict[str, Any]]
 
 _listeners: list[ProgressListener] = []
 _lock = threading.Lock()
@@ -23,7 +27,7 @@ _lock = threading.Lock()
 
 @contextmanager
 def progress_listener(listener: ProgressListener) -> Iterator[None]:
-    """Call ``listener(step, done, total)`` on every progress event of this process while inside."""
+    """Call ``listener(step, done, total, live)`` on every progress event of this process while inside."""
     with _lock:
         _listeners.append(listener)
     try:
@@ -34,9 +38,9 @@ def progress_listener(listener: ProgressListener) -> Iterator[None]:
 
 
 @contextmanager
-def step_progress(step: str, label: str) -> Iterator["StepProgress"]:
+def step_progress(step: str, label: str, live: LiveState | None = None) -> Iterator["StepProgress"]:
     """A :class:`StepProgress` for the block (inside a task run); at 100% when the block ends."""
-    progress = StepProgress(step, label)
+    progress = StepProgress(step, label, live=live)
     yield progress
     progress.finish()
 
@@ -44,8 +48,8 @@ def step_progress(step: str, label: str) -> Iterator["StepProgress"]:
 class StepProgress:
     """The ``on_progress`` callback of one step run (create it inside the task run)."""
 
-    def __init__(self, step: str, label: str, min_interval: float = 1.0) -> None:
-        self.step, self.label, self.min_interval = step, label, min_interval
+    def __init__(self, step: str, label: str, min_interval: float = 1.0, live: LiveState | None = None) -> None:
+        self.step, self.label, self.min_interval, self.live = step, label, min_interval, live
         self._last_update = time.monotonic()
         self._done = self._total = 0
         self.artifact_id = create_progress_artifact(
@@ -55,8 +59,9 @@ class StepProgress:
         self._done, self._total = done, total
         with _lock:
             listeners = list(_listeners)
+        state = self.live() if self.live else {}
         for listener in listeners:
-            listener(self.step, done, total)
+            listener(self.step, done, total, state)
         now = time.monotonic()
         if done >= total or now - self._last_update >= self.min_interval:
             self._last_update = now
@@ -70,5 +75,8 @@ class StepProgress:
         percent = 100.0 if total == 0 else 100.0 * done / total
         # _sync: the client calls back from inside its event loop, where Prefect's
         # async-dispatching helpers would otherwise return an un-awaited coroutine.
+        state = self.live() if self.live else {}
+        endpoint = (f"; {state['in_flight']} in flight (limit {state['limit']}), {state['refused_429']} 429s"
+                    if state else "")
         update_progress_artifact(artifact_id=self.artifact_id, progress=percent,
-                                 description=f"{self.label}: {done}/{total} rows answered", _sync=True)
+                                 description=f"{self.label}: {done}/{total} rows answered{endpoint}", _sync=True)

@@ -29,7 +29,7 @@ def _step_task(spec: StepSpec) -> Task:
     """The Prefect task of ``spec``: ``(source, config, llm=None) -> StepResult``."""
 
     def run(source: ArtifactRef, config: PipelineConfig, llm: APILLMServing_request | None = None) -> StepResult:
-        progress = step_progress(spec.name, spec.label) if spec.uses_llm else nullcontext(None)
+        progress = step_progress(spec.name, spec.label, llm.concurrency.snapshot) if llm else nullcontext(None)
         with progress as on_progress:
             operator = spec.build(config, llm, on_progress)
             out = operator.process(source.load(), **spec.keys(config.columns))
