@@ -21,7 +21,7 @@ import pytest
 from pydantic import ValidationError
 
 from rare_core.errors import LLMAuthError
-from rare_core.llm import APILLMServing_request, LLMConfig, LLMRequest, RunTotals
+from rare_core.llm import APILLMServing_request, GenerationParams, LLMConfig, LLMRequest, RunTotals
 from rare_core.llm import client as client_module
 from rare_core.llm.cache import ResponseCache
 from rare_core.llm.client import parse_retry_after
@@ -371,7 +371,7 @@ def test_request_max_tokens_is_sent_and_keyed(sim, tmp_path, monkeypatch):
     base = requests_for(1)[0]
     reqs = [base, base.model_copy(update={"max_tokens": 64})]
     batch = client(sim, tmp_path).chat(reqs)
-    assert sorted(sent_budgets) == [64, 2048] and batch.totals.deduplicated == 0
+    assert sorted(sent_budgets) == [64, GenerationParams().max_tokens] and batch.totals.deduplicated == 0
     again = client(sim, tmp_path).chat(reqs)
     assert again.totals.cache_hits == 2 and len(sent_budgets) == 2
     with pytest.raises(ValidationError):
@@ -384,7 +384,7 @@ def test_next_budget():
     config = LLMConfig(base_url="http://localhost/v1")
     assert config.max_tokens_cap == 32768
     assert next_budget(config, 2048) == 4096
-    assert next_budget(config, None) == 4096  # generation.max_tokens
+    assert next_budget(config, None) == 2 * config.generation.max_tokens  # from generation.max_tokens
     assert next_budget(config, 20000) == 32768
     assert next_budget(config, 32768) is None and next_budget(config, 40000) is None
     assert next_budget(config.model_copy(update={"max_tokens_cap": 100}), 64) == 100

@@ -33,6 +33,7 @@ import os
 import random
 import threading
 import time
+from pathlib import Path
 from datetime import timezone
 from typing import Any, Callable, Coroutine, TypeVar
 
@@ -95,6 +96,7 @@ class LLMResponse(BaseModel):
     simulated: bool = False
     cached: bool = False
     batch: bool = False  # answered through the Batch API (priced at batch prices)
+    refused: int = 0  # 429s before this answer
     shared: bool = False  # a copy of the answer to an identical request of the same batch
     retries: int = 0
 
@@ -113,14 +115,17 @@ class RunTotals(BaseModel):
     failures: int = 0
     cache_hits: int = 0  # rows served from the response cache (the first row of each cache key)
     deduplicated: int = 0  # rows answered by an identical request of the same batch (LLMResponse.shared)
+    batch_requests: int = 0  # of ``requests``, those answered through the Batch API (batch prices)
+    batch_prompt_tokens: int = 0
+    batch_completion_tokens: int = 0
+    refused_429: int = 0  # 429s the endpoint answered (each retried)
     simulated: bool = False
     wall_seconds: float = 0.0
 
     def add(self, other: "RunTotals") -> "RunTotals":
         """Sum of two totals (wall time adds up: batches run one after another)."""
-        data = {k: getattr(self, k) + getattr(other, k) for k in
-                ("requests", "retries", "prompt_tokens", "completion_tokens", "failures", "cache_hits",
-                 "deduplicated", "wall_seconds")}
+        summed = set(RunTotals.model_fields) - {"simulated"}
+        data = {k: getattr(self, k) + getattr(other, k) for k in summed}
         return RunTotals(**data, simulated=self.simulated or other.simulated)
 
 
@@ -263,6 +268,8 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
         are. Safe to call from code that already runs an event loop (it then runs on a private
         loop in a thread of ours; a KeyboardInterrupt while waiting cancels the requests, then
         propagates)."""
+        if self.config.mode == "batch":
+            return self._converse_in_batches(requests, follow, on_progress)
         coro = self.aconverse(requests, follow, on_progress)
         try:
             asyncio.get_running_loop()
@@ -290,6 +297,38 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
     def cleanup(self) -> None:
         """Compatibility with the system we implement: same as :meth:`close`."""
         self.close()
+
+    def _converse_in_batches(self, requests: list[LLMRequest], follow: FollowUp | None,
+                             on_progress: ProgressCallback | None) -> Batch:
+        """:meth:`converse` through the Batch API: every pending request of a round goes into one
+        batch (:class:`rare_core.llm.batch.BatchRunner`, resumable after a kill), the re-asks
+        of that round into the next. ``on_progress`` counts rows done after each round."""
+        from rare_core.llm.batch import BatchRunner
+
+        started = time.perf_counter()
+        runner = BatchRunner(self, self.batch_state_dir())
+        chains: list[list[LLMResponse]] = [[] for _ in requests]
+        pending = dict(enumerate(requests))
+        progress = _Progress(on_progress, len(requests), self.api_key())
+        while pending:
+            rows = list(pending)
+            answers = runner.run([pending[r] for r in rows])
+            following: dict[int, LLMRequest] = {}
+            for row, resp in zip(rows, answers):
+                chains[row].append(resp)
+                nxt = follow(row, pending[row], resp) if follow is not None else None
+                if nxt is not None:
+                    following[row] = nxt
+            progress.advance(len(rows) - len(following))
+            pending = following
+        every = [r for chain in chains for r in chain]
+        return Batch(responses=[chain[-1] for chain in chains], chains=chains, leaders=list(range(len(requests))),
+                     totals=self._totals(every, time.perf_counter() - started))
+
+    def batch_state_dir(self) -> Path:
+        """Where batch ids are kept while their batches run: ``batches/`` beside the response cache."""
+        base = Path(self.config.cache_path).parent if self.config.cache_path else Path(".rare")
+        return base / "batches"
 
     async def achat(self, requests: list[LLMRequest], on_progress: ProgressCallback | None = None) -> Batch:
         """Async form of :meth:`chat`."""
@@ -438,7 +477,7 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
             if hit is not None and self._trusted(hit):
                 return _from_payload(hit)
         estimate = sum(len(m.get("content", "")) for m in req.messages) // 4 + params["max_tokens"]
-        retries = 0
+        retries = refused = 0
         while True:
             await self._limiter.acquire(estimate)
             successes_before = self.concurrency.successes
@@ -460,6 +499,7 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
                               f"{retries} retries)", retries=retries, latency=latency)
                 await asyncio.sleep(self._delay(retries, r.retry_after))
                 retries += 0 if answering else 1
+                refused += r.kind == "refused"
                 continue
             except BaseException:
                 await self.concurrency.release(ticket, "error")
@@ -472,7 +512,7 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
                 self.structured_output_unsupported = True
                 return await self._one(client, cache, req, key)
             resp.latency = time.perf_counter() - t0
-            resp.retries = retries
+            resp.retries, resp.refused = retries, refused
             if resp.ok and cache is not None:
                 cache.put(ckey, self._payload(resp))
             return resp
@@ -524,6 +564,10 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
             prompt_tokens=sum(r.prompt_tokens for r in sent),
             completion_tokens=sum(r.completion_tokens for r in sent),
             failures=sum(1 for r in responses if not r.ok),
+            batch_requests=sum(1 for r in sent if r.batch),
+            batch_prompt_tokens=sum(r.prompt_tokens for r in sent if r.batch),
+            batch_completion_tokens=sum(r.completion_tokens for r in sent if r.batch),
+            refused_429=sum(r.refused for r in sent),
             cache_hits=sum(1 for r in responses if r.cached and not r.shared),
             deduplicated=sum(1 for r in responses if r.shared),
             simulated=any(r.simulated for r in responses),
