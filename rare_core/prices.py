@@ -97,7 +97,6 @@ def price_for(model: str | None, prices_override: Prices | None = None) -> Model
     the override names its own batch prices), else the built-in table, else None."""
     if prices_override is not None:
         inp, out = prices_override.input_per_million, prices_override.output_per_million
-        # Prices has no batch fields yet; read them if a later config adds them.
         b_in = prices_override.batch_input_per_million
         b_out = prices_override.batch_output_per_million
         return ModelPrice(model=model or "", input_per_million=inp, output_per_million=out,

@@ -17,10 +17,12 @@ from typing import Any, Mapping, Sequence
 from pydantic import BaseModel, Field
 
 from rare_core.config import Prices
+from rare_core.prices import ModelPrice, price_for
 from rare_core.operators.base import StepSummary
 
 # Counters of the LLM steps (``StepSummary.extra``, from the client's RunTotals).
-LLM_COUNTERS = ("requests", "retries", "cache_hits", "prompt_tokens", "completion_tokens")
+LLM_COUNTERS = ("requests", "retries", "cache_hits", "prompt_tokens", "completion_tokens", "batch_requests",
+                "batch_prompt_tokens", "batch_completion_tokens", "refused_429")
 SIMULATED_BANNER = (
     "**SIMULATED ANSWERS.** No LLM endpoint was configured, so every question, scenario, "
     "reasoning and answer was written by the built-in simulator, not by a model. "
@@ -56,14 +58,27 @@ class Report(BaseModel):
     summary: dict[str, Any]
 
 
-def step_cost(prompt_tokens: int, completion_tokens: int, prices: Prices | None) -> float | None:
-    """Cost of the tokens at ``prices`` (per million tokens); None when no prices are configured."""
-    if prices is None:
+StepPrices = Mapping[str, ModelPrice | None]
+
+
+def step_cost(counters: Mapping[str, int], price: ModelPrice | None) -> float | None:
+    """Cost of a step's tokens: those answered online at list prices, those answered through the
+    Batch API at batch prices; None without a price."""
+    if price is None:
         return None
-    return (prompt_tokens * prices.input_per_million + completion_tokens * prices.output_per_million) / 1e6
+    batch_p, batch_c = counters.get("batch_prompt_tokens", 0), counters.get("batch_completion_tokens", 0)
+    online = price.cost(counters["prompt_tokens"] - batch_p, counters["completion_tokens"] - batch_c)
+    batch = price.cost(batch_p, batch_c, batch=True) if batch_p or batch_c else 0.0
+    return None if batch is None else online + batch
 
 
-def _step_row(record: StepRecord, prices: Prices | None) -> dict[str, Any]:
+def _price_of(step: str, prices: Prices | StepPrices | None) -> ModelPrice | None:
+    if prices is None or isinstance(prices, Prices):
+        return price_for(None, prices) if prices is not None else None
+    return prices.get(step)
+
+
+def _step_row(record: StepRecord, prices: Prices | StepPrices | None) -> dict[str, Any]:
     s = record.summary
     # This run's counters: a cached step sent nothing.
     counters = {k: 0 if record.cached else int(s.extra.get(k, 0) or 0) for k in LLM_COUNTERS}
@@ -79,7 +94,7 @@ def _step_row(record: StepRecord, prices: Prices | None) -> dict[str, Any]:
         "failures_by_kind": dict(s.failures_by_kind),
         **counters,
         "wall_seconds": round(record.wall_seconds, 3),
-        "cost": step_cost(counters["prompt_tokens"], counters["completion_tokens"], prices),
+        "cost": step_cost(counters, _price_of(s.step, prices)),
         "simulated": s.simulated,
         "extra": {k: v for k, v in s.extra.items() if k not in known},
     }
@@ -87,7 +102,7 @@ def _step_row(record: StepRecord, prices: Prices | None) -> dict[str, Any]:
 
 def build_report(
     steps: Sequence[StepRecord],
-    prices: Prices | None = None,
+    prices: Prices | StepPrices | None = None,
     *,
     simulated: bool = False,
     builtin_simulator: bool | None = None,
@@ -104,7 +119,8 @@ def build_report(
     simulated = simulated or any(r.summary.simulated for r in steps)
     totals = {k: sum(r[k] for r in rows) for k in LLM_COUNTERS}
     totals["wall_seconds"] = round(sum(r["wall_seconds"] for r in rows), 3)
-    totals["cost"] = step_cost(totals["prompt_tokens"], totals["completion_tokens"], prices)
+    costs = [r["cost"] for r in rows if r["cost"] is not None]
+    totals["cost"] = sum(costs) if costs else None
     summary = {
         "simulated": simulated,
         "builtin_simulator": builtin_simulator,
@@ -155,6 +171,10 @@ def _render(title: str, summary: dict[str, Any], prices: Prices | None) -> str:
         f"| **total** | | | | | | {_num(t['requests'])} | {_num(t['retries'])} | {_num(t['cache_hits'])} "
         f"| {_num(t['prompt_tokens'])} | {_num(t['completion_tokens'])} | {t['wall_seconds']:.2f} | {_cost(t['cost'])} |"
     )
+    endpoint = [f"{r['step']}: {_num(r['batch_requests'])} through the Batch API, {_num(r['refused_429'])} "
+                f"refused with 429 (and retried)" for r in summary["steps"] if r["batch_requests"] or r["refused_429"]]
+    if endpoint:
+        lines += ["", *[f"- {line}" for line in endpoint]]
     if any(r["status"] == "cached" for r in summary["steps"]):
         lines += ["", "Cached steps reused the result of an earlier run with the same input and "
                       "settings: they made no requests in this run (their rows and failures are "
@@ -176,11 +196,12 @@ def _render(title: str, summary: dict[str, Any], prices: Prices | None) -> str:
         lines += ["", "## Step details", ""]
         lines += [f"- {step}: {key} = {value}" for step, key, value in details]
     lines += ["", "## Cost", ""]
-    if prices is None:
-        lines.append("No token prices configured (set `prices` in the config for a cost estimate).")
+    priced = [(r["step"], _price_of(r["step"], prices)) for r in summary["steps"] if r["requests"] or r["cost"]]
+    if t["cost"] is None:
+        lines.append("No token prices known for these models (set `prices` in the config for a cost estimate).")
     else:
-        lines.append(
-            f"{_cost(t['cost'])} at {prices.input_per_million:g} per million prompt tokens and "
-            f"{prices.output_per_million:g} per million completion tokens (requests of this run only)."
-        )
+        lines.append(f"{_cost(t['cost'])} for the requests of this run, tokens answered through the Batch API at "
+                     "batch prices:")
+        lines += [f"- {step}: {p.input_per_million:g} / {p.output_per_million:g} per million prompt / completion "
+                  f"tokens ({p.source})" for step, p in priced if p is not None]
     return "\n".join(lines) + "\n"

@@ -34,6 +34,7 @@ from rare_core.operators.base import ERROR, ERROR_KIND, OK, RESERVED_PREFIX, STA
 from rare_core.operators.doc2query import QUESTION_INDEX
 from rare_core.operators.reason_distill import DOCUMENT_ORDER, POSITIVE_DOC_NUMBER
 from rare_core.pipeline import INPUT_STEP_INDEX, STEPS
+from rare_core.prices import price_for
 from rare_core.report import Report, StepRecord, build_report
 from rare_core.storage import FORMATS, remove_frame, write_text_atomic
 from tasks.artifacts import ArtifactRef, step_path
@@ -166,7 +167,8 @@ def publish_report(records: list[StepRecord], config: PipelineConfig, source: Ar
         "Step files": str(Path(config.cache_path).resolve()),
     })
     simulated = bool(simulated_roles)
-    report = build_report(records, config.prices, simulated=simulated, dataset_rows=exported.dataset.rows,
+    prices = {spec.name: price_for(config.llm_for(spec.role).model, config.prices) for spec in STEPS if spec.role}
+    report = build_report(records, prices, simulated=simulated, dataset_rows=exported.dataset.rows,
                           header=header, sections=_estimate_section(config, source, records))
     out_dir = Path(config.output_path).resolve()
     write_text_atomic(out_dir / REPORT_FILE, report.markdown)
