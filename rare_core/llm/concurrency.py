@@ -8,11 +8,11 @@ Gateways, OpenAI's tiers and small shared vLLM deployments cap the requests they
 once and answer 429 above the cap. Sending ``max_workers`` blindly gets most requests refused
 (v1: 61% of all requests with 64 workers against a cap of 16). The rules:
 
-* **Paced ramp.** While more requests are in flight than have ever been answered successfully
-  at once (the *confirmed* level), new requests go out at least :data:`RAMP_SPACING` seconds
-  apart. A refusal comes back in milliseconds, long before a success: the ramp stops at the cap
-  after a refusal or two instead of a whole wave of them. On a healthy endpoint the first wave
-  of 64 goes out within a fraction of a second and the confirmed level reaches ``max_workers``.
+* **Paced ramp.** A request that would take the number in flight above the highest level
+  reached so far goes out at least :data:`RAMP_SPACING` seconds after the previous such one;
+  requests that fill slots freed below that level go at once. A refusal comes back in
+  milliseconds, long before a success: the ramp stops at the cap after a refusal or two instead
+  of a whole wave of them. On a healthy endpoint the first wave of 64 is out within 0.13 s.
 * **A 429 sets the limit to what the endpoint took**: the number in flight when the refused
   request was sent, minus that request. Only the first refusal of a congestion episode acts
   (the ``epoch`` of the request's send must be the current one), so a burst of 429s cuts once.
@@ -33,7 +33,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-RAMP_SPACING = 0.002  # seconds between sends above the confirmed level
+RAMP_SPACING = 0.002  # seconds between sends that raise the number in flight to a new level
 PROBE_ROUNDS = 4
 TIMEOUT_FACTOR = 0.5
 _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+(?:\.\d+)?)ms)?$")
@@ -70,62 +70,74 @@ class AdaptiveConcurrency:
         self.max_workers = max_workers
         self.limit = float(max_workers)
         self.in_flight = 0
-        self.confirmed = 0
+        self.high_water = 0  # the most in flight at once so far (since the last cut)
         self.refused = 0
         self.timeouts = 0
         self.successes = 0
         self.epoch = 0
         self._streak = 0
-        self._last_send = 0.0
+        self._last_ramp = 0.0
         self._hold_until = 0.0
         self._lock = threading.Lock()
-        self._conditions: dict[asyncio.AbstractEventLoop, asyncio.Condition] = {}
+        self._conditions: dict[asyncio.AbstractEventLoop, tuple[asyncio.Condition, asyncio.Lock]] = {}
 
-    def _condition(self) -> asyncio.Condition:
+    def _primitives(self) -> tuple[asyncio.Condition, asyncio.Lock]:
+        """This event loop's condition (slots) and pacing lock (one ramp timer at a time)."""
         loop = asyncio.get_running_loop()
         with self._lock:
             if loop not in self._conditions:
                 self._conditions = {l: c for l, c in self._conditions.items() if not l.is_closed()}
-                self._conditions[loop] = asyncio.Condition()
+                self._conditions[loop] = (asyncio.Condition(), asyncio.Lock())
             return self._conditions[loop]
 
-    def _wait_needed(self, now: float) -> float | None:
-        """None when a request may go now; else seconds to wait (0: until a slot frees)."""
-        if now < self._hold_until:
-            return self._hold_until - now
-        if self.in_flight >= max(1, int(self.limit)):
-            return 0.0
-        if self.in_flight >= self.confirmed and now - self._last_send < RAMP_SPACING:
-            return RAMP_SPACING - (now - self._last_send)
-        return None
+    def _may_send(self, now: float) -> bool:
+        """A free slot, no hold, and outside the ramp (or the ramp's spacing elapsed)."""
+        return (now >= self._hold_until and self.in_flight < max(1, int(self.limit))
+                and (self.in_flight < self.high_water or now - self._last_ramp >= RAMP_SPACING))
+
+    def _take(self, now: float) -> Ticket:
+        if self.in_flight >= self.high_water:  # a new level: the next one waits out the spacing
+            self.high_water = self.in_flight + 1
+            self._last_ramp = now
+        self.in_flight += 1
+        return Ticket(in_flight=self.in_flight, epoch=self.epoch)
 
     async def acquire(self) -> Ticket:
-        cond = self._condition()
-        async with cond:
-            while True:
-                wait = self._wait_needed(time.monotonic())
-                if wait is None:
-                    break
-                if wait == 0.0:
-                    await cond.wait()
-                else:
-                    try:
-                        await asyncio.wait_for(cond.wait(), timeout=wait)
-                    except TimeoutError:
-                        pass
-            self.in_flight += 1
-            self._last_send = time.monotonic()
-            return Ticket(in_flight=self.in_flight, epoch=self.epoch)
+        """Wait for a slot (see the module docstring); the caller must :meth:`release` it."""
+        cond, pacer = self._primitives()
+        while True:
+            async with cond:
+                while True:
+                    now = time.monotonic()
+                    if now < self._hold_until:
+                        try:
+                            await asyncio.wait_for(cond.wait(), timeout=self._hold_until - now)
+                        except TimeoutError:
+                            pass
+                    elif self.in_flight >= max(1, int(self.limit)):
+                        await cond.wait()
+                    else:
+                        break
+                if self._may_send(now):
+                    return self._take(now)
+            # Ramping above the highest level so far: one coroutine at a time sleeps out the spacing,
+            # the others queue on the lock (not one timer each: 600 timers every 2 ms would
+            # saturate the loop).
+            async with pacer:
+                await asyncio.sleep(max(0.0, RAMP_SPACING - (time.monotonic() - self._last_ramp)))
+                async with cond:
+                    now = time.monotonic()
+                    if self._may_send(now):
+                        return self._take(now)
 
     async def release(self, ticket: Ticket, outcome: str, remaining: int | None = None,
                       reset: float | None = None) -> None:
         """Record one request's outcome (``ok``, ``refused``, ``timeout``, ``error``) and wake waiters."""
-        cond = self._condition()
+        cond, _ = self._primitives()
         async with cond:
             self.in_flight -= 1
             if outcome == "ok":
                 self.successes += 1
-                self.confirmed = max(self.confirmed, ticket.in_flight)
                 self._streak += 1
                 if self._streak >= PROBE_ROUNDS * max(1.0, self.limit) and self.limit < self.max_workers:
                     self.limit += 1
@@ -134,18 +146,21 @@ class AdaptiveConcurrency:
                 self.refused += 1
                 if ticket.epoch == self.epoch:
                     self.limit = float(max(1, min(self.limit, ticket.in_flight - 1)))
-                    self.confirmed = min(self.confirmed, int(self.limit))
+                    self.high_water = min(self.high_water, int(self.limit))
                     self.epoch += 1
                     self._streak = 0
             elif outcome == "timeout":
                 self.timeouts += 1
                 if ticket.epoch == self.epoch:
                     self.limit = max(1.0, self.limit * TIMEOUT_FACTOR)
+                    self.high_water = min(self.high_water, int(self.limit))
                     self.epoch += 1
                     self._streak = 0
             if remaining is not None and remaining <= 0 and reset:
                 self._hold_until = max(self._hold_until, time.monotonic() + reset)
-            cond.notify_all()
+            # Wake as many waiters as there are free slots, not all of them: with hundreds of
+            # rows waiting, waking every one on every answer costs more than the requests.
+            cond.notify(max(1, int(self.limit) - self.in_flight))
 
     def snapshot(self) -> dict[str, int]:
         """What a progress bar shows: requests in flight, the limit, 429s seen."""
