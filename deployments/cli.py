@@ -100,7 +100,7 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
         "input_path": args.input, "output_path": args.output, "cache_path": args.cache_path,
         "output_format": args.output_format, "limit": args.limit, "llm.base_url": args.base_url,
         "llm.model": args.model, "llm.api_key_env": args.api_key_env, "llm.max_workers": args.max_workers,
-        "retry_failed": args.retry_failed,
+        "retry_failed": args.retry_failed, "llm.mode": args.mode,
     }
     assignments = [(k, v) for k, v in options.items() if v is not None]
     assignments += [_parse_assignment(a) for a in args.set or []]
@@ -203,6 +203,8 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model", metavar="NAME", help="model name (required with --base-url)")
     group.add_argument("--api-key-env", metavar="VAR", help="NAME of the environment variable holding the key")
     group.add_argument("--max-workers", type=int, metavar="N", help="LLM requests in flight at once")
+    group.add_argument("--batch", action="store_const", const="batch", dest="mode",
+                       help="send the LLM requests through the Batch API (half the price; llm.mode=batch)")
     group.add_argument("--retry-failed", action="store_true", default=None,
                        help="ask again the rows an earlier run failed for their content (unusable answers)")
     group.add_argument("--set", action="append", metavar="KEY=VALUE",

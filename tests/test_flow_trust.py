@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from prefect_fixtures import SAMPLE
-from test_flow import completions, make_config, run_flow
+from test_flow import cli_env, completions, make_config, run_flow  # noqa: F401 (cli_env: a fixture)
 
 from rare_core.llm.simulator import FaultSpec
 from rare_core.storage import read_frame, write_frame
@@ -145,3 +145,22 @@ def test_roles_have_their_own_endpoint_model_and_settings(tmp_path, sim, monkeyp
     report = (Path(config.output_path) / "report.md").read_text(encoding="utf-8")
     assert "LLM (question_writer)" in report and "`big-thinker`" in report and "`cheap-writer`" in report
     assert config.llm_for("teacher").generation.max_tokens == config.llm.generation.max_tokens  # unset: shared
+
+
+@pytest.mark.usefixtures("cli_env")
+def test_rare_run_batch_pays_batch_prices_and_resumes_for_free(tmp_path, sim, capsys):
+    from deployments.cli import EXIT_OK, main
+
+    sim.configure(batch_delay=0.05)
+    args = ["run", "--input", str(SAMPLE), "--limit", "4", "--output", str(tmp_path / "out"),
+            "--cache-path", str(tmp_path / "cache"), "--base-url", sim.base_url, "--model", "gpt-4o-mini",
+            "--batch", "--set", "llm.batch.poll_interval=0.05", "--set", "llm.batch.poll_max=0.2"]
+    assert main(args) == EXIT_OK, capsys.readouterr().err
+    stats = sim.stats()
+    assert stats.completions_served == 0 and stats.batch_completions_served == 8 and stats.batches_created == 2
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text(encoding="utf-8"))
+    steps = {s["step"]: s for s in summary["steps"]}
+    assert steps["doc2query"]["batch_requests"] == 4 and steps["distill"]["batch_requests"] == 4
+    list_price = sum(s["prompt_tokens"] * 0.15 + s["completion_tokens"] * 0.60 for s in steps.values()) / 1e6
+    assert summary["totals"]["cost"] == pytest.approx(list_price / 2)  # gpt-4o-mini at batch prices
+    assert len(read_frame(tmp_path / "out" / "dataset.jsonl")) == 4

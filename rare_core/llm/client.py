@@ -482,6 +482,9 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
             await self._limiter.acquire(estimate)
             successes_before = self.concurrency.successes
             ticket = await self.concurrency.acquire()
+            if self._effective(req) is not req:  # learned while this one waited for its slot
+                await self.concurrency.release(ticket, "skipped")
+                return await self._one(client, cache, req, key)
             t0 = time.perf_counter()
             try:
                 resp, headers = await self._send(client, req, params, key)

@@ -132,7 +132,8 @@ class AdaptiveConcurrency:
 
     async def release(self, ticket: Ticket, outcome: str, remaining: int | None = None,
                       reset: float | None = None) -> None:
-        """Record one request's outcome (``ok``, ``refused``, ``timeout``, ``error``) and wake waiters."""
+        """Record one request's outcome (``ok``, ``refused``, ``timeout``, ``error``; ``skipped``: the
+        slot was given back unused) and wake waiters."""
         cond, _ = self._primitives()
         async with cond:
             self.in_flight -= 1
