@@ -360,8 +360,8 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
         async def conversation(rows: list[int]) -> None:
             req: LLMRequest | None = requests[rows[0]]
             chain = chains[rows[0]]
-            while req is not None:
-                chain.append(await self._one_safe(client, cache, req, key))
+            while req is not None:  # follow-ups (re-asks) go before rows still waiting for a first answer
+                chain.append(await self._one_safe(client, cache, req, key, priority=bool(chain)))
                 req = follow(rows[0], req, chain[-1]) if follow is not None else None
             for j in rows[1:]:
                 chains[j] = [r.model_copy(update={"shared": True}) for r in chain]
@@ -453,16 +453,16 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
         braces: a simulated answer is never served outside the scope it was stored under."""
         return not payload.get("simulated") or payload.get("scope") == self.scope
 
-    async def _one_safe(self, client, cache, req: LLMRequest, key: str) -> LLMResponse:
+    async def _one_safe(self, client, cache, req: LLMRequest, key: str, priority: bool = False) -> LLMResponse:
         """:meth:`_one`, with any unexpected exception made that request's error (never the batch's)."""
         try:
-            return await self._one(client, cache, req, key)
+            return await self._one(client, cache, req, key, priority)
         except LLMAuthError:
             raise
         except Exception as exc:  # noqa: BLE001 - one request's bug is its row's error, not the batch's
             return LLMResponse(error=f"unexpected error: {type(exc).__name__}: {_scrub(str(exc), key)[:500]}")
 
-    async def _one(self, client, cache, req: LLMRequest, key: str) -> LLMResponse:
+    async def _one(self, client, cache, req: LLMRequest, key: str, priority: bool = False) -> LLMResponse:
         """One request: from the cache, or sent (retried where a retry can help) and cached.
 
         Each attempt holds a slot of :attr:`concurrency` only while it is on the wire; backing
@@ -481,10 +481,10 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
         while True:
             await self._limiter.acquire(estimate)
             successes_before = self.concurrency.successes
-            ticket = await self.concurrency.acquire()
+            ticket = await self.concurrency.acquire(priority or retries + refused > 0)
             if self._effective(req) is not req:  # learned while this one waited for its slot
                 await self.concurrency.release(ticket, "skipped")
-                return await self._one(client, cache, req, key)
+                return await self._one(client, cache, req, key, priority)
             t0 = time.perf_counter()
             try:
                 resp, headers = await self._send(client, req, params, key)
@@ -513,7 +513,7 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
                     log.warning("the endpoint %s does not support response_format (%s): sending without it",
                                 redact_url(cfg.base_url or ""), resp.error)
                 self.structured_output_unsupported = True
-                return await self._one(client, cache, req, key)
+                return await self._one(client, cache, req, key, True)
             resp.latency = time.perf_counter() - t0
             resp.retries, resp.refused = retries, refused
             if resp.ok and cache is not None:

@@ -12,7 +12,10 @@ once and answer 429 above the cap. Sending ``max_workers`` blindly gets most req
   reached so far goes out at least :data:`RAMP_SPACING` seconds after the previous such one;
   requests that fill slots freed below that level go at once. A refusal comes back in
   milliseconds, long before a success: the ramp stops at the cap after a refusal or two instead
-  of a whole wave of them. On a healthy endpoint the first wave of 64 is out within 0.13 s.
+  of a whole wave of them. On a healthy endpoint the first wave of 64 is out within 0.32 s.
+* **Follow-ups first.** ``acquire(priority=True)`` (a re-ask, or the retry of a refused
+  request) goes before the rows still waiting for their first request, so a row's
+  conversation finishes as early as it can instead of at the end of the batch.
 * **A 429 sets the limit to what the endpoint took**: the number in flight when the refused
   request was sent, minus that request. Only the first refusal of a congestion episode acts
   (the ``epoch`` of the request's send must be the current one), so a burst of 429s cuts once.
@@ -33,7 +36,10 @@ import threading
 import time
 from dataclasses import dataclass
 
-RAMP_SPACING = 0.002  # seconds between sends that raise the number in flight to a new level
+# Seconds between sends that raise the number in flight to a new level. It must exceed the time
+# a refusal takes to come back *as the client sees it*: the event loop also spends 1-2 ms of CPU
+# on every send, so at 2 ms a burst of 30 went out before the first 429 was read (bench/).
+RAMP_SPACING = 0.005
 PROBE_ROUNDS = 4
 TIMEOUT_FACTOR = 0.5
 _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+(?:\.\d+)?)ms)?$")
@@ -76,6 +82,7 @@ class AdaptiveConcurrency:
         self.successes = 0
         self.epoch = 0
         self._streak = 0
+        self._priority_waiting = 0
         self._last_ramp = 0.0
         self._hold_until = 0.0
         self._lock = threading.Lock()
@@ -102,7 +109,7 @@ class AdaptiveConcurrency:
         self.in_flight += 1
         return Ticket(in_flight=self.in_flight, epoch=self.epoch)
 
-    async def acquire(self) -> Ticket:
+    async def acquire(self, priority: bool = False) -> Ticket:
         """Wait for a slot (see the module docstring); the caller must :meth:`release` it."""
         cond, pacer = self._primitives()
         while True:
@@ -114,8 +121,12 @@ class AdaptiveConcurrency:
                             await asyncio.wait_for(cond.wait(), timeout=self._hold_until - now)
                         except TimeoutError:
                             pass
-                    elif self.in_flight >= max(1, int(self.limit)):
-                        await cond.wait()
+                    elif self.in_flight >= max(1, int(self.limit)) or (self._priority_waiting and not priority):
+                        self._priority_waiting += priority
+                        try:
+                            await cond.wait()
+                        finally:
+                            self._priority_waiting -= priority
                     else:
                         break
                 if self._may_send(now):
@@ -161,7 +172,12 @@ class AdaptiveConcurrency:
                 self._hold_until = max(self._hold_until, time.monotonic() + reset)
             # Wake as many waiters as there are free slots, not all of them: with hundreds of
             # rows waiting, waking every one on every answer costs more than the requests.
-            cond.notify(max(1, int(self.limit) - self.in_flight))
+            # (All of them while a follow-up waits: a woken first request would only go back to
+            # waiting behind it, and the follow-up might not be woken at all.)
+            if self._priority_waiting:
+                cond.notify_all()
+            else:
+                cond.notify(max(1, int(self.limit) - self.in_flight))
 
     def snapshot(self) -> dict[str, int]:
         """What a progress bar shows: requests in flight, the limit, 429s seen."""
