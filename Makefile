@@ -41,6 +41,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[test,bench]"
 	$(PY) bench/llm_throughput.py
+	$(PY) bench/llm_teachers.py
 	$(PY) bench/hardneg_mining.py
 
 clean:
