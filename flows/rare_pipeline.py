@@ -50,8 +50,8 @@ def rare_pipeline(config: PipelineConfig) -> PipelineResult:
     source = load_input(config)
     artifact, records = source, []
     with llm_endpoints(config, logger) as llm:
-        for spec in STEPS:
-            outcome = run_step(spec, artifact, config, llm.client_for(spec.role))
+        for spec in (spec for spec in STEPS if spec.enabled(config)):
+            outcome = run_step(spec, artifact, config, llm.clients)
             artifact = outcome.result.artifact
             records.append(outcome.record)
     exported = export_dataset(artifact, config)

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from rare_core.llm.config import BatchConfig, GenerationParams, LLMConfig
+from rare_core.verify import VerifyConfig
 from rare_core.operators.base import RESERVED_PREFIX
 from rare_core.operators.bm25_hardneg import POSITIVE_RANK, POSITIVE_SCORE, BM25HardNegConfig
 from rare_core.operators.doc2query import QUESTION_INDEX, Doc2QueryConfig
@@ -33,6 +34,8 @@ class ColumnKeys(BaseModel):
     hard_negatives: str = Field("hard_negatives", description="Hard-negative texts column.")
     reasoning: str = Field("reasoning", description="Distilled reasoning column.")
     answer: str = Field("answer", description="Distilled final answer column.")
+    gold_answer: str = Field("gold_answer", description="With questions_given: the input's gold answer column (optional).")
+    reference_answer: str = Field("reference_answer", description="The reference answer Doc2Query writes (never shown to the teacher).")
 
     @model_validator(mode="after")
     def _distinct(self) -> "ColumnKeys":
@@ -86,7 +89,7 @@ BatchOverrides = _overrides(BatchConfig, "BatchOverrides", "Batch API settings o
 LLMRole = _overrides(LLMConfig, "LLMRole", "One role's endpoint settings; every unset field is the shared llm "
                      "section's (a cheap model writing questions, a strong reasoning model teaching...).",
                      {"generation": GenerationOverrides, "batch": BatchOverrides})
-Role = Literal["question_writer", "teacher"]
+Role = Literal["question_writer", "teacher", "judge"]
 
 
 class LLMRoles(BaseModel):
@@ -97,6 +100,7 @@ class LLMRoles(BaseModel):
 
     question_writer: LLMRole | None = Field(None, description="Doc2Query: writes the questions.")  # type: ignore[valid-type]
     teacher: LLMRole | None = Field(None, description="ReasonDistill: writes the reasoning and the answer.")  # type: ignore[valid-type]
+    judge: LLMRole | None = Field(None, description="Verification: judges open answers against the reference.")  # type: ignore[valid-type]
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -126,6 +130,10 @@ class PipelineConfig(BaseModel):
     doc2query: Doc2QueryConfig = Field(default_factory=Doc2QueryConfig)
     hardneg: BM25HardNegConfig = Field(default_factory=BM25HardNegConfig)
     distill: ReasonDistillConfig = Field(default_factory=ReasonDistillConfig)
+    verify: VerifyConfig = Field(default_factory=VerifyConfig, description="How the teacher's answers are checked.")
+    questions_given: bool = Field(
+        False, description="The input holds questions (question column, positive in the text column, optional "
+                           "gold answer and scenario): Doc2Query is skipped, as the RARE paper does on PubMedQA.")
     cache_path: str = Field("./cache", description="Folder of the intermediate step files, the response cache and the BM25 index.")
     file_name_prefix: str = Field("dataflow_cache_step", min_length=1, description="Step file prefix: {cache_path}/{prefix}_step{N}.{cache_type}.")
     cache_type: Format = Field("jsonl", description="Format of the intermediate step files.")

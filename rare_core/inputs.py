@@ -47,7 +47,13 @@ def load_documents(config: PipelineConfig) -> pd.DataFrame:
     if reserved:
         raise InputError(f"{path}: column(s) {_names(reserved)} use the prefix {RESERVED_PREFIX!r}, which is the "
                          "pipeline's own bookkeeping; rename them")
-    for spec in STEPS:
+    if config.questions_given and k.question not in df.columns:
+        raise InputError(f"{path}: questions_given is set but the input has no {k.question!r} column (columns.question); "
+                         f"columns present: {_names(df.columns)}")
+    if config.questions_given and config.verify.method != "none" and k.gold_answer not in df.columns:
+        raise InputError(f"{path}: verify.method={config.verify.method} checks answers against the gold answer, but the "
+                         f"input has no {k.gold_answer!r} column (columns.gold_answer); set verify.method=none to skip")
+    for spec in (spec for spec in STEPS if spec.enabled(config)):
         clash = [c for c in spec.writes(config) if c in df.columns]
         if clash:
             raise InputError(f"{path}: column(s) {_names(clash)} would be overwritten by {spec.label}'s output; "

@@ -146,6 +146,7 @@ class GeneratedQuestion(BaseModel):
 
     question: str
     scenario: str
+    reference_answer: str = ""  # doc2query/v3: a short answer the document supports (never shown to the teacher)
 
     @field_validator("question", "scenario")
     @classmethod

@@ -2,8 +2,9 @@
 
 A spec says what the flow needs to know about a step and nothing else: its name and file
 number in the storage layout, its label, the config section holding its settings, the
-operator class, which column keys it takes (``process`` keyword -> column), whether it calls
-the LLM, and what besides its input file and settings its output depends on (its cache inputs).
+operator class, which column keys it takes (``process`` keyword -> column), the LLM roles it
+calls, whether the run needs it (``enabled``), and what besides its input file and settings its
+output depends on (its cache inputs).
 The Prefect layer (``tasks/``) builds one task per spec and one cache key per spec from this;
 ``rare_core.inputs`` refuses an input that already has a column some step writes. A new step
 is a new operator module and one more spec here.
@@ -16,7 +17,7 @@ from typing import Any, Callable
 
 from pydantic import BaseModel
 
-from rare_core.config import ColumnKeys, PipelineConfig
+from rare_core.config import PipelineConfig
 from rare_core.llm.client import APILLMServing_request, ProgressCallback
 from rare_core.llm.config import endpoint_scope
 from rare_core.operators.base import Operator
@@ -36,8 +37,12 @@ class StepSpec:
     task_name: str
     section: str
     operator: type[Operator]
-    keys: Callable[[ColumnKeys], dict[str, str]]
+    keys: Callable[[PipelineConfig], dict[str, str]]
     role: str | None = None  # the LLM role (rare_core.config.LLMRoles) of an LLM step
+    # More roles the operator may call, and its constructor arguments beyond the settings.
+    more_roles: Callable[[PipelineConfig], tuple[str, ...]] = lambda config: ()
+    extra_args: Callable[[PipelineConfig, dict], dict[str, Any]] = lambda config, clients: {}
+    enabled: Callable[[PipelineConfig], bool] = lambda config: True
 
     cache_exclude: frozenset[str] = field(default_factory=frozenset)
     cache_inputs: Callable[[PipelineConfig], dict[str, Any]] = lambda config: {}
@@ -46,31 +51,39 @@ class StepSpec:
         """The step's section of ``config``."""
         return getattr(config, self.section)
 
-    def build(self, config: PipelineConfig, llm: APILLMServing_request | None = None,
+    def roles(self, config: PipelineConfig) -> tuple[str, ...]:
+        """Every LLM role this step calls in this run."""
+        return ((self.role,) if self.role else ()) + self.more_roles(config)
+
+    def build(self, config: PipelineConfig, clients: dict[str, APILLMServing_request] | None = None,
               on_progress: ProgressCallback | None = None) -> Operator:
-        """The operator with this run's settings (LLM steps: with the run's client)."""
+        """The operator with this run's settings (LLM steps: with the run's client per role)."""
+        clients = clients or {}
+        extra = self.extra_args(config, clients)
         if self.role:
-            return self.operator(llm_serving=llm, config=self.settings(config), on_progress=on_progress,
-                                 retry_failed=config.retry_failed)
-        return self.operator(config=self.settings(config))
+            return self.operator(llm_serving=clients.get(self.role), config=self.settings(config),
+                                 on_progress=on_progress, retry_failed=config.retry_failed, **extra)
+        return self.operator(config=self.settings(config), **extra)
 
     def writes(self, config: PipelineConfig) -> list[str]:
         """The data columns the step adds to a row."""
-        return self.build(config).output_columns(**self.keys(config.columns))
+        return self.build(config).output_columns(**self.keys(config))
 
     def cache_settings(self, config: PipelineConfig) -> dict[str, Any]:
         """Everything the step's output depends on besides its input file (see tasks.artifacts)."""
         out: dict[str, Any] = {
             "step": self.name,
             "settings": self.settings(config).model_dump(mode="json", exclude=set(self.cache_exclude)),
-            "columns": self.keys(config.columns),
+            "columns": self.keys(config),
             **self.cache_inputs(config),
         }
         if self.role:
-            llm = config.llm_for(self.role)
-            out.update(model=llm.model, generation=llm.generation.model_dump(mode="json"),
-                       endpoint=endpoint_scope(llm) if llm.base_url else SIMULATOR_SCOPE,
-                       max_tokens_cap=llm.max_tokens_cap, prompt_version=self.operator.prompt_version)
+            out["prompt_version"] = self.operator.prompt_version
+        for role in self.roles(config):
+            llm = config.llm_for(role)
+            out[f"llm:{role}"] = {"model": llm.model, "generation": llm.generation.model_dump(mode="json"),
+                                  "endpoint": endpoint_scope(llm) if llm.base_url else SIMULATOR_SCOPE,
+                                  "max_tokens_cap": llm.max_tokens_cap}
         return out
 
     @property
@@ -88,21 +101,42 @@ def _corpus_hash(config: PipelineConfig) -> dict[str, Any]:
     return {"corpus_sha256": file_sha256(corpus) if corpus else None}
 
 
+def _reference_key(config: PipelineConfig) -> str:
+    """The column the teacher's answers are checked against: the gold answer given with the
+    questions, or the reference answer Doc2Query wrote."""
+    return config.columns.gold_answer if config.questions_given else config.columns.reference_answer
+
+
+def _judged(config: PipelineConfig) -> tuple[str, ...]:
+    return ("judge",) if config.verify.method in ("judge", "auto") else ()
+
+
+def _distill_args(config: PipelineConfig, clients: dict) -> dict[str, Any]:
+    return {"verify": config.verify, "judge_serving": clients.get("judge")}
+
+
+def _distill_cache_inputs(config: PipelineConfig) -> dict[str, Any]:
+    return {"verify": config.verify.model_dump(mode="json")}
+
+
 DOC2QUERY = StepSpec(
     name="doc2query", index=1, label="Doc2Query", task_name="doc2query", section="doc2query", operator=Doc2Query,
-    keys=lambda k: {"input_key": k.text, "output_question_key": k.question, "output_scenario_key": k.scenario},
-    role="question_writer")
+    keys=lambda c: {"input_key": c.columns.text, "output_question_key": c.columns.question,
+                    "output_scenario_key": c.columns.scenario, "output_reference_key": c.columns.reference_answer},
+    role="question_writer", enabled=lambda c: not c.questions_given)
 HARDNEG = StepSpec(
     name="hardneg", index=2, label="BM25HardNeg", task_name="bm25-hardneg", section="hardneg", operator=BM25HardNeg,
-    keys=lambda k: {"input_question_key": k.question, "input_text_key": k.text,
-                    "output_negatives_key": k.hard_negatives, "input_id_key": k.id},
+    keys=lambda c: {"input_question_key": c.columns.question, "input_text_key": c.columns.text,
+                    "output_negatives_key": c.columns.hard_negatives, "input_id_key": c.columns.id},
     cache_exclude=frozenset({"index_dir", "threads"}), cache_inputs=_corpus_hash)
 DISTILL = StepSpec(
     name="distill", index=3, label="ReasonDistill", task_name="reason-distill", section="distill",
     operator=ReasonDistill,
-    keys=lambda k: {"input_text_key": k.text, "input_question_key": k.question, "input_scenario_key": k.scenario,
-                    "input_hardneg_key": k.hard_negatives, "output_key": k.reasoning, "output_answer_key": k.answer},
-    role="teacher")
+    keys=lambda c: {"input_text_key": c.columns.text, "input_question_key": c.columns.question,
+                    "input_scenario_key": c.columns.scenario, "input_hardneg_key": c.columns.hard_negatives,
+                    "output_key": c.columns.reasoning, "output_answer_key": c.columns.answer,
+                    "input_reference_key": _reference_key(c)},
+    role="teacher", more_roles=_judged, extra_args=_distill_args, cache_inputs=_distill_cache_inputs)
 
 STEPS: tuple[StepSpec, ...] = (DOC2QUERY, HARDNEG, DISTILL)
 STEP_BY_NAME: dict[str, StepSpec] = {spec.name: spec for spec in STEPS}

@@ -32,7 +32,7 @@ from rare_core.inputs import load_documents
 from rare_core.llm.config import redact_url
 from rare_core.operators.base import ERROR, ERROR_KIND, OK, RESERVED_PREFIX, STATUS, step_column
 from rare_core.operators.doc2query import QUESTION_INDEX
-from rare_core.operators.reason_distill import DOCUMENT_ORDER, POSITIVE_DOC_NUMBER
+from rare_core.operators.reason_distill import DOCUMENT_ORDER, POSITIVE_DOC_NUMBER, SAMPLE_INDEX
 from rare_core.pipeline import INPUT_STEP_INDEX, STEPS
 from rare_core.prices import price_for
 from rare_core.report import Report, StepRecord, build_report
@@ -83,16 +83,23 @@ def clear_outputs(config: PipelineConfig) -> list[str]:
 
 
 def trainer_columns(config: PipelineConfig, available: pd.Index) -> dict[str, str]:
-    """Final dataset column -> column of the last step file, in output order
-    (``question_index`` only when Doc2Query wrote several questions per document)."""
+    """Final dataset column -> column of the last step file, in output order. Optional columns
+    come when the step file has them: ``question_index`` (several questions per document),
+    ``sample_index`` (several accepted samples per question), the scenario (a question given
+    without one), the reference or gold answer and the verification's verdict and samples."""
     k = config.columns
-    index = {QUESTION_INDEX: QUESTION_INDEX} if QUESTION_INDEX in available else {}
-    return {
-        k.id: k.id, **index, k.question: k.question, k.scenario: k.scenario, POSITIVE: k.text,
+    reference = k.gold_answer if config.questions_given else k.reference_answer
+    wanted = {
+        k.id: k.id, QUESTION_INDEX: QUESTION_INDEX, SAMPLE_INDEX: SAMPLE_INDEX, k.question: k.question,
+        k.scenario: k.scenario, POSITIVE: k.text,
         k.hard_negatives: k.hard_negatives, f"{k.hard_negatives}_ids": f"{k.hard_negatives}_ids",
         DOCUMENT_ORDER: DOCUMENT_ORDER, POSITIVE_DOC_NUMBER: POSITIVE_DOC_NUMBER, k.reasoning: k.reasoning,
-        k.answer: k.answer,
+        k.answer: k.answer, reference: reference,
+        step_column("verify", "verdict"): step_column("verify", "verdict"),
+        step_column("verify", "samples"): step_column("verify", "samples"),
     }
+    required = {k.id, k.question, POSITIVE, k.hard_negatives, k.reasoning, k.answer}
+    return {out: src for out, src in wanted.items() if out in required or src in available}
 
 
 def _simulated(df: pd.DataFrame) -> pd.Series:

@@ -39,9 +39,6 @@ class LLMEndpoints:
     def simulated(self) -> bool:
         return bool(self.simulated_roles)
 
-    def client_for(self, role: str | None) -> APILLMServing_request | None:
-        return self.clients[role] if role else None
-
 
 @contextmanager
 def llm_endpoints(config: PipelineConfig, logger: logging.Logger | logging.LoggerAdapter) -> Iterator[LLMEndpoints]:

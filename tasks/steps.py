@@ -26,13 +26,16 @@ from tasks.progress import step_progress
 
 
 def _step_task(spec: StepSpec) -> Task:
-    """The Prefect task of ``spec``: ``(source, config, llm=None) -> StepResult``."""
+    """The Prefect task of ``spec``: ``(source, config, clients=None) -> StepResult`` (``clients``:
+    the run's LLM client per role)."""
 
-    def run(source: ArtifactRef, config: PipelineConfig, llm: APILLMServing_request | None = None) -> StepResult:
+    def run(source: ArtifactRef, config: PipelineConfig,
+            clients: dict[str, APILLMServing_request] | None = None) -> StepResult:
+        llm = (clients or {}).get(spec.role) if spec.role else None
         progress = step_progress(spec.name, spec.label, llm.concurrency.snapshot) if llm else nullcontext(None)
         with progress as on_progress:
-            operator = spec.build(config, llm, on_progress)
-            out = operator.process(source.load(), **spec.keys(config.columns))
+            operator = spec.build(config, clients, on_progress)
+            out = operator.process(source.load(), **spec.keys(config))
         summary = operator.last_summary
         if summary is None:  # every operator sets it; a None here is a bug in the operator
             raise RuntimeError(f"{spec.name}: the operator returned no summary")
@@ -58,20 +61,22 @@ class StepOutcome(BaseModel):
 
 
 def run_step(spec: StepSpec, source: ArtifactRef, config: PipelineConfig,
-             llm: APILLMServing_request | None = None) -> StepOutcome:
-    """Run ``spec`` on ``source`` inside the current flow run (LLM steps need ``llm``).
+             clients: dict[str, APILLMServing_request] | None = None) -> StepOutcome:
+    """Run ``spec`` on ``source`` inside the current flow run (LLM steps need the run's
+    ``clients``, one per role).
 
     Raises the step's exception when the task failed. ``record.cached`` is True when Prefect
     served the result from its cache (the task run's state is ``Cached``).
     """
-    if spec.uses_llm and llm is None:
-        raise ValueError(f"{spec.name} is an LLM step: pass the run's LLM client")
+    missing = [role for role in spec.roles(config) if role not in (clients or {})]
+    if missing:
+        raise ValueError(f"{spec.name} calls the LLM as {', '.join(missing)}: pass the run's clients")
     step_task = STEP_TASKS[spec.name]
     logger = get_run_logger()
 
     def call(refresh: bool):
         configured = step_task.with_options(result_storage=results_dir(config), refresh_cache=refresh)
-        state = configured(source, config, llm, return_state=True)
+        state = configured(source, config, clients, return_state=True)
         return state, state.result()
 
     started = time.perf_counter()

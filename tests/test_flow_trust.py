@@ -157,10 +157,12 @@ def test_rare_run_batch_pays_batch_prices_and_resumes_for_free(tmp_path, sim, ca
             "--batch", "--set", "llm.batch.poll_interval=0.05", "--set", "llm.batch.poll_max=0.2"]
     assert main(args) == EXIT_OK, capsys.readouterr().err
     stats = sim.stats()
-    assert stats.completions_served == 0 and stats.batch_completions_served == 8 and stats.batches_created == 2
+    # a question, an answer and (verify.method auto, open references) a judge's verdict per row
+    assert stats.completions_served == 0 and stats.batch_completions_served == 12 and stats.batches_created == 3
     summary = json.loads((tmp_path / "out" / "summary.json").read_text(encoding="utf-8"))
     steps = {s["step"]: s for s in summary["steps"]}
     assert steps["doc2query"]["batch_requests"] == 4 and steps["distill"]["batch_requests"] == 4
     list_price = sum(s["prompt_tokens"] * 0.15 + s["completion_tokens"] * 0.60 for s in steps.values()) / 1e6
     assert summary["totals"]["cost"] == pytest.approx(list_price / 2)  # gpt-4o-mini at batch prices
+    assert steps["distill"]["extra"]["judge_requests"] == 4
     assert len(read_frame(tmp_path / "out" / "dataset.jsonl")) == 4

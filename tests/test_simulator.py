@@ -46,7 +46,7 @@ def test_doc2query_one_question_is_json_built_from_the_document(client):
     response = ask(client, doc2query.build_messages(DOC_A, 1), model="my-model")
     item = json.loads(response.choices[0].message.content)
 
-    assert set(item) == {"scenario", "question"}
+    assert set(item) == {"scenario", "question", "reference_answer"}
     assert item["scenario"].startswith("[simulated] ")
     assert item["question"].endswith("?")
     assert "metformin" in item["question"]  # the most frequent content word of DOC_A

@@ -119,7 +119,7 @@ def test_reasoning_content_mode_moves_the_thinking_out_of_the_content(configured
     assert response.usage.completion_tokens == estimate_tokens(message.content) + estimate_tokens(inline[1])
     # Doc2Query: the JSON stays in the content, a short thinking appears in the field.
     d2q = ask(client, doc2query.build_messages(DOC, 1)).choices[0].message
-    assert set(json.loads(d2q.content)) == {"scenario", "question"}
+    assert set(json.loads(d2q.content)) == {"scenario", "question", "reference_answer"}
     assert d2q.reasoning_content.startswith("[simulated reasoning] ") and "metformin" in d2q.reasoning_content
 
 
@@ -248,7 +248,7 @@ def test_reset_durations_use_openais_format():
 
 def test_structured_output_unsupported_is_a_400_like_vllm(configured, client):
     assert set(json.loads(ask(client, doc2query.build_messages(DOC, 1), response_format=SCHEMA_FORMAT)
-                          .choices[0].message.content)) == {"scenario", "question"}
+                          .choices[0].message.content)) == {"scenario", "question", "reference_answer"}
     configured.configure(structured_output="unsupported")
     with pytest.raises(openai.BadRequestError) as err:
         ask(client, doc2query.build_messages(DOC, 1), response_format=SCHEMA_FORMAT)

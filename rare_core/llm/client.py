@@ -79,6 +79,8 @@ class LLMRequest(BaseModel):
     refresh_cache: bool = False
     response_format: dict[str, Any] | None = None
     response_format_required: bool = False
+    temperature: float | None = Field(None, ge=0, le=2)  # overrides generation.temperature
+    sample_index: int = Field(0, ge=0)  # > 0: another sample of the same prompt (its own seed and cache key)
 
 
 class LLMResponse(BaseModel):
@@ -440,6 +442,12 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
             params["max_tokens"] = req.max_tokens
         if req.response_format is not None:
             params["response_format"] = req.response_format
+        if req.temperature is not None:
+            params["temperature"] = req.temperature
+        if req.sample_index:
+            # Another sample of the same prompt: its own seed makes it another answer at servers
+            # that honour seeds (OpenAI, vLLM, the simulator) and its own response-cache key.
+            params["seed"] = (params.get("seed") or 0) + req.sample_index
         return params
 
     def _effective(self, req: LLMRequest) -> LLMRequest:

@@ -294,15 +294,23 @@ def doc2query_answer(document: str, num_questions: int) -> str:
             f"{_clip(sentences[i % len(sentences)], 40)}"
         )
         question = _QUESTION_TEMPLATES[i % len(_QUESTION_TEMPLATES)].format(a=a, b=b, c=c)
-        items.append({"scenario": scenario, "question": question})
+        # The reference is what a faithful teacher would quote for this question from this document.
+        reference = f"[simulated] {_clip(_best_sentence(question, sentences), 30)}"
+        items.append({"scenario": scenario, "question": question, "reference_answer": reference})
     return json.dumps(items[0] if num_questions == 1 else {"questions": items})
 
 
-def reason_distill_parts(question: str, documents: list[str]) -> tuple[str, str]:
+def _best_sentence(question: str, sentences: list[str]) -> str:
+    asked = set(content_words(question))
+    return max(sentences, key=lambda s: len(asked.intersection(content_words(s))))
+
+
+def reason_distill_parts(question: str, documents: list[str], seed: int | None = None) -> tuple[str, str]:
     """The thinking and the final answer of a ReasonDistill reply, without their tags.
 
     Judges each document by the content words it shares with ``question``; the answer quotes
     the best-sharing sentence of the document that shares the most (the first one on ties).
+    With a ``seed`` (another sample), the document is drawn among those sharing any word.
     """
     asked = set(content_words(question))
     if not documents:
@@ -320,9 +328,11 @@ def reason_distill_parts(question: str, documents: list[str]) -> tuple[str, str]
         )
         steps.append(f"Document {i} {verdict}")
     best = max(range(len(documents)), key=lambda i: (len(shared_by_doc[i]), -i))
+    sharing = [i for i in range(len(documents)) if shared_by_doc[i]]
+    if seed and len(sharing) > 1:
+        best = random.Random(f"{seed}\x00{question}").choice(sharing)
     steps.append(f"Document {best + 1} overlaps most with the question, so the answer rests on it.")
-    sentences = _sentences(documents[best]) or [documents[best]]
-    quote = max(sentences, key=lambda s: len(asked.intersection(content_words(s))))
+    quote = _best_sentence(question, _sentences(documents[best]) or [documents[best]])
     return (f"[simulated reasoning] {' '.join(steps)}",
             f'[simulated] According to Document {best + 1}: "{_clip(quote, 30)}"')
 
@@ -346,8 +356,38 @@ class SimulatedParts:
     topic: tuple[str, ...] = ()
 
 
-def simulated_parts(messages: list[ChatMessage]) -> SimulatedParts:
-    """The deterministic thinking and answer for ``messages``, by the prompt they carry."""
+# A closed (yes/no/maybe) question, as PubMedQA's are: answered at random, seeded by the prompt
+# and the request's seed, so that each sample of a rejection-sampling run is a new draw.
+_CLOSED_QUESTION = re.compile(r"^\s*(do|does|did|is|are|was|were|can|could|should|will|would|has|have|had)\b", re.I)
+_JUDGE_REFERENCE = re.compile(r"<reference_answer>\s*(.*?)\s*</reference_answer>", re.S)
+_JUDGE_CANDIDATE = re.compile(r"<candidate_answer>\s*(.*?)\s*</candidate_answer>", re.S)
+
+
+def closed_answer(prompt: str, seed: int | None) -> str:
+    """yes, no or maybe, drawn from the prompt and the seed."""
+    digest = hashlib.sha256(f"{seed}\x00{prompt}".encode("utf-8", "surrogatepass")).digest()
+    return ("yes", "no", "maybe")[digest[0] % 3]
+
+
+def judge_answer(reference: str, candidate: str) -> str:
+    """The simulated judge: correct when the closed forms agree, or when the candidate holds
+    most of the reference's content words."""
+    from rare_core.verify import closed_form
+
+    want, got = closed_form(reference), closed_form(candidate)
+    if want is not None:
+        ok = want == got
+    else:
+        words = set(content_words(reference))
+        ok = bool(words) and len(words & set(content_words(candidate))) >= 0.5 * len(words)
+    verdict = "correct" if ok else "incorrect"
+    return json.dumps({"verdict": verdict, "reason": f"[simulated] the candidate {'agrees' if ok else 'disagrees'} "
+                                                     f"with the reference"})
+
+
+def simulated_parts(messages: list[ChatMessage], seed: int | None = None) -> SimulatedParts:
+    """The deterministic thinking and answer for ``messages`` (and the request's ``seed``), by
+    the prompt they carry."""
     # The newest user message that carries a known prompt: a re-ask appends a short
     # correction after the original prompt, and must be answered like the original.
     user_turns = [m.text() for m in reversed(messages) if m.role == "user"]
@@ -359,10 +399,16 @@ def simulated_parts(messages: list[ChatMessage]) -> SimulatedParts:
             thinking = (f"[simulated reasoning] The document is about {', '.join(topic) or 'nothing specific'}; "
                         f"the reply is {n} standalone question{'s' if n != 1 else ''} as JSON.")
             return SimulatedParts("doc2query", thinking, doc2query_answer(document, n), topic)
+        reference, candidate = _JUDGE_REFERENCE.search(prompt), _JUDGE_CANDIDATE.search(prompt)
+        if reference and candidate:
+            return SimulatedParts("judge", "[simulated reasoning] Compare the candidate with the reference.",
+                                  judge_answer(reference.group(1), candidate.group(1)), ())
         question, docs = _QUESTION.search(prompt), _DOCUMENTS.search(prompt)
         if question and docs:
             parts = _DOC_HEADER.split(docs.group(1))[1:]  # [number, text, number, text, ...]
-            thinking, answer = reason_distill_parts(question.group(1), [t.strip() for t in parts[1::2]])
+            thinking, answer = reason_distill_parts(question.group(1), [t.strip() for t in parts[1::2]], seed)
+            if _CLOSED_QUESTION.match(question.group(1)):
+                answer = f"{closed_answer(prompt, seed).capitalize()}. {answer}"
             return SimulatedParts("reason_distill", thinking, answer, tuple(keywords(question.group(1), 4)))
     prompt = user_turns[0] if user_turns else ""
     return SimulatedParts("echo", "[simulated reasoning] A plain prompt: echo it back.",
@@ -414,7 +460,7 @@ class Generated:
 
 def generate(config: SimulatorConfig, body: ChatRequest, texts: list[str]) -> Generated:
     """The answer to ``body`` under ``config``'s reasoning and thinking settings."""
-    parts = simulated_parts(body.messages)
+    parts = simulated_parts(body.messages, getattr(body, "seed", None))
     mode = config.reasoning
     thinking: str | None = None
     field_name: str | None = None

@@ -10,7 +10,8 @@ named ``status``, ``error`` or ``doc2query_model`` is plain data and never read 
 * ``rare_error_kind``: why it failed, which decides whether a rerun retries it: ``input``
   (the row itself is unusable: never retried), ``request`` (the endpoint did not answer: an
   outage, 429s, timeouts; a rerun retries these rows), ``content`` (the answers could not be
-  used after the re-asks; retried only when asked, ``rare run --retry-failed``).
+  used after the re-asks; retried only when asked, ``rare run --retry-failed``), ``rejected``
+  (verification rejected every sample), ``filtered`` (a data filter removed it).
 * ``rare_<step>_status``: what that step did to the row: ``ok``, ``failed``, ``skipped`` (failed
   upstream) or, for BM25HardNeg, ``short`` (fewer negatives than asked; not a failure); and
   ``rare_<step>_<field>`` for the step's provenance (model, prompt version, tokens, raw reply).
@@ -46,10 +47,12 @@ OK = "ok"
 FAILED = "failed"
 SKIPPED = "skipped"
 SHORT = "short"
-ErrorKind = Literal["input", "request", "content"]
+ErrorKind = Literal["input", "request", "content", "rejected", "filtered"]
 INPUT_ERROR: ErrorKind = "input"
 REQUEST_ERROR: ErrorKind = "request"
 CONTENT_ERROR: ErrorKind = "content"
+REJECTED_ERROR: ErrorKind = "rejected"  # verification rejected every sample
+FILTERED_ERROR: ErrorKind = "filtered"  # a data filter removed the row (rare_core.filters)
 
 
 def step_column(step: str, field: str) -> str:

@@ -46,8 +46,9 @@ class Doc2QueryConfig(BaseModel):
 
 def response_format(num_questions: int) -> dict:
     """The strict ``response_format`` of a Doc2Query reply of ``num_questions`` question(s)."""
-    item = {"type": "object", "additionalProperties": False, "required": ["scenario", "question"],
-            "properties": {"scenario": {"type": "string"}, "question": {"type": "string"}}}
+    item = {"type": "object", "additionalProperties": False, "required": ["scenario", "question", "reference_answer"],
+            "properties": {"scenario": {"type": "string"}, "question": {"type": "string"},
+                           "reference_answer": {"type": "string"}}}
     schema = item if num_questions == 1 else {
         "type": "object", "additionalProperties": False, "required": ["questions"],
         "properties": {"questions": {"type": "array", "items": item}}}
@@ -61,18 +62,23 @@ class Doc2Query(LLMOperator):
     config: Doc2QueryConfig
 
     def output_columns(self, output_question_key: str = "question", output_scenario_key: str = "scenario",
-                    **_: object) -> list[str]:
+                       output_reference_key: str = "reference_answer", **_: object) -> list[str]:
         extra = [QUESTION_INDEX] if self.config.num_questions > 1 else []
-        return [output_question_key, output_scenario_key, *extra]
+        return [output_question_key, output_scenario_key, output_reference_key, *extra]
+
+    def output_keys(self, output_question_key: str = "question", output_scenario_key: str = "scenario",
+                    **_: object) -> list[str]:
+        return [output_question_key, output_scenario_key]
 
     def process(self, df: pd.DataFrame, input_key: str = "text", output_question_key: str = "question",
-                output_scenario_key: str = "scenario", max_attempts: int | None = None,
-                overwrite: bool = False) -> pd.DataFrame:
+                output_scenario_key: str = "scenario", output_reference_key: str = "reference_answer",
+                max_attempts: int | None = None, overwrite: bool = False) -> pd.DataFrame:
         started = time.perf_counter()
         distinct_keys(STEP, input_key=input_key, output_question_key=output_question_key,
-                      output_scenario_key=output_scenario_key)
+                      output_scenario_key=output_scenario_key, output_reference_key=output_reference_key)
         require_columns(df, [input_key], STEP)
-        guard_outputs(df, self.output_columns(output_question_key, output_scenario_key), STEP, overwrite)
+        guard_outputs(df, self.output_columns(output_question_key, output_scenario_key, output_reference_key), STEP,
+                      overwrite)
         n = self.config.num_questions
         attempts = max_attempts or self.config.max_attempts
         df = init_status(df)
@@ -94,7 +100,7 @@ class Doc2Query(LLMOperator):
 
         by_pos = dict(zip(todo, outcomes))
         status_col, raw_col = step_column(STEP, "status"), step_column(STEP, "raw")
-        empty = {output_question_key: None, output_scenario_key: None}
+        empty = {output_question_key: None, output_scenario_key: None, output_reference_key: None}
         out_rows: list[dict] = []
         for pos, base in enumerate(df.to_dict("records")):
             outcome = by_pos.get(pos)
@@ -110,7 +116,7 @@ class Doc2Query(LLMOperator):
                 continue
             for k, item in enumerate(outcome.parsed):
                 row = {**base, **prov, output_question_key: item.question, output_scenario_key: item.scenario,
-                       status_col: OK, raw_col: None}
+                       output_reference_key: item.reference_answer.strip() or None, status_col: OK, raw_col: None}
                 if n > 1:
                     row[QUESTION_INDEX] = k
                 out_rows.append(row)

@@ -22,16 +22,23 @@ import time
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from rare_core.llm.client import LLMRequest, LLMResponse
+from dataclasses import dataclass, field
+
+from rare_core.llm.client import LLMRequest, LLMResponse, RunTotals
 from rare_core.operators.base import (
-    INPUT_ERROR, OK, SKIPPED, active_mask, as_nullable_int, distinct_keys, failed_fields, guard_outputs,
+    CONTENT_ERROR, ERROR, FAILED, INPUT_ERROR, OK, REJECTED_ERROR, REQUEST_ERROR, SKIPPED, STATUS, active_mask,
+    as_nullable_int, distinct_keys, failed_fields, failure_counts, guard_outputs,
     frame_from_rows, init_status, is_blank, mark_failed, require_columns, step_column, summarize,
 )
-from rare_core.operators.llm_step import PROVENANCE_INTS, LLMOperator, ask_and_parse, provenance
+from rare_core.operators.llm_step import PROVENANCE_INTS, LLMOperator, Outcome, ask_and_parse, provenance
 from rare_core.parsing import Reasoning, parse_reasoning
 from rare_core.prompts import reason_distill as prompt
+from rare_core.verify import PROMPT_VERSION as JUDGE_VERSION
+from rare_core.verify import Verdict, VerifyConfig, exact_verdict, judge_messages, needs_judge, parse_judgement
 
 STEP = "distill"
+VERIFY = "verify"  # the bookkeeping of the check: rare_verify_{status,verdict,method,reason,samples}
+SAMPLE_INDEX = "sample_index"
 DOCUMENT_ORDER = "document_order"
 POSITIVE_DOC_NUMBER = "positive_doc_number"
 
@@ -43,6 +50,8 @@ class ReasonDistillConfig(BaseModel):
 
     max_doc_chars: int = Field(4000, ge=200, description="Budget per shown document, in characters.")
     max_attempts: int = Field(3, ge=1, le=10, description="LLM calls per row in all, re-asking after an unusable reply.")
+    num_samples: int = Field(1, ge=1, le=16, description="Accepted samples kept per question, each its own row "
+                                                         "(sample_index) when more than one.")
 
 
 def _as_list(value) -> list[str]:
@@ -59,33 +68,53 @@ def _parse(resp: LLMResponse) -> Reasoning:
 
 
 class ReasonDistill(LLMOperator):
+    """See the module docstring. ``judge_serving``: the client of the judge role, for answers
+    checked by the judge (``verify.method`` judge or auto); ``verify``: :class:`VerifyConfig`
+    (default ``none`` here, so that the operator API behaves as the system we implement; the
+    pipeline passes its ``verify`` section)."""
+
     step_name = STEP
     prompt_version = prompt.VERSION
     config_class = ReasonDistillConfig
     config: ReasonDistillConfig
 
+    def __init__(self, llm_serving, config=None, on_progress=None, retry_failed: bool = False,
+                 judge_serving=None, verify: VerifyConfig | None = None, **settings) -> None:
+        super().__init__(llm_serving, config, on_progress, retry_failed, **settings)
+        self.judge = judge_serving or llm_serving
+        self.verify = verify or VerifyConfig(method="none")
+
     def output_columns(self, output_key: str = "reasoning", output_answer_key: str = "answer", **_: object) -> list[str]:
-        return [output_key, output_answer_key, DOCUMENT_ORDER, POSITIVE_DOC_NUMBER]
+        extra = [SAMPLE_INDEX] if self.config.num_samples > 1 else []
+        return [output_key, output_answer_key, DOCUMENT_ORDER, POSITIVE_DOC_NUMBER, *extra]
 
     def process(self, df: pd.DataFrame, input_text_key: str = "text", input_question_key: str = "question",
                 input_scenario_key: str = "scenario", input_hardneg_key: str = "hard_negatives",
                 output_key: str = "reasoning", output_answer_key: str = "answer",
+                input_reference_key: str = "reference_answer",
                 max_attempts: int | None = None, overwrite: bool = False) -> pd.DataFrame:
         started = time.perf_counter()
         distinct_keys(STEP, input_text_key=input_text_key, input_question_key=input_question_key,
                       input_scenario_key=input_scenario_key, input_hardneg_key=input_hardneg_key,
                       output_key=output_key, output_answer_key=output_answer_key)
-        require_columns(df, [input_text_key, input_question_key, input_scenario_key, input_hardneg_key], STEP)
+        require_columns(df, [input_text_key, input_question_key, input_hardneg_key], STEP)
+        checking = self.verify.method != "none"
+        if checking:
+            require_columns(df, [input_reference_key], f"{STEP} (verify.method={self.verify.method})")
         guard_outputs(df, self.output_columns(output_key, output_answer_key), STEP, overwrite)
         df = init_status(df)
         active = active_mask(df)
         todo, requests, orders = [], [], {}
-        columns = [input_question_key, input_scenario_key, input_text_key, input_hardneg_key]
+        has_scenario = input_scenario_key in df.columns
         for pos in df.index[active]:
-            question, scenario, positive, negatives = (df.at[pos, c] for c in columns)
-            if not all(isinstance(v, str) and not is_blank(v) for v in (question, scenario, positive)):
-                mark_failed(df, pos, STEP, "invalid input: question, scenario or positive text is empty or missing",
-                            INPUT_ERROR)
+            question, positive, negatives = (df.at[pos, c] for c in (input_question_key, input_text_key, input_hardneg_key))
+            scenario = df.at[pos, input_scenario_key] if has_scenario else ""
+            scenario = "" if is_blank(scenario) else scenario
+            if not all(isinstance(v, str) and not is_blank(v) for v in (question, positive)) or not isinstance(scenario, str):
+                mark_failed(df, pos, STEP, "invalid input: question or positive text is empty or missing", INPUT_ERROR)
+                continue
+            if checking and is_blank(df.at[pos, input_reference_key]):
+                mark_failed(df, pos, VERIFY, "invalid input: no reference answer to check against", INPUT_ERROR)
                 continue
             try:
                 docs = [positive, *_as_list(negatives)]
@@ -98,34 +127,151 @@ class ReasonDistill(LLMOperator):
             requests.append(LLMRequest(
                 messages=prompt.build_messages(scenario, question, [docs[j] for j in order], self.config.max_doc_chars),
                 prompt_version=prompt.VERSION))
-        outcomes, totals = ask_and_parse(
-            self.llm, requests, _parse, max_attempts or self.config.max_attempts, self.on_progress,
-            retry_unusable_cached=self.retry_failed)
+        references = {pos: df.at[pos, input_reference_key] for pos in todo} if checking else {}
+        questions = {pos: df.at[pos, input_question_key] for pos in todo}
+        runs, totals, judged = self._sample(todo, requests, references, questions, max_attempts)
 
-        by_pos = dict(zip(todo, outcomes))
         status_col, raw_col = step_column(STEP, "status"), step_column(STEP, "raw")
         empty = {output_key: None, output_answer_key: None, DOCUMENT_ORDER: None, POSITIVE_DOC_NUMBER: None}
         out_rows: list[dict] = []
         for pos, base in enumerate(df.to_dict("records")):
-            outcome = by_pos.get(pos)
-            if outcome is None:  # failed upstream, or invalid input marked above
+            run = runs.get(pos)
+            if run is None:  # failed upstream, or invalid input marked above
                 if not active[pos]:
                     base[status_col] = SKIPPED
                 out_rows.append({**base, **empty})
                 continue
             order = orders[pos]
             shown = {DOCUMENT_ORDER: order, POSITIVE_DOC_NUMBER: order.index(0) + 1}
-            prov = provenance(STEP, outcome, prompt.VERSION)
-            if outcome.parsed is None:
-                out_rows.append({**base, **prov, **empty, **shown, **failed_fields(STEP, outcome.error, outcome.kind),
-                                 raw_col: outcome.raw})
+            prov = {**provenance(STEP, run.total, prompt.VERSION), **run.verify_columns(checking, self.verify.method)}
+            if not run.kept:
+                failure = run.failure(checking, self.verify.max_samples)
+                out_rows.append({**base, **prov, **empty, **shown, **failure, raw_col: run.last.raw})
                 continue
-            out_rows.append({**base, **prov, **shown, output_key: outcome.parsed.reasoning,
-                             output_answer_key: outcome.parsed.answer, status_col: OK, raw_col: None,
-                             step_column(STEP, "reasoning_form"): outcome.parsed.form})
+            for k, (sample, parsed) in enumerate(run.kept):
+                row = {**base, **prov, **shown, output_key: parsed.reasoning, output_answer_key: parsed.answer,
+                       status_col: OK, raw_col: None, step_column(STEP, "reasoning_form"): parsed.form}
+                if self.config.num_samples > 1:
+                    row[SAMPLE_INDEX] = sample
+                out_rows.append(row)
         out = frame_from_rows(df, out_rows)
-        as_nullable_int(out, [POSITIVE_DOC_NUMBER, *(step_column(STEP, f) for f in PROVENANCE_INTS)])
-        self.last_summary = summarize(STEP, df, out, active, started, totals.simulated,
-                                      {**totals.model_dump(exclude={"simulated", "wall_seconds"}),
-                                       "truncations": sum(o.truncations for o in outcomes)})
+        as_nullable_int(out, [POSITIVE_DOC_NUMBER, SAMPLE_INDEX, step_column(VERIFY, "samples"),
+                              *(step_column(STEP, f) for f in PROVENANCE_INTS)])
+        extra = {**totals.model_dump(exclude={"simulated", "wall_seconds"}),
+                 "truncations": sum(r.truncations for r in runs.values()), **judged}
+        if checking:
+            extra.update(verify_accepted=sum(1 for r in runs.values() if r.kept),
+                         verify_rejected=sum(1 for r in runs.values() if not r.kept and r.rejected),
+                         samples_drawn=sum(r.samples for r in runs.values()))
+        self.last_summary = summarize(STEP, df, out, active, started, totals.simulated, extra)
+        verify_status = step_column(VERIFY, "status")
+        if checking and verify_status in out.columns:  # rows given up by verification are this step's failures too
+            given_up = out[verify_status].eq(FAILED) & out[ERROR].str.startswith(f"{VERIFY}:")
+            self.last_summary.failed += int(given_up.sum())
+            self.last_summary.failures_by_reason.update(failure_counts(out.loc[given_up, ERROR].tolist()))
         return out
+
+    def _sample(self, todo: list[int], requests: list[LLMRequest], references: dict, questions: dict,
+                max_attempts: int | None) -> tuple[dict[int, "_Run"], RunTotals, dict]:
+        """Rounds of samples: every row not yet done draws one more (its own seed and cache key,
+        at ``resample_temperature`` after the first) until it has ``num_samples`` accepted or
+        ``max_samples`` drawn. Round k is one pipelined batch; its checks, one judge batch."""
+        runs = {pos: _Run() for pos in todo}
+        totals, judge_totals = RunTotals(), RunTotals()
+        wanted = self.config.num_samples
+        limit = self.verify.max_samples if references else wanted
+        pending = list(range(len(todo)))
+        for k in range(limit):
+            if not pending:
+                break
+            round_requests = [requests[i] if k == 0 else requests[i].model_copy(
+                update={"sample_index": k, "temperature": self.verify.resample_temperature}) for i in pending]
+            outcomes, batch_totals = ask_and_parse(
+                self.llm, round_requests, _parse, max_attempts or self.config.max_attempts,
+                self.on_progress if k == 0 else None, retry_unusable_cached=self.retry_failed)
+            totals = totals.add(batch_totals)
+            verdicts, judged = self._check([todo[i] for i in pending], outcomes, references, questions)
+            judge_totals = judge_totals.add(judged)
+            still = []
+            for i, outcome, verdict in zip(pending, outcomes, verdicts):
+                run = runs[todo[i]]
+                run.add(k, outcome, verdict)
+                if outcome.kind == REQUEST_ERROR:
+                    continue  # the endpoint did not answer: the next run asks again
+                if len(run.kept) < wanted:
+                    still.append(i)
+            pending = still
+        extra = {} if not judge_totals.requests and not judge_totals.cache_hits else {
+            "judge_requests": judge_totals.requests, "judge_prompt_tokens": judge_totals.prompt_tokens,
+            "judge_completion_tokens": judge_totals.completion_tokens}
+        return runs, totals.model_copy(update={"simulated": totals.simulated or judge_totals.simulated}), extra
+
+    def _check(self, rows: list[int], outcomes: list[Outcome], references: dict,
+               questions: dict) -> tuple[list[Verdict | None], RunTotals]:
+        """A verdict per parsed answer (None: unparsed, or no check); judge calls in one batch."""
+        verdicts: list[Verdict | None] = [None] * len(rows)
+        if not references:
+            return [Verdict(accepted=True, method="none") if o.parsed else None for o in outcomes], RunTotals()
+        to_judge = []
+        for j, (pos, outcome) in enumerate(zip(rows, outcomes)):
+            if outcome.parsed is None:
+                continue
+            if needs_judge(self.verify.method, references[pos]):
+                to_judge.append(j)
+            else:
+                verdicts[j] = exact_verdict(outcome.parsed.answer, references[pos])
+        if not to_judge:
+            return verdicts, RunTotals()
+        judge_requests = [LLMRequest(messages=judge_messages(
+            str(questions[rows[j]]), str(references[rows[j]]), outcomes[j].parsed.answer), prompt_version=JUDGE_VERSION)
+            for j in to_judge]
+        judged, totals = ask_and_parse(self.judge, judge_requests, lambda r: parse_judgement(r.text), 2)
+        for j, outcome in zip(to_judge, judged):
+            verdicts[j] = outcome.parsed if outcome.parsed is not None else Verdict(
+                accepted=False, method="judge", reason=f"no verdict: {outcome.error}")
+        return verdicts, totals
+
+
+@dataclass
+class _Run:
+    """The samples of one row: the accepted ones, the last outcome, and the totals."""
+
+    kept: list = field(default_factory=list)  # (sample index, Reasoning)
+    samples: int = 0
+    rejected: int = 0
+    truncations: int = 0
+    last: Outcome | None = None
+    last_verdict: Verdict | None = None
+    total: Outcome = field(default_factory=Outcome)
+
+    def add(self, k: int, outcome: Outcome, verdict: Verdict | None) -> None:
+        self.samples += 1
+        self.truncations += outcome.truncations
+        self.last, self.last_verdict = outcome, verdict
+        t = self.total
+        t.attempts += outcome.attempts
+        t.prompt_tokens += outcome.prompt_tokens
+        t.completion_tokens += outcome.completion_tokens
+        t.model, t.simulated = outcome.model or t.model, t.simulated or outcome.simulated
+        if outcome.parsed is not None and verdict is not None and verdict.accepted:
+            self.kept.append((k, outcome.parsed))
+        elif outcome.parsed is not None:
+            self.rejected += 1
+
+    def verify_columns(self, checking: bool, method: str) -> dict:
+        if not checking:
+            return {}
+        verdict = self.last_verdict
+        return {step_column(VERIFY, "method"): verdict.method if verdict else method,
+                step_column(VERIFY, "verdict"): "accepted" if self.kept else "rejected",
+                step_column(VERIFY, "reason"): verdict.reason if verdict else None,
+                step_column(VERIFY, "samples"): self.samples,
+                step_column(VERIFY, "status"): OK if self.kept else FAILED}
+
+    def failure(self, checking: bool, max_samples: int) -> dict:
+        last = self.last
+        if last.kind == REQUEST_ERROR or not checking or self.rejected == 0:
+            return failed_fields(STEP, last.error or "no usable answer", last.kind or CONTENT_ERROR)
+        why = self.last_verdict.reason if self.last_verdict else last.error
+        return failed_fields(VERIFY, f"no accepted answer in {self.samples} sample(s) of at most {max_samples} "
+                                     f"(last: {why})", REJECTED_ERROR)

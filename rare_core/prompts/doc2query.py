@@ -7,7 +7,7 @@ The model answers with JSON: ``{"question": ..., "scenario": ...}`` for one ques
 
 from __future__ import annotations
 
-VERSION = "doc2query/v2"
+VERSION = "doc2query/v3"
 
 DOC_OPEN = "<document>"
 DOC_CLOSE = "</document>"
@@ -23,12 +23,14 @@ _RULES = """Requirements for every question:
 2. Reasoning-intensive: answering must require analysis, inference, comparison or applying a principle to a case, not looking up a single fact or copying a sentence.
 3. Grounded: the knowledge needed to answer must be contained in the document.
 4. The scenario gives the concrete situation the question is about (who, what, under which conditions) in 2-4 sentences, without giving away the answer. The question is one sentence ending with a question mark.
+5. The reference answer is the correct answer in one short sentence or phrase, supported by the document. It is used to check answers later and is never shown with the question.
 
 Reply with JSON only, no commentary:
 {json_shape}"""
 
-_ONE = '{"scenario": "<the situation>", "question": "<the question>"}'
-_MANY = '{"questions": [{"scenario": "<the situation>", "question": "<the question>"}, ...]}  (exactly N items)'
+_ONE = '{"scenario": "<the situation>", "question": "<the question>", "reference_answer": "<the short answer>"}'
+_MANY = ('{"questions": [{"scenario": "<the situation>", "question": "<the question>", '
+         '"reference_answer": "<the short answer>"}, ...]}  (exactly N items)')
 
 
 def truncate(text: str, max_chars: int) -> str:

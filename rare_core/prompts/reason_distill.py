@@ -50,9 +50,11 @@ def build_messages(scenario: str, question: str, documents: list[str], max_doc_c
     )
     # Fixed instructions first, the row's own content last: the prompts of a run share a
     # prefix that prefix caching (vLLM, SGLang) and prompt caching (OpenAI) compute once.
+    # A question given without a scenario (questions_given) is shown without the block.
+    situation = f"<scenario>\n{scenario}\n</scenario>\n\n" if scenario and scenario.strip() else ""
     user = (
         f"{_INSTRUCTIONS}\n\n"
-        f"<scenario>\n{scenario}\n</scenario>\n\n"
+        f"{situation}"
         f"<question>\n{question}\n</question>\n\n"
         f"<documents>\n{docs}\n</documents>"
     )

@@ -1,0 +1,245 @@
+"""What every export shares: the rows as training examples, the format descriptor, the writers.
+
+:func:`build_examples` turns the final dataset frame (``tasks.io.export_dataset``'s columns, named
+by ``config.columns``) into :class:`Example` objects holding the teacher's prompt exactly as the
+teacher saw it (``reason_distill.build_messages`` over the documents in ``document_order``, each
+cut to ``config.distill.max_doc_chars``) and the target ``<think>..</think>\\n<answer>..</answer>``.
+A format module defines one :class:`ExportFormat` whose ``write`` turns examples into files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from rare_core.config import PipelineConfig
+from rare_core.prompts import reason_distill
+
+POSITIVE = "positive"
+DOCUMENT_ORDER = "document_order"
+POSITIVE_DOC_NUMBER = "positive_doc_number"
+QUESTION_INDEX = "question_index"
+SAMPLE_INDEX = "sample_index"
+REFERENCE_ANSWER = "reference_answer"
+VERIFY_VERDICT = "rare_verify_verdict"
+VERIFY_SAMPLES = "rare_verify_samples"
+SIMULATED = "rare_simulated"
+
+
+def plain(value: Any) -> Any:
+    """A cell -> plain python (numpy arrays/scalars -> lists/scalars, NaN/NA/NaT -> None), recursively."""
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def target_text(reasoning: str, answer: str) -> str:
+    """The assistant turn every SFT format trains on."""
+    return f"<think>{reasoning}</think>\n<answer>{answer}</answer>"
+
+
+@dataclass
+class Example:
+    """One dataset row, ready for any format."""
+
+    id: Any
+    question: str
+    scenario: str
+    positive: str
+    hard_negatives: list[str]
+    document_order: list[int]
+    reasoning: str
+    answer: str
+    simulated: bool
+    system: str
+    user: str
+    target: str
+    reference: str | None = None  # the reference (or gold) answer, when the dataset has one
+    columns: dict[str, Any] = field(default_factory=dict)  # the plain columns, under the frame's names
+    optional: dict[str, Any] = field(default_factory=dict)  # the optional columns present, under the frame's names
+
+    @property
+    def prompt_messages(self) -> list[dict]:
+        return [{"role": "system", "content": self.system}, {"role": "user", "content": self.user}]
+
+    @property
+    def completion_message(self) -> dict:
+        return {"role": "assistant", "content": self.target}
+
+    @property
+    def shown_documents(self) -> list[str]:
+        docs = [self.positive, *self.hard_negatives]
+        return [docs[j] for j in self.document_order]
+
+
+@dataclass
+class Built:
+    """The examples of a frame, the rows left out (reason -> count) and the column names used."""
+
+    examples: list[Example]
+    left_out: dict[str, int]
+    columns: list[str]
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """One export format: ``write(examples, folder, ctx)`` writes its data files into ``folder``
+    and returns their names; the rest feeds the dataset card."""
+
+    name: str
+    summary: str
+    fields: dict[str, str]
+    usage: str
+    write: Callable[[list[Example], Path, "Context"], list[str]]
+    task_categories: tuple[str, ...] = ("text-generation", "question-answering")
+    data_files: str | None = None  # the card's ``configs`` data_files glob (None: not loadable from the hub)
+    notes: str = ""
+
+
+@dataclass
+class Context:
+    """What a writer may need besides the examples."""
+
+    config: PipelineConfig
+    provenance: dict
+    built: Built
+
+
+def _names(config: PipelineConfig) -> dict[str, str]:
+    k = config.columns
+    # The reference column as tasks.io.trainer_columns names it: the input's gold answer when the
+    # questions were given, else the one Doc2Query wrote (older configs have neither key).
+    if getattr(config, "questions_given", False):
+        reference = getattr(k, "gold_answer", "gold_answer")
+    else:
+        reference = getattr(k, "reference_answer", REFERENCE_ANSWER)
+    return {"id": k.id, "question": k.question, "scenario": k.scenario, "hard_negatives": k.hard_negatives,
+            "hard_negatives_ids": f"{k.hard_negatives}_ids", "reasoning": k.reasoning, "answer": k.answer,
+            "reference": reference}
+
+
+def reference_column(config: PipelineConfig) -> str:
+    """The name of the reference (or gold) answer column in the final dataset."""
+    return _names(config)["reference"]
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def _count(counts: dict[str, int], reason: str) -> None:
+    counts[reason] = counts.get(reason, 0) + 1
+
+
+def build_examples(dataset: pd.DataFrame, config: PipelineConfig) -> Built:
+    """The frame's rows -> examples. Rows without a usable reasoning or answer are left out and
+    counted; a missing required column, or a ``document_order`` that is not a permutation of the
+    row's documents, is a ``ValueError`` naming it (and the row's id)."""
+    n = _names(config)
+    required = [n["id"], n["question"], POSITIVE, n["hard_negatives"], n["reasoning"], n["answer"]]
+    missing = [c for c in required if c not in dataset.columns]
+    if missing:
+        raise ValueError(f"the dataset lacks the column(s) {', '.join(missing)} "
+                         f"(columns: {', '.join(map(str, dataset.columns))})")
+    known = [n["id"], QUESTION_INDEX, n["question"], n["scenario"], POSITIVE, n["hard_negatives"],
+             n["hard_negatives_ids"], DOCUMENT_ORDER, POSITIVE_DOC_NUMBER, n["reasoning"], n["answer"],
+             n["reference"], SAMPLE_INDEX, VERIFY_VERDICT, VERIFY_SAMPLES, SIMULATED]
+    used = [c for c in dict.fromkeys(known) if c in dataset.columns]
+    optional = [c for c in (QUESTION_INDEX, SAMPLE_INDEX, n["reference"], VERIFY_VERDICT, VERIFY_SAMPLES) if c in used]
+    max_chars = config.distill.max_doc_chars
+    examples: list[Example] = []
+    left_out: dict[str, int] = {}
+    for rec in dataset[used].to_dict("records"):
+        row = {c: plain(v) for c, v in rec.items()}
+        rid = row[n["id"]]
+        question, positive = _text(row[n["question"]]), _text(row[POSITIVE])
+        scenario = _text(row.get(n["scenario"])) or ""  # a question given without one: no scenario block
+        reasoning, answer = row[n["reasoning"]], row[n["answer"]]
+        if question is None or positive is None:
+            _count(left_out, "no question or positive text")
+            continue
+        if not isinstance(reasoning, str) or not isinstance(answer, str) or not answer.strip():
+            _count(left_out, "no reasoning or answer")
+            continue
+        negatives = row[n["hard_negatives"]]
+        if negatives is None:
+            negatives = []
+        if isinstance(negatives, str) or not isinstance(negatives, list):
+            raise ValueError(f"row id={rid!r}: {n['hard_negatives']} must be a list of texts, got {type(negatives).__name__}")
+        negatives = [str(t) for t in negatives]
+        docs = [positive, *negatives]
+        order = row.get(DOCUMENT_ORDER)
+        if order is None:  # not recorded: the operator's own order (seeded by the row)
+            order = reason_distill.shuffled_order(f"{question}\x00{positive}", len(docs))
+        try:
+            order = [int(j) for j in order]
+        except (TypeError, ValueError):
+            raise ValueError(f"row id={rid!r}: {DOCUMENT_ORDER} must be a list of integers, got {order!r}") from None
+        if sorted(order) != list(range(len(docs))):
+            raise ValueError(f"row id={rid!r}: {DOCUMENT_ORDER}={order} is not a permutation of the row's "
+                             f"{len(docs)} documents (positive + {len(negatives)} hard negatives)")
+        number = row.get(POSITIVE_DOC_NUMBER)
+        if number is not None and int(number) != order.index(0) + 1:
+            raise ValueError(f"row id={rid!r}: {POSITIVE_DOC_NUMBER}={number} disagrees with "
+                             f"{DOCUMENT_ORDER}={order} (the positive is document {order.index(0) + 1})")
+        system, user = (m["content"] for m in
+                        reason_distill.build_messages(scenario, question, [docs[j] for j in order], max_chars))
+        row[DOCUMENT_ORDER] = order
+        row[n["hard_negatives"]] = negatives
+        row[POSITIVE_DOC_NUMBER] = order.index(0) + 1
+        simulated = bool(row.get(SIMULATED) or False)
+        if SIMULATED in row:
+            row[SIMULATED] = simulated
+        ref = row.get(n["reference"])
+        reference = None if ref is None or (isinstance(ref, str) and not ref.strip()) else str(ref)
+        examples.append(Example(
+            id=rid, question=question, scenario=scenario, positive=positive, hard_negatives=negatives,
+            document_order=order, reasoning=reasoning, answer=answer, simulated=simulated, system=system,
+            user=user, target=target_text(reasoning, answer), reference=reference, columns=row,
+            optional={c: row[c] for c in optional}))
+    return Built(examples=examples, left_out=left_out, columns=used)
+
+
+# ---------------------------------------------------------------------------------------------
+# writers
+
+
+def _line(record: dict) -> str:
+    try:
+        text = json.dumps(record, ensure_ascii=False)
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:  # a lone surrogate: only \\u escapes can carry it
+        return json.dumps(record, ensure_ascii=True)
+
+
+def write_jsonl(path: Path, records: list[dict]) -> str:
+    path.write_text("".join(_line(r) + "\n" for r in records), encoding="utf-8")
+    return path.name
+
+
+def write_json(path: Path, data: Any) -> str:
+    text = json.dumps(data, ensure_ascii=False, indent=1)
+    try:
+        path.write_text(text + "\n", encoding="utf-8")
+    except UnicodeEncodeError:
+        path.write_text(json.dumps(data, ensure_ascii=True, indent=1) + "\n", encoding="utf-8")
+    return path.name
+
+
+def dataset_key(fmt: str) -> str:
+    """The dataset's name in a LLaMA-Factory ``dataset_info.json``."""
+    return "rare_" + fmt.replace("-", "_")

@@ -1,0 +1,211 @@
+"""The dataset card (``README.md``) written beside every export: Hugging Face YAML front matter
+and a body with the provenance (counts per step and filter, models, prompt versions,
+verification, simulated or not, the command) and the format's fields.
+
+``provenance`` keys read (all optional): ``steps`` and ``filters`` (counts: a list of dicts with a
+``step``/``filter``/``name`` key, a dict name -> dict of counts, or a dict name -> count),
+``verification`` (str or dict), ``command`` (str or argv list), ``simulated`` (bool), ``language``
+(str or list), ``name`` (the card's title), ``prompt_versions`` (``{"doc2query": ..., "distill": ...}``
+as the run recorded them); other keys are listed under "Other provenance".
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from collections import Counter
+from pathlib import PurePath
+from typing import Any
+
+import yaml
+
+from rare_core.config import PipelineConfig
+from rare_core.exports.base import VERIFY_VERDICT, Built, ExportFormat, reference_column
+from rare_core.prompts import doc2query, reason_distill
+
+KNOWN_KEYS = ("steps", "filters", "verification", "command", "simulated", "language", "name", "prompt_versions")
+DEFAULT_NAME = "RARE retrieval-augmented reasoning data"
+LICENSE_LINE = "license: other  # fill in: the source documents' license and the models' terms of use"
+_SIZES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+          (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"))
+_URL_USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]+@")
+_SECRET_PARAM = re.compile(r"([?&](?:api[_-]?key|key|token|access_token|secret)=)[^&\s'\"]+", re.IGNORECASE)
+
+
+def size_category(n: int) -> str:
+    """Hugging Face's ``size_categories`` bucket of ``n`` rows."""
+    for bound, name in _SIZES:
+        if n < bound:
+            return name
+    return "n>1B"
+
+
+def redact(text: str) -> str:
+    """Credentials in URLs (user info, ``?key=``) -> ``***``."""
+    return _SECRET_PARAM.sub(r"\1***", _URL_USERINFO.sub(r"\1***@", text))
+
+
+def is_simulated(built: Built, provenance: dict) -> bool:
+    return bool(provenance.get("simulated")) or any(ex.simulated for ex in built.examples)
+
+
+def _languages(provenance: dict) -> list[str]:
+    lang = provenance.get("language")
+    if not lang:
+        return []
+    return [lang] if isinstance(lang, str) else [str(x) for x in lang]
+
+
+def front_matter(fmt: ExportFormat, built: Built, provenance: dict) -> str:
+    meta: dict[str, Any] = {}
+    if langs := _languages(provenance):
+        meta["language"] = langs
+    meta["task_categories"] = list(fmt.task_categories)
+    meta["size_categories"] = [size_category(len(built.examples))]
+    meta["pretty_name"] = f"{provenance.get('name') or DEFAULT_NAME} ({fmt.name})"
+    tags = ["rare", "synthetic", "retrieval-augmented-generation", "reasoning"]
+    if is_simulated(built, provenance):
+        tags.append("simulated")
+    meta["tags"] = tags
+    if fmt.data_files:
+        meta["configs"] = [{"config_name": "default", "data_files": [{"split": "train", "path": fmt.data_files}]}]
+    body = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000)
+    return f"---\n{LICENSE_LINE}\n{body}---\n"
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, dict):
+        value = ", ".join(f"{k}: {_cell(v)}" for k, v in value.items()) if value else ""
+    elif isinstance(value, (list, tuple)):
+        value = ", ".join(_cell(v) for v in value)
+    elif value is None:
+        value = ""
+    elif isinstance(value, float):
+        value = f"{value:g}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def counts_table(counts: Any, what: str) -> str:
+    """Counts per step or filter (see the module docstring) -> a markdown table."""
+    if isinstance(counts, dict):
+        if all(not isinstance(v, dict) for v in counts.values()):
+            rows = [{what: k, "count": v} for k, v in counts.items()]
+        else:
+            rows = [{what: k, **(v if isinstance(v, dict) else {"count": v})} for k, v in counts.items()]
+    elif isinstance(counts, list):
+        rows = []
+        for item in counts:
+            if isinstance(item, dict):
+                item = dict(item)
+                label = next((item.pop(k) for k in (what, "step", "filter", "name") if k in item), "")
+                rows.append({what: label, **item})
+            else:
+                rows.append({what: _cell(item)})
+    else:
+        return _cell(counts)
+    if not rows:
+        return "(none)"
+    header = list(dict.fromkeys(k for row in rows for k in row))
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(row.get(k)) for k in header) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _command(provenance: dict) -> str | None:
+    cmd = provenance.get("command")
+    if not cmd:
+        return None
+    text = shlex.join(str(a) for a in cmd) if isinstance(cmd, (list, tuple)) else str(cmd)
+    return redact(text)
+
+
+def _verification(built: Built, config: PipelineConfig, provenance: dict) -> str:
+    ver = provenance.get("verification")
+    verify = getattr(config, "verify", None)  # the pipeline's verify section, where it has one
+    if isinstance(ver, dict):
+        text = ", ".join(f"{k}: {_cell(v)}" for k, v in ver.items())
+    elif ver:
+        text = str(ver)
+    elif verify is not None:
+        text = f"method `{verify.method}` (from the configuration)"
+    else:
+        text = "not recorded"
+    method = ver.get("method") if isinstance(ver, dict) else ver if isinstance(ver, str) else getattr(verify, "method", None)
+    if method in ("judge", "auto") and "judge" in type(config.roles).model_fields:
+        text += f"; judge model `{config.llm_for('judge').model}`"
+    verdicts = [ex.optional.get(VERIFY_VERDICT) for ex in built.examples if VERIFY_VERDICT in ex.optional]
+    if verdicts:
+        tally = Counter("none" if v is None else str(v) for v in verdicts)
+        text += "; verdicts in this export: " + ", ".join(f"{k}: {n}" for k, n in tally.most_common())
+    return text
+
+
+def render(fmt: ExportFormat, files: list[str], built: Built, config: PipelineConfig, provenance: dict) -> str:
+    """The whole README.md."""
+    n = len(built.examples)
+    simulated = is_simulated(built, provenance)
+    n_sim = sum(ex.simulated for ex in built.examples)
+    title = provenance.get("name") or DEFAULT_NAME
+    out = [front_matter(fmt, built, provenance), f"# {title}: `{fmt.name}` export", ""]
+    if simulated:
+        out += ["> **⚠️ SIMULATED ANSWERS: DO NOT TRAIN ON THIS DATA.** The questions, reasoning and answers "
+                f"({n_sim} of {n} rows flagged `rare_simulated`) were written by the pipeline's built-in "
+                "LLM simulator, not by a model. This export is for checking the pipeline and the trainer's "
+                "data loading only.", ""]
+    given = bool(getattr(config, "questions_given", False))
+    source = "questions given with the input" if given else "Doc2Query questions"
+    out += [f"{fmt.summary[:1].upper()}{fmt.summary[1:]}. {n} rows, made by the RARE pipeline ({source}, "
+            f"BM25 hard negatives, ReasonDistill reasoning) from `{PurePath(config.input_path).name}`.", ""]
+
+    out += ["## Files and fields", "", "Files: " + ", ".join(f"`{f}`" for f in files) + ", and this card.", "",
+            "| field | content |", "|---|---|"]
+    out += [f"| `{k}` | {v.replace('|', chr(92) + '|')} |" for k, v in fmt.fields.items()]
+    out += [""]
+    if fmt.notes:
+        out += [fmt.notes, ""]
+    out += ["## Loading", "", fmt.usage, ""]
+
+    positions = Counter(ex.document_order.index(0) + 1 for ex in built.examples)
+    n_docs = Counter(len(ex.document_order) for ex in built.examples)
+    if fmt.task_categories != ("text-retrieval",):
+        out += ["## Prompt and target", "",
+                "The prompt is the teacher's prompt exactly as the teacher saw it: the system and user messages "
+                f"of the `{reason_distill.VERSION}` prompt, with the scenario (when the question has one), the "
+                "question and the documents "
+                "(the positive shuffled among its hard negatives, in the row's `document_order`, each cut to "
+                f"{config.distill.max_doc_chars:,} characters). The target is "
+                "`<think>{reasoning}</think>\\n<answer>{answer}</answer>`.", ""]
+    out += ["Documents per row: " + ", ".join(f"{k}: {v} rows" for k, v in sorted(n_docs.items())) + ". "
+            "Position of the positive among the shown documents: "
+            + (", ".join(f"{k}: {v}" for k, v in sorted(positions.items())) or "none") + ".", ""]
+
+    writer, teacher = config.llm_for("question_writer"), config.llm_for("teacher")
+    recorded = provenance.get("prompt_versions") if isinstance(provenance.get("prompt_versions"), dict) else {}
+    q_version = recorded.get("doc2query") or doc2query.VERSION
+    out += ["## Provenance", "",
+            "- Questions: given with the input (Doc2Query skipped)" if given else
+            f"- Questions and scenarios (Doc2Query): model `{writer.model}`, prompt `{q_version}`",
+            f"- Reasoning and answers (ReasonDistill): model `{teacher.model}`, prompt `{reason_distill.VERSION}`",
+            f"- Hard negatives: BM25 (Lucene), {config.hardneg.num_neg} asked per question",
+            f"- Verification: {_verification(built, config, provenance)}",
+            f"- Answers simulated: {'**YES: SIMULATED**' if simulated else 'no'}"]
+    n_ref = sum(ex.reference is not None for ex in built.examples)
+    if n_ref:
+        out += [f"- Reference answers: {n_ref} of {n} rows (`{reference_column(config)}`)"]
+    cmd = _command(provenance)
+    if cmd is None:
+        out += ["- Command: not recorded", ""]
+    else:
+        out += ["- Command:", "", "  ```", f"  {cmd}", "  ```", ""]
+    out += ["### Counts per step", "", counts_table(provenance["steps"], "step") if provenance.get("steps")
+            else "not recorded", ""]
+    if provenance.get("filters"):
+        out += ["### Filters", "", counts_table(provenance["filters"], "filter"), ""]
+    if built.left_out:
+        out += ["### Rows left out of this export", "", counts_table(built.left_out, "reason"), ""]
+    other = {k: v for k, v in provenance.items() if k not in KNOWN_KEYS}
+    if other:
+        out += ["### Other provenance", "", "```json", redact(json.dumps(other, indent=1, default=str,
+                                                                          ensure_ascii=False)), "```", ""]
+    return "\n".join(out)
