@@ -358,7 +358,8 @@ class SimulatedParts:
 
 # A closed (yes/no/maybe) question, as PubMedQA's are: answered at random, seeded by the prompt
 # and the request's seed, so that each sample of a rejection-sampling run is a new draw.
-_CLOSED_QUESTION = re.compile(r"^\s*(do|does|did|is|are|was|were|can|could|should|will|would|has|have|had)\b", re.I)
+# (Closed: not opened by a wh-word; PubMedQA's titles are often statements with a "?".)
+_OPEN_QUESTION = re.compile(r"^\s*(what|why|how|which|who|whom|whose|when|where|in what|to what)\b", re.I)
 _JUDGE_REFERENCE = re.compile(r"<reference_answer>\s*(.*?)\s*</reference_answer>", re.S)
 _JUDGE_CANDIDATE = re.compile(r"<candidate_answer>\s*(.*?)\s*</candidate_answer>", re.S)
 
@@ -407,7 +408,7 @@ def simulated_parts(messages: list[ChatMessage], seed: int | None = None) -> Sim
         if question and docs:
             parts = _DOC_HEADER.split(docs.group(1))[1:]  # [number, text, number, text, ...]
             thinking, answer = reason_distill_parts(question.group(1), [t.strip() for t in parts[1::2]], seed)
-            if _CLOSED_QUESTION.match(question.group(1)):
+            if not _OPEN_QUESTION.match(question.group(1)):
                 answer = f"{closed_answer(prompt, seed).capitalize()}. {answer}"
             return SimulatedParts("reason_distill", thinking, answer, tuple(keywords(question.group(1), 4)))
     prompt = user_turns[0] if user_turns else ""
