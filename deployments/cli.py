@@ -101,6 +101,8 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
         "output_format": args.output_format, "limit": args.limit, "llm.base_url": args.base_url,
         "llm.model": args.model, "llm.api_key_env": args.api_key_env, "llm.max_workers": args.max_workers,
         "retry_failed": args.retry_failed, "llm.mode": args.mode,
+        "export": [f.strip() for f in args.export.split(",") if f.strip()] if args.export else None,
+        "command": " ".join(["rare", *getattr(args, "argv", [])]) or None,
     }
     assignments = [(k, v) for k, v in options.items() if v is not None]
     assignments += [_parse_assignment(a) for a in args.set or []]
@@ -189,6 +191,33 @@ def run(config: PipelineConfig, verbose: bool = False) -> int:
     return EXIT_FAILED
 
 
+# -- rare export ------------------------------------------------------------------------------
+
+def export_run(out_dir: str, formats: str, to: str) -> int:
+    """``rare export OUT_DIR --format F --to DIR``: a finished run's dataset in training formats."""
+    from rare_core.exports import export
+    from rare_core.storage import read_frame
+    from tasks.io import DATASET_STEM, RUN_CONFIG_FILE, SUMMARY_FILE, provenance_of
+
+    folder = Path(out_dir)
+    try:
+        config = PipelineConfig.model_validate_json((folder / RUN_CONFIG_FILE).read_text(encoding="utf-8"))
+        summary = json.loads((folder / SUMMARY_FILE).read_text(encoding="utf-8"))
+        dataset = read_frame(folder / f"{DATASET_STEM}.{config.output_format}")
+        names = [f.strip() for f in formats.split(",") if f.strip()]
+        written = export(dataset, config, names, Path(to), provenance_of(summary, config, config.command))
+    except FileNotFoundError as exc:
+        print(f"rare: {out_dir} is not the output folder of a finished run ({Path(exc.filename).name} is missing)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    except (RareError, ValueError, OSError) as exc:
+        print(f"rare: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    for name, path in written.items():
+        print(f"{name}: {path}")
+    return EXIT_OK
+
+
 # -- command line -----------------------------------------------------------------------------
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -203,6 +232,8 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model", metavar="NAME", help="model name (required with --base-url)")
     group.add_argument("--api-key-env", metavar="VAR", help="NAME of the environment variable holding the key")
     group.add_argument("--max-workers", type=int, metavar="N", help="LLM requests in flight at once")
+    group.add_argument("--export", metavar="F[,F...]", help="training formats to write at the end of the run "
+                       "(messages, sharegpt, alpaca, prompt-completion, retrieval, rare, hf)")
     group.add_argument("--batch", action="store_const", const="batch", dest="mode",
                        help="send the LLM requests through the Batch API (half the price; llm.mode=batch)")
     group.add_argument("--retry-failed", action="store_true", default=None,
@@ -217,6 +248,11 @@ def _parser() -> argparse.ArgumentParser:
     run_parser = commands.add_parser("run", help="run the pipeline once, here, with a progress bar")
     _add_config_options(run_parser)
     run_parser.add_argument("-v", "--verbose", action="store_true", help="show Prefect's run logs and tracebacks on stderr")
+    export_parser = commands.add_parser("export", help="write a finished run's dataset in training formats")
+    export_parser.add_argument("out_dir", metavar="OUT_DIR", help="the run's output folder (dataset, run_config.json)")
+    export_parser.add_argument("--format", required=True, metavar="F[,F...]",
+                               help="messages, sharegpt, alpaca, prompt-completion, retrieval, rare, hf")
+    export_parser.add_argument("--to", required=True, metavar="DIR", help="folder of the exports (one subfolder each)")
     estimate_parser = commands.add_parser("estimate", help="requests, tokens and cost of a run, sending nothing")
     _add_config_options(estimate_parser)
     estimate_parser.add_argument("-v", "--verbose", action="store_true", help="tracebacks on stderr")
@@ -231,8 +267,12 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rare`` console script; returns the exit status."""
     parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     verbose = getattr(args, "verbose", False)
+    if args.command == "export":
+        return export_run(args.out_dir, args.format, args.to)
     try:
         config = build_config(args)
         from rare_core.inputs import preflight

@@ -22,7 +22,7 @@ from rare_core.errors import RareError
 from rare_core.report import Report
 from rare_core.pipeline import STEPS
 from tasks.artifacts import resolve_paths
-from tasks.io import ExportResult, export_dataset, load_input, publish_report
+from tasks.io import ExportResult, export_dataset, export_training_formats, load_input, publish_report
 from tasks.llm import llm_endpoints
 from tasks.steps import run_step
 
@@ -55,7 +55,9 @@ def rare_pipeline(config: PipelineConfig) -> PipelineResult:
             artifact = outcome.result.artifact
             records.append(outcome.record)
     exported = export_dataset(artifact, config)
-    report = publish_report(records, config, source, exported, llm.simulated_roles)
+    report = publish_report(records, config, source, artifact, exported, llm.simulated_roles)
+    if config.export and exported.dataset.rows:
+        export_training_formats(exported.dataset, config, report)
     if exported.dataset.rows == 0:
         raise EmptyDatasetError(
             f"none of the {source.rows} documents went through every step; reasons in "

@@ -141,9 +141,22 @@ class PipelineConfig(BaseModel):
     output_format: Format = Field("jsonl", description="Format of the final dataset.")
     limit: int | None = Field(None, ge=1, description="Use only the first N documents (for trials).")
     prices: Prices | None = Field(None, description="Token prices for the report's cost estimate.")
+    export: list[str] = Field(default_factory=list, description="Training formats written at the end of a run "
+                              "(messages, sharegpt, alpaca, prompt-completion, retrieval, rare, hf).")
+    export_path: str | None = Field(None, description="Folder of the exports; default {output_path}/exports.")
+    command: str | None = Field(None, description="The command line that started the run (for the dataset card).")
     retry_failed: bool = Field(
         False, description="Ask again the rows an earlier run failed for their content (unusable answers). "
                            "Rows that failed at the HTTP level are always asked again.")
+
+    @model_validator(mode="after")
+    def _known_exports(self) -> "PipelineConfig":
+        from rare_core.exports import FORMATS  # the exporters import this module
+
+        unknown = [f for f in self.export if f not in FORMATS]
+        if unknown:
+            raise ValueError(f"export: unknown format(s) {', '.join(unknown)}; known: {', '.join(FORMATS)}")
+        return self
 
     @model_validator(mode="after")
     def _model_for_endpoint(self) -> "PipelineConfig":

@@ -106,6 +106,7 @@ def resolve_paths(config: PipelineConfig) -> PipelineConfig:
         "input_path": str(Path(config.input_path).resolve()),
         "cache_path": str(cache),
         "output_path": str(Path(config.output_path).resolve()),
+        "export_path": config.export_path and str(Path(config.export_path).resolve()),
         "llm": llm.model_copy(update={"cache_path": place(llm.cache_path, llm, "cache_path", RESPONSE_CACHE_NAME)}),
         "hardneg": hardneg.model_copy(update={
             "index_dir": place(hardneg.index_dir, hardneg, "index_dir", BM25_INDEX_NAME), "corpus_path": corpus}),

@@ -27,7 +27,8 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from rare_core.config import LLMRoles, PipelineConfig
-from rare_core.estimate import build_estimate, compare, render_comparison
+from rare_core.estimate import build_estimate, compare, render_comparison, token_counter_for
+from rare_core.exports import export as export_formats
 from rare_core.inputs import load_documents
 from rare_core.llm.config import redact_url
 from rare_core.operators.base import ERROR, ERROR_KIND, OK, RESERVED_PREFIX, STATUS, step_column
@@ -36,13 +37,16 @@ from rare_core.operators.reason_distill import DOCUMENT_ORDER, POSITIVE_DOC_NUMB
 from rare_core.pipeline import INPUT_STEP_INDEX, STEPS
 from rare_core.prices import price_for
 from rare_core.report import Report, StepRecord, build_report
+from rare_core.report_html import render_html
 from rare_core.storage import FORMATS, remove_frame, write_text_atomic
 from tasks.artifacts import ArtifactRef, step_path
 
 DATASET_STEM = "dataset"
 FAILED_STEM = "failed_rows"
 REPORT_FILE = "report.md"
+REPORT_HTML = "report.html"
 SUMMARY_FILE = "summary.json"
+RUN_CONFIG_FILE = "run_config.json"  # the run's PipelineConfig (no key: only the NAME of its variable)
 POSITIVE = "positive"
 SIMULATED = f"{RESERVED_PREFIX}simulated"
 SAMPLE_ROWS = 5
@@ -75,7 +79,7 @@ def clear_outputs(config: PipelineConfig) -> list[str]:
     out_dir = Path(config.output_path).resolve()
     removed = [name for stem in (DATASET_STEM, FAILED_STEM) for fmt in FORMATS
                for name in remove_frame(out_dir / f"{stem}.{fmt}")]
-    for name in (REPORT_FILE, SUMMARY_FILE):
+    for name in (REPORT_FILE, REPORT_HTML, SUMMARY_FILE, RUN_CONFIG_FILE):
         if (out_dir / name).is_file():
             (out_dir / name).unlink()
             removed.append(name)
@@ -160,9 +164,10 @@ def _estimate_section(config: PipelineConfig, source: ArtifactRef, records: list
 
 
 @task(name="publish-report", cache_policy=NO_CACHE, persist_result=False)
-def publish_report(records: list[StepRecord], config: PipelineConfig, source: ArtifactRef,
+def publish_report(records: list[StepRecord], config: PipelineConfig, source: ArtifactRef, final: ArtifactRef,
                    exported: ExportResult, simulated_roles: list[str]) -> Report:
-    """The run report -> ``report.md`` + ``summary.json`` in the output folder and a markdown artifact."""
+    """The run report -> ``report.md``, ``report.html`` (charts), ``summary.json`` and the run's
+    ``run_config.json`` in the output folder, and a markdown artifact."""
     header = {"Input": f"{config.input_path} ({source.rows} documents)"}
     for role in LLMRoles.model_fields:
         llm = config.llm_for(role)
@@ -180,6 +185,35 @@ def publish_report(records: list[StepRecord], config: PipelineConfig, source: Ar
     out_dir = Path(config.output_path).resolve()
     write_text_atomic(out_dir / REPORT_FILE, report.markdown)
     write_text_atomic(out_dir / SUMMARY_FILE, json.dumps(report.summary, indent=1))
+    write_text_atomic(out_dir / RUN_CONFIG_FILE, config.model_dump_json(indent=1))
+    counter, _ = token_counter_for(config.llm_for("teacher").model)
+    write_text_atomic(out_dir / REPORT_HTML, render_html(report.summary, final.load(), columns=config.columns,
+                                                         token_counter=counter))
     create_markdown_artifact(markdown=report.markdown, key="rare-report",
                              description="RARE pipeline report" + (" (SIMULATED answers)" if report.summary["simulated"] else ""))
     return report
+
+
+def provenance_of(summary: dict, config: PipelineConfig, command: str | None = None) -> dict:
+    """What a dataset card says of the run that made the data: counts per step, verification,
+    simulated or not, prompt versions, the command."""
+    from rare_core.prompts import doc2query, reason_distill
+
+    return {
+        "steps": {s["step"]: {"rows in": s["rows_in"], "rows out": s["rows_out"], "failed": s["failed"],
+                              "status": s["status"]} for s in summary.get("steps", [])},
+        "verification": config.verify.method,
+        "simulated": bool(summary.get("simulated")),
+        "prompt_versions": {"doc2query": doc2query.VERSION, "distill": reason_distill.VERSION},
+        "command": command,
+    }
+
+
+@task(name="export-formats", cache_policy=NO_CACHE, persist_result=False)
+def export_training_formats(dataset: ArtifactRef, config: PipelineConfig, report: Report) -> dict[str, str]:
+    """The final dataset -> each of ``config.export`` in ``{export_path}/{format}/`` with its card."""
+    target = Path(config.export_path or Path(config.output_path) / "exports").resolve()
+    folders = export_formats(dataset.load(), config, config.export, target,
+                             provenance_of(report.summary, config, config.command))
+    get_run_logger().info("Exported %s to %s", ", ".join(folders), target)
+    return {name: str(path) for name, path in folders.items()}
