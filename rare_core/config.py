@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from rare_core.llm.config import BatchConfig, GenerationParams, LLMConfig
+from rare_core.filters import DocumentFilterConfig, LeakageFilterConfig, LengthFilterConfig, QuestionDedupConfig
 from rare_core.verify import VerifyConfig
 from rare_core.operators.base import RESERVED_PREFIX
 from rare_core.operators.bm25_hardneg import POSITIVE_RANK, POSITIVE_SCORE, BM25HardNegConfig
@@ -112,6 +113,23 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class FiltersConfig(BaseModel):
+    """The data filters (rare_core.filters), each a step of its own, each off until switched on
+    (``--set filters.question_dedup.enabled=true``); a filtered row goes to failed_rows with
+    its reason, and the report counts them by reason."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    documents: DocumentFilterConfig = Field(default_factory=lambda: DocumentFilterConfig(enabled=False),
+                                            description="Before Doc2Query: exact duplicates, too few words.")
+    question_dedup: QuestionDedupConfig = Field(default_factory=lambda: QuestionDedupConfig(enabled=False),
+                                                description="After Doc2Query: near-duplicate questions (MinHash LSH).")
+    leakage: LeakageFilterConfig = Field(default_factory=lambda: LeakageFilterConfig(enabled=False),
+                                         description="After Doc2Query: the answer or the document copied into the question.")
+    length: LengthFilterConfig = Field(default_factory=lambda: LengthFilterConfig(enabled=False),
+                                       description="After ReasonDistill: question and reasoning lengths.")
+
+
 class PipelineConfig(BaseModel):
     """Everything one pipeline run needs. The API key is never here: ``llm.api_key_env`` names
     the environment variable that holds it."""
@@ -131,6 +149,7 @@ class PipelineConfig(BaseModel):
     hardneg: BM25HardNegConfig = Field(default_factory=BM25HardNegConfig)
     distill: ReasonDistillConfig = Field(default_factory=ReasonDistillConfig)
     verify: VerifyConfig = Field(default_factory=VerifyConfig, description="How the teacher's answers are checked.")
+    filters: FiltersConfig = Field(default_factory=FiltersConfig, description="Data filters, each switchable.")
     questions_given: bool = Field(
         False, description="The input holds questions (question column, positive in the text column, optional "
                            "gold answer and scenario): Doc2Query is skipped, as the RARE paper does on PubMedQA.")

@@ -23,6 +23,7 @@ from rare_core.llm.config import endpoint_scope
 from rare_core.operators.base import Operator
 from rare_core.operators.bm25_hardneg import BM25HardNeg
 from rare_core.operators.doc2query import Doc2Query
+from rare_core.filters import DocumentFilter, LeakageFilter, LengthFilter, QuestionDedup
 from rare_core.operators.reason_distill import ReasonDistill
 from rare_core.hashing import file_sha256
 
@@ -43,13 +44,17 @@ class StepSpec:
     more_roles: Callable[[PipelineConfig], tuple[str, ...]] = lambda config: ()
     extra_args: Callable[[PipelineConfig, dict], dict[str, Any]] = lambda config, clients: {}
     enabled: Callable[[PipelineConfig], bool] = lambda config: True
+    stem: str | None = None  # file name in the layout when not ``step{index}`` (the filters' steps)
 
     cache_exclude: frozenset[str] = field(default_factory=frozenset)
     cache_inputs: Callable[[PipelineConfig], dict[str, Any]] = lambda config: {}
 
     def settings(self, config: PipelineConfig) -> BaseModel:
-        """The step's section of ``config``."""
-        return getattr(config, self.section)
+        """The step's section of ``config`` (a dotted path, e.g. ``filters.question_dedup``)."""
+        node: Any = config
+        for part in self.section.split("."):
+            node = getattr(node, part)
+        return node
 
     def roles(self, config: PipelineConfig) -> tuple[str, ...]:
         """Every LLM role this step calls in this run."""
@@ -138,6 +143,23 @@ DISTILL = StepSpec(
                     "input_reference_key": _reference_key(c)},
     role="teacher", more_roles=_judged, extra_args=_distill_args, cache_inputs=_distill_cache_inputs)
 
-STEPS: tuple[StepSpec, ...] = (DOC2QUERY, HARDNEG, DISTILL)
+def _filter(name: str, after: int, operator: type[Operator], section: str,
+            keys: Callable[[PipelineConfig], dict[str, str]]) -> StepSpec:
+    """A data filter as a step: ``{prefix}_step{after}_{name}`` in the layout, run when enabled."""
+    return StepSpec(name=operator.step_name, index=after, label=name, task_name=name.replace("_", "-"),
+                    section=f"filters.{section}", operator=operator, keys=keys, stem=f"step{after}_{name}",
+                    enabled=lambda c: getattr(c.filters, section).enabled)
+
+
+DOC_FILTER = _filter("docfilter", 0, DocumentFilter, "documents",
+                     lambda c: {"input_key": c.columns.text, "id_key": c.columns.id})
+QUESTION_DEDUP = _filter("dedup", 1, QuestionDedup, "question_dedup", lambda c: {"question_key": c.columns.question})
+LEAKAGE = _filter("leakage", 1, LeakageFilter, "leakage",
+                  lambda c: {"question_key": c.columns.question, "scenario_key": c.columns.scenario,
+                             "reference_key": _reference_key(c), "input_key": c.columns.text})
+LENGTH = _filter("length", 3, LengthFilter, "length",
+                 lambda c: {"question_key": c.columns.question, "reasoning_key": c.columns.reasoning})
+
+STEPS: tuple[StepSpec, ...] = (DOC_FILTER, DOC2QUERY, QUESTION_DEDUP, LEAKAGE, HARDNEG, DISTILL, LENGTH)
 STEP_BY_NAME: dict[str, StepSpec] = {spec.name: spec for spec in STEPS}
 INPUT_STEP_INDEX = 0  # the loaded input's file number in the layout

@@ -39,6 +39,8 @@ KIND_ADVICE = {
     "request": "the endpoint did not answer (outage, 429s, timeouts); the next run asks these rows again",
     "content": "the answers could not be used after the re-asks; `rare run --retry-failed` asks again",
     "input": "the row itself is unusable (empty text, missing question); fix the input",
+    "rejected": "verification rejected every sample (see verify.max_samples)",
+    "filtered": "a data filter removed the row (filters.*)",
 }
 
 

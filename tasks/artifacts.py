@@ -113,6 +113,13 @@ def resolve_paths(config: PipelineConfig) -> PipelineConfig:
     })
 
 
+def spec_path(config: PipelineConfig, spec: StepSpec) -> Path:
+    """The file of ``spec`` in the layout: ``{prefix}_step{N}`` (``{prefix}_{stem}`` for a filter)."""
+    if spec.stem:
+        return Path(config.cache_path).resolve() / f"{config.file_name_prefix}_{spec.stem}.{config.cache_type}"
+    return step_path(config, spec.index)
+
+
 def step_path(config: PipelineConfig, index: int) -> Path:
     """The file of step ``index`` in the documented layout, as an absolute path."""
     storage = FileStorage(
@@ -132,7 +139,7 @@ def step_settings(spec: StepSpec, config: PipelineConfig) -> dict[str, Any]:
     :meth:`~rare_core.pipeline.StepSpec.cache_settings` and its output file. Endpoint
     credentials, concurrency, rate limits and timeouts are left out, and so are the BM25 index
     folder and thread count: they change how results are computed, not what they are."""
-    return {**spec.cache_settings(config), "output": str(step_path(config, spec.index))}
+    return {**spec.cache_settings(config), "output": str(spec_path(config, spec))}
 
 
 def cache_key(spec: StepSpec, source: ArtifactRef, config: PipelineConfig) -> str:
@@ -177,7 +184,7 @@ def _failed_by_kind(spec: StepSpec, df: pd.DataFrame) -> dict[str, int]:
 def write_step_artifact(spec: StepSpec, source: ArtifactRef, config: PipelineConfig,
                         df: pd.DataFrame) -> ArtifactRef:
     """Write a step's output to its file in the layout, plus the sidecar naming its cache key."""
-    ref = ArtifactRef.write(df, step_path(config, spec.index))
+    ref = ArtifactRef.write(df, spec_path(config, spec))
     meta = _ArtifactMeta(cache_key=cache_key(spec, source, config), artifact=ref,
                          failed_by_kind=_failed_by_kind(spec, df))
     write_text_atomic(_meta_path(ref.path), meta.model_dump_json(indent=1))
@@ -196,7 +203,7 @@ def recompute_reason(spec: StepSpec, source: ArtifactRef, config: PipelineConfig
     """
     if spec.role and config.llm_for(spec.role).cache_mode == "refresh":
         return "llm.cache_mode is refresh: every row is asked again"
-    path = step_path(config, spec.index)
+    path = spec_path(config, spec)
     try:
         meta = _ArtifactMeta.model_validate_json(_meta_path(path).read_text(encoding="utf-8"))
     except (OSError, ValidationError):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from prefect_fixtures import SAMPLE
 from test_flow import cli_env, completions, make_config, run_flow  # noqa: F401 (cli_env: a fixture)
@@ -166,3 +167,25 @@ def test_rare_run_batch_pays_batch_prices_and_resumes_for_free(tmp_path, sim, ca
     assert summary["totals"]["cost"] == pytest.approx(list_price / 2)  # gpt-4o-mini at batch prices
     assert steps["distill"]["extra"]["judge_requests"] == 4
     assert len(read_frame(tmp_path / "out" / "dataset.jsonl")) == 4
+
+
+def test_filters_are_steps_that_record_every_row_they_remove(tmp_path, sim):
+    docs = sample(5)
+    docs = pd.concat([docs, docs.iloc[[1]].assign(id="copy-of-1"),
+                      pd.DataFrame([{"id": "short", "text": "Too short to ask about."}])], ignore_index=True)
+    path = write_frame(docs, tmp_path / "docs.jsonl")
+    config = make_config(tmp_path, sim, input_path=str(path), limit=None)
+    config = type(config).model_validate({**config.model_dump(), "filters": {
+        "documents": {"enabled": True}, "question_dedup": {"enabled": True}, "leakage": {"enabled": True},
+        "length": {"enabled": True}}})
+    state, tasks = run_flow(config, expected_tasks={"load-input", "docfilter", "doc2query", "dedup", "leakage",
+                                                    "bm25-hardneg", "reason-distill", "length", "export-dataset"})
+    assert state.is_completed()
+    failed = read_frame(Path(config.output_path) / "failed_rows.jsonl").set_index("id")
+    assert failed.loc["copy-of-1", "rare_error"].startswith("doc_filter: exact duplicate of")
+    assert failed.loc["short", "rare_error"].startswith("doc_filter: too short")
+    assert (failed["rare_error_kind"] == "filtered").all()
+    assert len(read_frame(Path(config.output_path) / "dataset.jsonl")) == 5
+    assert (Path(config.cache_path) / "dataflow_cache_step_step1_dedup.jsonl").exists()
+    report = (Path(config.output_path) / "report.md").read_text(encoding="utf-8")
+    assert "doc_filter" in report and "filtered: 2" in report

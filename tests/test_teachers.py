@@ -126,3 +126,15 @@ def test_batch_mode_answers_the_same_rows_at_batch_prices(sim, tmp_path, questio
     sim.reset()
     again = Doc2Query(llm_serving=batch_llm).process(docs)  # a rerun is free
     assert again["question"].tolist() == out["question"].tolist() and sim.stats().batches_created == 0
+
+
+def test_citation_check_flags_reasoning_that_never_cites_the_positive(sim, tmp_path, questions):
+    from rare_core.operators.reason_distill import citation
+
+    assert citation("Document 2 answers it; Document 1 only looks relevant.", 2) == "positive"
+    assert citation("As Document 3 shows, the answer is no.", 1) == "negatives_only"
+    assert citation("The answer is no.", 1) == "none"
+    op = ReasonDistill(llm_serving=client(sim, tmp_path))
+    out = op.process(questions.head(3))
+    assert set(out["rare_distill_citation"]) <= {"positive", "negatives_only", "none"}
+    assert op.last_summary.extra["cites_negatives_only"] == int((out["rare_distill_citation"] == "negatives_only").sum())

@@ -291,7 +291,7 @@ def doc2query_answer(document: str, num_questions: int) -> str:
         a, b, c = (words[(i + k) % len(words)] for k in range(3))
         scenario = (
             f"[simulated] A specialist is assessing a case that involves {a} and {b}. "
-            f"{_clip(sentences[i % len(sentences)], 40)}"
+            f"{_clip(sentences[i % len(sentences)], 10)}"  # a scenario never copies 13+ words (leakage filter)
         )
         question = _QUESTION_TEMPLATES[i % len(_QUESTION_TEMPLATES)].format(a=a, b=b, c=c)
         # The reference is what a faithful teacher would quote for this question from this document.

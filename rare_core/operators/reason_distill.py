@@ -17,6 +17,7 @@ input_hardneg_key="hard_negatives", output_key="reasoning", output_answer_key="a
 
 from __future__ import annotations
 
+import re
 import time
 
 import pandas as pd
@@ -52,6 +53,20 @@ class ReasonDistillConfig(BaseModel):
     max_attempts: int = Field(3, ge=1, le=10, description="LLM calls per row in all, re-asking after an unusable reply.")
     num_samples: int = Field(1, ge=1, le=16, description="Accepted samples kept per question, each its own row "
                                                          "(sample_index) when more than one.")
+    require_positive_citation: bool = Field(
+        False, description="Fail rows whose reasoning cites a negative's [Document i] but never the positive's.")
+
+
+_CITED = re.compile(r"\bDocument\s+(\d+)\b", re.IGNORECASE)
+
+
+def citation(reasoning: str, positive_number: int) -> str:
+    """``positive`` (the reasoning refers to the positive's [Document i]), ``negatives_only``
+    (it cites documents, never the positive) or ``none`` (it cites no document)."""
+    cited = {int(n) for n in _CITED.findall(reasoning or "")}
+    if positive_number in cited:
+        return "positive"
+    return "negatives_only" if cited else "none"
 
 
 def _as_list(value) -> list[str]:
@@ -149,16 +164,24 @@ class ReasonDistill(LLMOperator):
                 out_rows.append({**base, **prov, **empty, **shown, **failure, raw_col: run.last.raw})
                 continue
             for k, (sample, parsed) in enumerate(run.kept):
+                cites = citation(parsed.reasoning, shown[POSITIVE_DOC_NUMBER])
                 row = {**base, **prov, **shown, output_key: parsed.reasoning, output_answer_key: parsed.answer,
-                       status_col: OK, raw_col: None, step_column(STEP, "reasoning_form"): parsed.form}
+                       status_col: OK, raw_col: None, step_column(STEP, "reasoning_form"): parsed.form,
+                       step_column(STEP, "citation"): cites}
+                if cites == "negatives_only" and self.config.require_positive_citation:
+                    row.update(failed_fields(STEP, "citation: the reasoning cites only negatives, never the positive",
+                                             CONTENT_ERROR))
                 if self.config.num_samples > 1:
                     row[SAMPLE_INDEX] = sample
                 out_rows.append(row)
         out = frame_from_rows(df, out_rows)
         as_nullable_int(out, [POSITIVE_DOC_NUMBER, SAMPLE_INDEX, step_column(VERIFY, "samples"),
                               *(step_column(STEP, f) for f in PROVENANCE_INTS)])
+        citations = out.get(step_column(STEP, "citation"), pd.Series(dtype=object))
         extra = {**totals.model_dump(exclude={"simulated", "wall_seconds"}),
-                 "truncations": sum(r.truncations for r in runs.values()), **judged}
+                 "truncations": sum(r.truncations for r in runs.values()), **judged,
+                 "cites_negatives_only": int((citations == "negatives_only").sum()),
+                 "cites_no_document": int((citations == "none").sum())}
         if checking:
             extra.update(verify_accepted=sum(1 for r in runs.values() if r.kept),
                          verify_rejected=sum(1 for r in runs.values() if not r.kept and r.rejected),
