@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[test,bench]"
 	$(PY) bench/llm_throughput.py
 	$(PY) bench/llm_teachers.py
+	$(PY) bench/verification.py
 	$(PY) bench/hardneg_mining.py
 
 clean:
