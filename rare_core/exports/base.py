@@ -240,6 +240,12 @@ def write_json(path: Path, data: Any) -> str:
     return path.name
 
 
+def write_with_dataset_info(folder: Path, file: str, records: list[dict], info: dict) -> list[str]:
+    """The records (JSONL, or a JSON list for a ``.json`` file) and LLaMA-Factory's ``dataset_info.json``."""
+    data = write_json(folder / file, records) if file.endswith(".json") else write_jsonl(folder / file, records)
+    return [data, write_json(folder / "dataset_info.json", info)]
+
+
 def dataset_key(fmt: str) -> str:
     """The dataset's name in a LLaMA-Factory ``dataset_info.json``."""
     return "rare_" + fmt.replace("-", "_")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rare_core.exports.base import Context, Example, ExportFormat, write_json
+from rare_core.exports.base import Context, Example, ExportFormat, write_with_dataset_info
 
 FILE = "train.json"
 NAME = "rare"
@@ -27,8 +27,7 @@ def dataset_info() -> dict:
 
 
 def write(examples: list[Example], folder: Path, ctx: Context) -> list[str]:
-    return [write_json(folder / FILE, [record(ex) for ex in examples]),
-            write_json(folder / "dataset_info.json", dataset_info())]
+    return write_with_dataset_info(folder, FILE, [record(ex) for ex in examples], dataset_info())
 
 
 FORMAT = ExportFormat(

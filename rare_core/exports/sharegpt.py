@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rare_core.exports.base import Context, Example, ExportFormat, dataset_key, write_json, write_jsonl
+from rare_core.exports.base import Context, Example, ExportFormat, dataset_key, write_with_dataset_info
 
 FILE = "train.jsonl"
 NAME = dataset_key("sharegpt")
@@ -24,8 +24,7 @@ def dataset_info() -> dict:
 
 
 def write(examples: list[Example], folder: Path, ctx: Context) -> list[str]:
-    return [write_jsonl(folder / FILE, [record(ex) for ex in examples]),
-            write_json(folder / "dataset_info.json", dataset_info())]
+    return write_with_dataset_info(folder, FILE, [record(ex) for ex in examples], dataset_info())
 
 
 FORMAT = ExportFormat(
