@@ -140,3 +140,17 @@ def test_rows_that_cannot_be_used_are_flagged_never_lost(tmp_path, capsys, monke
     assert (failed["rare_error_kind"] == "input").all() and failed["rare_error"].str.startswith("doc2query: invalid input").all()
     assert sorted(dataset["id"].astype(str)) == sorted([str(r["id"]) for r in GOOD] + ["big"])
     assert len(dataset) + len(failed) == len(rows)  # every row is somewhere
+
+
+def test_without_pyserini_rare_run_says_how_to_install_it(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    from deployments.cli import EXIT_USAGE, main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pyserini" else real(name, *a))
+    code = main(["run", "--input", str(SAMPLE), "--output", str(tmp_path / "out"), "--cache-path", str(tmp_path / "c")])
+    err = capsys.readouterr().err.strip()
+    assert code == EXIT_USAGE and err.count("\n") == 0
+    assert "pyserini is not installed: pip install --no-deps pyserini==1.6.0" in err
+    assert not (tmp_path / "c").exists()
