@@ -1,0 +1,36 @@
+"""Runs of the flow on a Prefect server backed by PostgreSQL (as Prefect recommends for many
+workers and long schedules): two `rare run` processes report to the same server at once."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from postgres_fixtures import postgres_url, prefect_server_on_postgres  # noqa: F401 (fixtures)
+from prefect_fixtures import PROJECT_ROOT, SAMPLE
+
+from rare_core.storage import read_frame
+
+pytestmark = pytest.mark.slow
+
+
+def test_two_runs_report_to_a_prefect_server_on_postgresql(tmp_path, prefect_server_on_postgres):
+    env = dict(os.environ, PREFECT_API_URL=prefect_server_on_postgres, PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL="CRITICAL")
+    runs = [subprocess.Popen([sys.executable, "-m", "deployments.cli", "run", "--input", str(SAMPLE), "--limit", "4",
+                              "--cache-path", str(tmp_path / f"cache{i}"), "--output", str(tmp_path / f"out{i}")],
+                             cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for i in range(2)]
+    results = [p.communicate(timeout=300) for p in runs]
+    assert [p.returncode for p in runs] == [0, 0], [err.decode()[-1500:] for _, err in results]
+    for i in range(2):
+        assert len(read_frame(tmp_path / f"out{i}" / "dataset.jsonl")) == 4
+
+    from prefect import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server_on_postgres}):
+        with get_client(sync_client=True) as client:
+            flow_runs = client.read_flow_runs()
+    assert sum(1 for r in flow_runs if r.state and r.state.is_completed()) >= 2
