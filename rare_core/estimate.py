@@ -366,7 +366,7 @@ def distill_standin_messages(texts: list[str], max_doc_chars: int, num_neg: int)
 def _estimate_distill(config: PipelineConfig, texts: list[str], counter: TokenCounter) -> StepEstimate:
     llm, max_chars, num_neg = llm_for(config, "distill"), config.distill.max_doc_chars, config.hardneg.num_neg
     max_tokens = llm.generation.max_tokens
-    requests = len(texts) * config.doc2query.num_questions
+    requests = len(texts) * _questions_per_row(config)
     per_prompt, mean_len = 0, None
     if texts:
         messages, mean_len = distill_standin_messages(texts, max_chars, num_neg)
@@ -389,6 +389,18 @@ def _max_tokens_text(steps: list[StepEstimate]) -> str:
     return ", ".join(f"{s.step} {s.max_tokens:,}" for s in steps)
 
 
+def _questions_per_row(config: PipelineConfig) -> int:
+    """Questions per input row: Doc2Query's count, or one when the input holds the questions."""
+    return 1 if config.questions_given else config.doc2query.num_questions
+
+
+def _skipped(est: StepEstimate) -> StepEstimate:
+    """A step the run does not call (Doc2Query with questions_given): nothing sent, nothing paid."""
+    return est.model_copy(update={"requests": 0, "prompt_tokens": 0, "prompt_tokens_per_request": 0.0,
+                                  "completion_tokens_expected": 0, "completion_tokens_max": 0,
+                                  "completion_tokens_expected_per_request": 0})
+
+
 def build_estimate(config: PipelineConfig, documents: pd.DataFrame | None = None) -> Estimate:
     """The estimate of `rare run` with ``config`` on ``documents`` (default: loaded from the
     config's input). Sends nothing; see the module docstring for how each figure is made."""
@@ -405,6 +417,9 @@ def build_estimate(config: PipelineConfig, documents: pd.DataFrame | None = None
         if counter_note and counter_note not in notes:
             notes.append(counter_note)
         est = fn(config, texts, counter)
+        if step == "doc2query" and config.questions_given:
+            est = _skipped(est)
+            notes.append("doc2query: skipped, the input holds the questions (questions_given)")
         price = price_for(model, config.prices)
         if price is None:
             notes.append(f"{step}: no price known for model {model!r}, cost not estimated; set `prices` "
@@ -415,6 +430,10 @@ def build_estimate(config: PipelineConfig, documents: pd.DataFrame | None = None
             notes.append(f"{step}: no endpoint (base_url) configured: `rare run` would answer it with the "
                          "built-in simulator, which costs nothing")
         steps.append(_price(est, price))
+    if config.verify.method != "none":
+        notes.append(f"verify ({config.verify.method}): a rejected answer is sampled again, up to "
+                     f"verify.max_samples={config.verify.max_samples} per row, and an open reference costs one "
+                     "judge request per sample; neither is in these figures")
     d2q, distill = steps
     if d2q.price_source and d2q.price_source == distill.price_source:
         notes.append(f"prices: {d2q.price_source}")
@@ -445,7 +464,7 @@ def build_estimate(config: PipelineConfig, documents: pd.DataFrame | None = None
            for k in ("cost_list", "cost_batch", "cost_list_max", "cost_batch_max", "cost_expected", "cost_max")})
     counters = list(dict.fromkeys(s.token_counter for s in steps))
     return Estimate(
-        documents=len(documents), documents_skipped=skipped, num_questions=config.doc2query.num_questions,
+        documents=len(documents), documents_skipped=skipped, num_questions=_questions_per_row(config),
         num_neg=config.hardneg.num_neg, simulated=any(s.simulated for s in steps),
         doc2query=d2q, distill=distill, totals=totals, token_counter=", ".join(counters), notes=notes)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import socket
 from pathlib import Path
@@ -313,3 +314,22 @@ def test_compare_with_actual_steps(docs):
     assert [r.actual for r in missing if r.step == "distill"] == [None, None, None]
     table = render_comparison(compare(est, actual))
     assert "| doc2query | requests | 40 | 40 | 1.00 |" in table and "(cached)" in table
+
+
+def test_questions_given_skips_doc2query_and_says_so(tmp_path):
+    from rare_core.estimate import build_estimate
+
+    path = tmp_path / "q.jsonl"
+    rows = [{"id": str(i), "question": f"Does treatment {i} help?", "text": f"Treatment {i} helped in a trial of many.",
+             "gold_answer": "yes"}
+            for i in range(5)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    config = PipelineConfig(input_path=str(path), questions_given=True,
+                            doc2query={"num_questions": 3}, verify={"method": "none"})
+    est = build_estimate(config)
+    assert est.doc2query.requests == 0 and est.doc2query.prompt_tokens == 0
+    assert est.distill.requests == 5  # one per given question, not num_questions per document
+    assert any("questions_given" in note for note in est.notes)
+    assert not any(note.startswith("verify") for note in est.notes)
+    checked = build_estimate(config.model_copy(update={"verify": config.verify.model_copy(update={"method": "auto"})}))
+    assert any(note.startswith("verify (auto)") for note in checked.notes)
