@@ -9,13 +9,11 @@ import glob
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-import httpx
 import pytest
-from prefect_fixtures import free_port, stop_process, wait_until
+from prefect_fixtures import free_port, running_prefect_server
 
 
 def _pg_bin() -> Path | None:
@@ -59,26 +57,6 @@ def postgres_url():
 @pytest.fixture(scope="module")
 def prefect_server_on_postgres(postgres_url, tmp_path_factory):
     """A ``prefect server start`` whose database is ``postgres_url``; yields its API URL."""
-    home = tmp_path_factory.mktemp("prefect-pg-home")
-    port = free_port()
-    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_PROFILES_PATH=str(home / "profiles.toml"),
-               PREFECT_API_DATABASE_CONNECTION_URL=postgres_url)
-    log = open(home / "server.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                             "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=home)
-    api_url = f"http://127.0.0.1:{port}/api"
-
-    def healthy() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError(f"prefect server exited: {(home / 'server.log').read_text()[-2000:]}")
-        try:
-            return httpx.get(f"{api_url}/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_until(healthy, 120, "the Prefect server on PostgreSQL")
+    with running_prefect_server(tmp_path_factory.mktemp("prefect-pg-home"),
+                                PREFECT_API_DATABASE_CONNECTION_URL=postgres_url) as api_url:
         yield api_url
-    finally:
-        stop_process(proc)
-        log.close()

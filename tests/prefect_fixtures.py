@@ -15,7 +15,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 import pytest
@@ -74,17 +76,16 @@ def stop_process(proc: subprocess.Popen, timeout: float = 15) -> None:
             proc.wait()
 
 
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
-    """A real ``prefect server start`` on a free loopback port with its own PREFECT_HOME (SQLite);
-    yields its API URL once ``/api/health`` answers."""
-    home = tmp_path_factory.mktemp("prefect-server-home")
+@contextmanager
+def running_prefect_server(home: Path, **env: str) -> Iterator[str]:
+    """A real ``prefect server start`` on a free loopback port with ``home`` as PREFECT_HOME (and
+    ``env`` on top, e.g. a database URL); yields its API URL once ``/api/health`` answers."""
     port = free_port()
-    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_PROFILES_PATH=str(home / "profiles.toml"))
+    full_env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_PROFILES_PATH=str(home / "profiles.toml"), **env)
     log = open(home / "server.log", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=home)
+        env=full_env, stdout=log, stderr=subprocess.STDOUT, cwd=home)
     api_url = f"http://127.0.0.1:{port}/api"
 
     def healthy() -> bool:
@@ -96,8 +97,15 @@ def prefect_server(tmp_path_factory):
             return False
 
     try:
-        wait_until(healthy, 90, "the Prefect server's /api/health")
+        wait_until(healthy, 120, "the Prefect server's /api/health")
         yield api_url
     finally:
         stop_process(proc)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """A Prefect server with its own PREFECT_HOME (SQLite); yields its API URL."""
+    with running_prefect_server(tmp_path_factory.mktemp("prefect-server-home")) as api_url:
+        yield api_url
