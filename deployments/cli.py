@@ -31,6 +31,7 @@ import os
 import sys
 import time
 import traceback
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -100,7 +101,8 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
         "input_path": args.input, "output_path": args.output, "cache_path": args.cache_path,
         "output_format": args.output_format, "limit": args.limit, "llm.base_url": args.base_url,
         "llm.model": args.model, "llm.api_key_env": args.api_key_env, "llm.max_workers": args.max_workers,
-        "retry_failed": args.retry_failed, "llm.mode": args.mode,
+        "retry_failed": args.retry_failed, "llm.mode": args.mode, "shards": args.shards,
+        "dask.workers": args.dask_workers, "dask.address": args.dask_address,
         "export": [f.strip() for f in args.export.split(",") if f.strip()] if args.export else None,
         "command": " ".join(["rare", *getattr(args, "argv", [])]) or None,
     }
@@ -118,7 +120,9 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
 # -- rare run ---------------------------------------------------------------------------------
 
 class _ProgressBars:
-    """A progress listener (tasks.progress) drawing one bar per LLM step on stderr."""
+    """A progress listener (tasks.progress) drawing one bar per LLM step on stderr; in a sharded
+    run, the step's label names the shard being answered ("Doc2Query 3/10") and, as shards
+    finish, how many are done ("Doc2Query 4/10 shards", rows of the finished shards)."""
 
     def __init__(self, console) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -128,10 +132,17 @@ class _ProgressBars:
         self._bars: dict[str, Any] = {}
 
     def __call__(self, step: str, done: int, total: int, live: dict[str, Any]) -> None:
+        label = STEP_LABELS.get(step, step)
         if step not in self._bars:
-            self._bars[step] = self.progress.add_task(STEP_LABELS.get(step, step), total=total, endpoint="")
-        endpoint = f"{live['in_flight']:>3} in flight / limit {live['limit']}  429s {live['refused_429']}" if live else ""
-        self.progress.update(self._bars[step], completed=done, total=total, endpoint=endpoint)
+            self._bars[step] = self.progress.add_task(label, total=total, endpoint="")
+        fields: dict[str, Any] = {}
+        if "in_flight" in live:
+            fields["endpoint"] = f"{live['in_flight']:>3} in flight / limit {live['limit']}  429s {live['refused_429']}"
+        if "shards" in live:
+            fields.update(description=f"{label} {live['shards_done']}/{live['shards']} shards", endpoint="")
+        elif "shard" in live:
+            fields["description"] = f"{label} {live['shard']}"
+        self.progress.update(self._bars[step], completed=done, total=total, **fields)
 
 
 def _notice(console, text: str, style: str) -> None:
@@ -158,7 +169,8 @@ def run(config: PipelineConfig, verbose: bool = False) -> int:
     from rich.console import Console
     from rich.markup import escape
 
-    from flows.rare_pipeline import rare_pipeline
+    from deployments.local_server import run_api
+    from flows.runners import run_pipeline
     from tasks.io import REPORT_FILE
     from tasks.progress import progress_listener
 
@@ -170,8 +182,8 @@ def run(config: PipelineConfig, verbose: bool = False) -> int:
         _notice(err, SIMULATED_NOTICE, "bold yellow")
     started = time.time()
     bars = _ProgressBars(err)
-    with bars.progress, progress_listener(bars):
-        state = rare_pipeline(config, return_state=True)
+    with (run_api() if config.dask.enabled else nullcontext()), bars.progress, progress_listener(bars):
+        state = run_pipeline(config, return_state=True)
     report_file = Path(config.output_path).resolve() / REPORT_FILE
     if state.is_completed():
         result = state.result()
@@ -238,8 +250,23 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
                        help="send the LLM requests through the Batch API (half the price; llm.mode=batch)")
     group.add_argument("--retry-failed", action="store_true", default=None,
                        help="ask again the rows an earlier run failed for their content (unusable answers)")
+    group.add_argument("--shards", type=_shards, metavar="N|auto",
+                       help="split the documents into N shards, each cached and resumed on its own (default auto: "
+                            "one per 10,000 documents, at least 2 per Dask worker)")
+    group.add_argument("--dask-workers", type=int, metavar="W",
+                       help="run the shards on a local Dask cluster of W worker processes")
+    group.add_argument("--dask-address", metavar="tcp://HOST:PORT", help="run the shards on an existing Dask cluster")
     group.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="any config field by dotted path, e.g. hardneg.num_neg=5 (repeatable)")
+
+
+def _shards(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of shards or 'auto', got {text!r}") from None
 
 
 def _parser() -> argparse.ArgumentParser:

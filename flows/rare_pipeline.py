@@ -15,6 +15,7 @@ non-empty input made it through every step; rows failing one by one are only rep
 # its annotations, and a served run (flow.serve runs the flow object in a subprocess) cannot
 # resolve the string "PipelineConfig" (see PrefectHQ/prefect#19288 for the mechanism).
 from prefect import flow, get_run_logger
+from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
 from rare_core.config import PipelineConfig
@@ -24,7 +25,8 @@ from rare_core.pipeline import STEPS
 from tasks.artifacts import resolve_paths
 from tasks.io import ExportResult, export_dataset, export_training_formats, load_input, publish_report
 from tasks.llm import llm_endpoints
-from tasks.steps import run_step
+from tasks.progress import ShardProgress
+from tasks.steps import prepare_index, run_shards, run_step
 
 FLOW_NAME = "rare-pipeline"
 
@@ -41,21 +43,36 @@ class PipelineResult(BaseModel):
     simulated: bool
 
 
-@flow(name=FLOW_NAME, description="Documents -> questions, BM25 hard negatives, distilled reasoning (RARE training data).")
+# One worker thread by default: see flows/runners.py, which also picks Dask at run time.
+@flow(name=FLOW_NAME, description="Documents -> questions, BM25 hard negatives, distilled reasoning (RARE training data).",
+      task_runner=ThreadPoolTaskRunner(max_workers=1))
 def rare_pipeline(config: PipelineConfig) -> PipelineResult:
     """Run the whole pipeline on ``config.input_path``; writes the step files under ``config.cache_path``
-    and the dataset and report under ``config.output_path``."""
+    and the dataset and report under ``config.output_path``.
+
+    One shard: each step on the step file of the layout. Several (``config.shards``): each step
+    over the shards' files (tasks.steps.run_shards) on the flow's task runner; a step that
+    searches the whole corpus first gets its index built once (tasks.steps.prepare_index),
+    while the steps before it run."""
     logger = get_run_logger()
     config = resolve_paths(config)
     source = load_input(config)
-    artifact, records = source, []
+    artifacts, records = source.shards, []
+    sharded = len(artifacts) > 1
     with llm_endpoints(config, logger) as llm:
+        indexes = {spec.name: prepare_index(spec, spec.corpus_config(config, source.corpus.path))
+                   for spec in STEPS if sharded and spec.shared_index and spec.enabled(config) and source.corpus}
         for spec in (spec for spec in STEPS if spec.enabled(config)):
-            outcome = run_step(spec, artifact, config, llm.clients)
-            artifact = outcome.result.artifact
+            if not sharded:
+                outcome = run_step(spec, artifacts[0], config, llm)
+            else:
+                step_config = spec.corpus_config(config, source.corpus.path) if spec.shared_index and source.corpus else config
+                outcome = run_shards(spec, artifacts, step_config, llm, wait_for=[indexes[spec.name]] if spec.name in indexes else None,
+                                     on_shard=ShardProgress(spec.name, spec.label))
+            artifacts = outcome.artifacts
             records.append(outcome.record)
-    exported = export_dataset(artifact, config)
-    report = publish_report(records, config, source, artifact, exported, llm.simulated_roles)
+    exported = export_dataset(artifacts, config)
+    report = publish_report(records, config, source, artifacts, exported, llm.simulated_roles)
     if config.export and exported.dataset.rows:
         export_training_formats(exported.dataset, config, report)
     if exported.dataset.rows == 0:

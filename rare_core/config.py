@@ -130,6 +130,28 @@ class FiltersConfig(BaseModel):
                                        description="After ReasonDistill: question and reasoning lengths.")
 
 
+class DaskConfig(BaseModel):
+    """Where the shards run: on the default thread pool (neither field set), on a local Dask
+    cluster of ``workers`` processes, or on the existing cluster at ``address``. How, not what:
+    no setting here changes a row of the output, so none is part of a step's cache key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workers: int | None = Field(None, ge=1, description="Start a distributed.LocalCluster of this many worker processes.")
+    address: str | None = Field(None, min_length=1, description="Scheduler of an existing Dask cluster (tcp://HOST:PORT).")
+    memory_limit: str = Field("auto", description="Per-worker memory limit of a LocalCluster (Dask's syntax: '2GiB', 'auto').")
+
+    @model_validator(mode="after")
+    def _one_cluster(self) -> "DaskConfig":
+        if self.workers and self.address:
+            raise ValueError("dask: give workers (a local cluster) or address (an existing one), not both")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.workers or self.address)
+
+
 class PipelineConfig(BaseModel):
     """Everything one pipeline run needs. The API key is never here: ``llm.api_key_env`` names
     the environment variable that holds it."""
@@ -164,9 +186,20 @@ class PipelineConfig(BaseModel):
                               "(messages, sharegpt, alpaca, prompt-completion, retrieval, rare, hf).")
     export_path: str | None = Field(None, description="Folder of the exports; default {output_path}/exports.")
     command: str | None = Field(None, description="The command line that started the run (for the dataset card).")
+    shards: int | Literal["auto"] = Field(
+        "auto", description="Split the documents into this many shards, each its own step files, cached and "
+                            "resumable on its own. auto: one per 10,000 documents, at least two per Dask worker; "
+                            "a single shard keeps the single-file step layout.")
+    dask: DaskConfig = Field(default_factory=DaskConfig, description="Run the shards on a Dask cluster.")
     retry_failed: bool = Field(
         False, description="Ask again the rows an earlier run failed for their content (unusable answers). "
                            "Rows that failed at the HTTP level are always asked again.")
+
+    @model_validator(mode="after")
+    def _positive_shards(self) -> "PipelineConfig":
+        if self.shards != "auto" and self.shards < 1:
+            raise ValueError(f"shards must be 'auto' or at least 1, got {self.shards}")
+        return self
 
     @model_validator(mode="after")
     def _known_exports(self) -> "PipelineConfig":

@@ -13,7 +13,7 @@ is a new operator module and one more spec here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from pydantic import BaseModel
 
@@ -25,7 +25,7 @@ from rare_core.operators.bm25_hardneg import BM25HardNeg
 from rare_core.operators.doc2query import Doc2Query
 from rare_core.filters import DocumentFilter, LeakageFilter, LengthFilter, QuestionDedup
 from rare_core.operators.reason_distill import ReasonDistill
-from rare_core.hashing import file_sha256
+from rare_core.hashing import file_sha256_memo
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,13 @@ class StepSpec:
 
     cache_exclude: frozenset[str] = field(default_factory=frozenset)
     cache_inputs: Callable[[PipelineConfig], dict[str, Any]] = lambda config: {}
+    # "row": each row's output depends on that row alone, so a sharded run gives the step one
+    # shard at a time; "corpus": it compares rows with each other (duplicates), so it gets
+    # every shard at once, and its row positions are those of the whole run.
+    scope: Literal["row", "corpus"] = "row"
+    # The step searches the whole corpus: a sharded run builds that index once, before the
+    # step's shards, from a corpus file (``corpus_config``), and every shard searches it.
+    shared_index: bool = False
 
     def settings(self, config: PipelineConfig) -> BaseModel:
         """The step's section of ``config`` (a dotted path, e.g. ``filters.question_dedup``)."""
@@ -95,6 +102,14 @@ class StepSpec:
     def uses_llm(self) -> bool:
         return self.role is not None
 
+    def corpus_config(self, config: PipelineConfig, corpus_file: str) -> PipelineConfig:
+        """``config`` with this step (``shared_index``) searching ``corpus_file``, unless the
+        user gave a separate corpus, which it searches anyway."""
+        settings = self.settings(config)
+        if settings.corpus_path:
+            return config
+        return config.model_copy(update={self.section: settings.model_copy(update={"corpus_path": corpus_file})})
+
 
 # The response-cache scope of the built-in simulator, whose port changes every run: its
 # answers are cached under this name, never under a real endpoint's.
@@ -103,7 +118,7 @@ SIMULATOR_SCOPE = "rare-simulator"
 
 def _corpus_hash(config: PipelineConfig) -> dict[str, Any]:
     corpus = config.hardneg.corpus_path  # a separate corpus: its content counts, like the input's
-    return {"corpus_sha256": file_sha256(corpus) if corpus else None}
+    return {"corpus_sha256": file_sha256_memo(corpus) if corpus else None}
 
 
 def _reference_key(config: PipelineConfig) -> str:
@@ -133,7 +148,7 @@ HARDNEG = StepSpec(
     name="hardneg", index=2, label="BM25HardNeg", task_name="bm25-hardneg", section="hardneg", operator=BM25HardNeg,
     keys=lambda c: {"input_question_key": c.columns.question, "input_text_key": c.columns.text,
                     "output_negatives_key": c.columns.hard_negatives, "input_id_key": c.columns.id},
-    cache_exclude=frozenset({"index_dir", "threads"}), cache_inputs=_corpus_hash)
+    cache_exclude=frozenset({"index_dir", "threads"}), cache_inputs=_corpus_hash, shared_index=True)
 DISTILL = StepSpec(
     name="distill", index=3, label="ReasonDistill", task_name="reason-distill", section="distill",
     operator=ReasonDistill,
@@ -144,16 +159,17 @@ DISTILL = StepSpec(
     role="teacher", more_roles=_judged, extra_args=_distill_args, cache_inputs=_distill_cache_inputs)
 
 def _filter(name: str, after: int, operator: type[Operator], section: str,
-            keys: Callable[[PipelineConfig], dict[str, str]]) -> StepSpec:
+            keys: Callable[[PipelineConfig], dict[str, str]], scope: Literal["row", "corpus"] = "row") -> StepSpec:
     """A data filter as a step: ``{prefix}_step{after}_{name}`` in the layout, run when enabled."""
     return StepSpec(name=operator.step_name, index=after, label=name, task_name=name.replace("_", "-"),
                     section=f"filters.{section}", operator=operator, keys=keys, stem=f"step{after}_{name}",
-                    enabled=lambda c: getattr(c.filters, section).enabled)
+                    enabled=lambda c: getattr(c.filters, section).enabled, scope=scope)
 
 
 DOC_FILTER = _filter("docfilter", 0, DocumentFilter, "documents",
-                     lambda c: {"input_key": c.columns.text, "id_key": c.columns.id})
-QUESTION_DEDUP = _filter("dedup", 1, QuestionDedup, "question_dedup", lambda c: {"question_key": c.columns.question})
+                     lambda c: {"input_key": c.columns.text, "id_key": c.columns.id}, scope="corpus")
+QUESTION_DEDUP = _filter("dedup", 1, QuestionDedup, "question_dedup", lambda c: {"question_key": c.columns.question},
+                         scope="corpus")
 LEAKAGE = _filter("leakage", 1, LeakageFilter, "leakage",
                   lambda c: {"question_key": c.columns.question, "scenario_key": c.columns.scenario,
                              "reference_key": _reference_key(c), "input_key": c.columns.text})

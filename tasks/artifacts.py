@@ -35,6 +35,7 @@ from rare_core.errors import RareError
 from rare_core.hashing import file_sha256
 from rare_core.operators.base import CONTENT_ERROR, ERROR_KIND, FAILED, REQUEST_ERROR, StepSummary, step_column
 from rare_core.pipeline import STEP_BY_NAME, StepSpec
+from rare_core.shards import Shard, shard_file
 from rare_core.storage import FileStorage, read_frame, write_frame, write_text_atomic
 
 RESULTS_DIRNAME = "prefect_results"
@@ -113,11 +114,31 @@ def resolve_paths(config: PipelineConfig) -> PipelineConfig:
     })
 
 
-def spec_path(config: PipelineConfig, spec: StepSpec) -> Path:
-    """The file of ``spec`` in the layout: ``{prefix}_step{N}`` (``{prefix}_{stem}`` for a filter)."""
+def spec_path(config: PipelineConfig, spec: StepSpec, shard: Shard | None = None) -> Path:
+    """The file of ``spec`` in the layout: ``{prefix}_step{N}`` (``{prefix}_{stem}`` for a filter);
+    with ``shard``, that shard's file beside it (:func:`rare_core.shards.shard_file`)."""
     if spec.stem:
-        return Path(config.cache_path).resolve() / f"{config.file_name_prefix}_{spec.stem}.{config.cache_type}"
-    return step_path(config, spec.index)
+        path = Path(config.cache_path).resolve() / f"{config.file_name_prefix}_{spec.stem}.{config.cache_type}"
+    else:
+        path = step_path(config, spec.index)
+    return shard_file(path, shard) if shard else path
+
+
+# What a step reads: one file, or (a corpus-scoped step of a sharded run) every shard's file, in order.
+Source = ArtifactRef | list[ArtifactRef]
+
+
+def output_paths(spec: StepSpec, source: Source, config: PipelineConfig, shard: Shard | None = None) -> list[Path]:
+    """The files a step writes for ``source``: one per input shard of a list, else one."""
+    if isinstance(source, list):
+        return [spec_path(config, spec, Shard(index=i, count=len(source))) for i in range(len(source))]
+    return [spec_path(config, spec, shard)]
+
+
+def _source_sha(source: Source) -> str:
+    if isinstance(source, list):
+        return hashlib.sha256(",".join(ref.sha256 for ref in source).encode()).hexdigest()
+    return source.sha256
 
 
 def step_path(config: PipelineConfig, index: int) -> Path:
@@ -134,31 +155,35 @@ def results_dir(config: PipelineConfig) -> Path:
     return Path(config.cache_path).resolve() / RESULTS_DIRNAME
 
 
-def step_settings(spec: StepSpec, config: PipelineConfig) -> dict[str, Any]:
+def step_settings(spec: StepSpec, config: PipelineConfig, outputs: list[Path]) -> dict[str, Any]:
     """Everything the output of ``spec`` depends on besides its input artifact: its
     :meth:`~rare_core.pipeline.StepSpec.cache_settings` and its output file. Endpoint
     credentials, concurrency, rate limits and timeouts are left out, and so are the BM25 index
     folder and thread count: they change how results are computed, not what they are."""
-    return {**spec.cache_settings(config), "output": str(spec_path(config, spec))}
+    output = [str(p) for p in outputs]
+    return {**spec.cache_settings(config), "output": output[0] if len(output) == 1 else output}
 
 
-def cache_key(spec: StepSpec, source: ArtifactRef, config: PipelineConfig) -> str:
-    """``{step}-{sha256}`` of the input's content hash and :func:`step_settings`."""
-    blob = json.dumps({"input_sha256": source.sha256, **step_settings(spec, config)},
+def cache_key(spec: StepSpec, source: Source, config: PipelineConfig, shard: Shard | None = None) -> str:
+    """``{step}-{sha256}`` of the input's content hash(es) and :func:`step_settings` (its output
+    file: the shard's file for a shard)."""
+    blob = json.dumps({"input_sha256": _source_sha(source),
+                       **step_settings(spec, config, output_paths(spec, source, config, shard))},
                       sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return f"{spec.name}-{hashlib.sha256(blob.encode('utf-8')).hexdigest()}"
 
 
 @dataclass
 class StepCachePolicy(CachePolicy):
-    """Prefect cache policy of a step task whose parameters include ``source: ArtifactRef``
-    and ``config: PipelineConfig`` (any other parameter, such as the LLM client, is ignored)."""
+    """Prefect cache policy of a step task whose parameters include ``source`` (a :data:`Source`),
+    ``config: PipelineConfig`` and ``shard: Shard | None`` (any other parameter, such as the LLM
+    endpoints, is ignored)."""
 
     step: str = "doc2query"
 
     def compute_key(self, task_ctx: TaskRunContext, inputs: dict[str, Any],
                     flow_parameters: dict[str, Any], **kwargs: Any) -> str:
-        return cache_key(STEP_BY_NAME[self.step], inputs["source"], inputs["config"])
+        return cache_key(STEP_BY_NAME[self.step], inputs["source"], inputs["config"], inputs.get("shard"))
 
 
 class _ArtifactMeta(BaseModel):
@@ -181,17 +206,15 @@ def _failed_by_kind(spec: StepSpec, df: pd.DataFrame) -> dict[str, int]:
     return {str(k): int(n) for k, n in df.loc[df[status] == FAILED, ERROR_KIND].value_counts().items()}
 
 
-def write_step_artifact(spec: StepSpec, source: ArtifactRef, config: PipelineConfig,
-                        df: pd.DataFrame) -> ArtifactRef:
-    """Write a step's output to its file in the layout, plus the sidecar naming its cache key."""
-    ref = ArtifactRef.write(df, spec_path(config, spec))
-    meta = _ArtifactMeta(cache_key=cache_key(spec, source, config), artifact=ref,
-                         failed_by_kind=_failed_by_kind(spec, df))
+def write_step_artifact(spec: StepSpec, key: str, df: pd.DataFrame, path: Path) -> ArtifactRef:
+    """Write a step's output to ``path`` (its file in the layout), plus the sidecar naming its cache key."""
+    ref = ArtifactRef.write(df, path)
+    meta = _ArtifactMeta(cache_key=key, artifact=ref, failed_by_kind=_failed_by_kind(spec, df))
     write_text_atomic(_meta_path(ref.path), meta.model_dump_json(indent=1))
     return ref
 
 
-def recompute_reason(spec: StepSpec, source: ArtifactRef, config: PipelineConfig) -> str | None:
+def recompute_reason(spec: StepSpec, source: Source, config: PipelineConfig, shard: Shard | None = None) -> str | None:
     """Why this step must run even if Prefect holds a cached result for it; None: serve the cache.
 
     Prefect's cache record of a step holds an :class:`ArtifactRef`, not the data, and every
@@ -203,12 +226,21 @@ def recompute_reason(spec: StepSpec, source: ArtifactRef, config: PipelineConfig
     """
     if spec.role and config.llm_for(spec.role).cache_mode == "refresh":
         return "llm.cache_mode is refresh: every row is asked again"
-    path = spec_path(config, spec)
+    key = cache_key(spec, source, config, shard)
+    for path in output_paths(spec, source, config, shard):
+        reason = _file_reason(path, key, config)
+        if reason:
+            return reason
+    return None
+
+
+def _file_reason(path: Path, key: str, config: PipelineConfig) -> str | None:
+    """Why the step file at ``path`` cannot be served for cache key ``key`` (None: it can)."""
     try:
         meta = _ArtifactMeta.model_validate_json(_meta_path(path).read_text(encoding="utf-8"))
     except (OSError, ValidationError):
         return "no step file for this input and these settings"
-    if meta.cache_key != cache_key(spec, source, config) or Path(meta.artifact.path) != path:
+    if meta.cache_key != key or Path(meta.artifact.path) != path:
         return "the step file was written for another input or other settings"
     if not meta.artifact.is_intact():
         return "the step file is missing or was changed"

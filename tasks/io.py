@@ -27,17 +27,19 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from rare_core.config import LLMRoles, PipelineConfig
+from rare_core.errors import StorageError
 from rare_core.estimate import build_estimate, compare, render_comparison, token_counter_for
 from rare_core.exports import export as export_formats
 from rare_core.inputs import load_documents
 from rare_core.llm.config import redact_url
-from rare_core.operators.base import ERROR, ERROR_KIND, OK, RESERVED_PREFIX, STATUS, step_column
+from rare_core.operators.base import ERROR, ERROR_KIND, OK, RESERVED_PREFIX, STATUS, is_blank, step_column
 from rare_core.operators.doc2query import QUESTION_INDEX
 from rare_core.operators.reason_distill import DOCUMENT_ORDER, POSITIVE_DOC_NUMBER, SAMPLE_INDEX
 from rare_core.pipeline import INPUT_STEP_INDEX, STEPS
 from rare_core.prices import price_for
 from rare_core.report import Report, StepRecord, build_report
 from rare_core.report_html import render_html
+from rare_core.shards import Shard, shard_bounds, shard_count, shard_file
 from rare_core.storage import FORMATS, remove_frame, write_text_atomic
 from tasks.artifacts import ArtifactRef, step_path
 
@@ -54,6 +56,32 @@ ESTIMATE_MAX_DOCS = 20_000
 SAMPLE_CHARS = 240
 
 
+CORPUS_STEM = "corpus"  # {cache_path}/{prefix}_corpus.parquet: what a sharded run's BM25 searches
+
+
+class LoadedInput(BaseModel):
+    """The run's documents on disk: step 0 of the layout as one file, or one file per shard
+    (in row order), and for a sharded run the corpus file its BM25 index is built from."""
+
+    shards: list[ArtifactRef]
+    corpus: ArtifactRef | None = None
+
+    @property
+    def rows(self) -> int:
+        return sum(ref.rows for ref in self.shards)
+
+    def load(self) -> pd.DataFrame:
+        """Every document, in order."""
+        return load_all(self.shards)
+
+
+def load_all(refs: list[ArtifactRef]) -> pd.DataFrame:
+    """The frames of ``refs`` one after the other (a sharded step's rows, in order)."""
+    if len(refs) == 1:
+        return refs[0].load()
+    return pd.concat([ref.load() for ref in refs], ignore_index=True)
+
+
 class ExportResult(BaseModel):
     """The files of the final dataset: the usable rows, and the failed ones (None when none failed)."""
 
@@ -62,16 +90,49 @@ class ExportResult(BaseModel):
 
 
 @task(name="load-input", cache_policy=NO_CACHE, persist_result=False)
-def load_input(config: PipelineConfig) -> ArtifactRef:
-    """The documents file -> step 0 (checked, first ``limit`` rows, ``id`` added when absent)."""
+def load_input(config: PipelineConfig) -> LoadedInput:
+    """The documents file -> step 0 (checked, first ``limit`` rows, ``id`` added when absent),
+    as one file or, for ``shard_count(...) > 1``, one file per shard plus the corpus file."""
     df = load_documents(config)
     removed = clear_outputs(config)
-    ref = ArtifactRef.write(df, step_path(config, INPUT_STEP_INDEX))
     logger = get_run_logger()
     if removed:
         logger.info("Removed the previous run's %s from %s", ", ".join(removed), config.output_path)
-    logger.info("Loaded %d documents from %s -> %s", ref.rows, config.input_path, ref.path)
-    return ref
+    count = shard_count(len(df), config.shards, config.dask.workers)
+    base = step_path(config, INPUT_STEP_INDEX)
+    if count == 1:
+        loaded = LoadedInput(shards=[ArtifactRef.write(df, base)])
+        logger.info("Loaded %d documents from %s -> %s", len(df), config.input_path, base)
+        return loaded
+    shards = [ArtifactRef.write(df.iloc[start:stop].reset_index(drop=True),
+                                shard_file(base, Shard(index=i, count=count)))
+              for i, (start, stop) in enumerate(shard_bounds(len(df), count))]
+    loaded = LoadedInput(shards=shards, corpus=_write_corpus(df, config))
+    logger.info("Loaded %d documents from %s -> %d shards under %s", len(df), config.input_path, count,
+                shards[0].path.rsplit("/", 1)[0])
+    return loaded
+
+
+def _write_corpus(df: pd.DataFrame, config: PipelineConfig) -> ArtifactRef | None:
+    """The corpus file of a sharded run (``id``, ``text``, ``title`` when the input has the
+    title column), from which its one BM25 index is built; None when the user gave a corpus.
+    The ids keep their type (ints stay ints); parquet, so that each process reads back only the
+    texts of the negatives it chose, unless the ids mix types, which only jsonl keeps."""
+    if config.hardneg.corpus_path:
+        return None
+    k, title = config.columns, config.hardneg.title_key
+
+    def as_text(column: pd.Series) -> pd.Series:
+        return column.map(lambda v: None if is_blank(v) and not isinstance(v, str) else str(v)).astype(object)
+
+    corpus = pd.DataFrame({"id": df[k.id], "text": as_text(df[k.text])})
+    if title and title in df.columns:
+        corpus["title"] = as_text(df[title])
+    path = Path(config.cache_path).resolve() / f"{config.file_name_prefix}_{CORPUS_STEM}.parquet"
+    try:
+        return ArtifactRef.write(corpus, path)
+    except StorageError:
+        return ArtifactRef.write(corpus, path.with_suffix(".jsonl"))
 
 
 def clear_outputs(config: PipelineConfig) -> list[str]:
@@ -127,9 +188,10 @@ def _output_file(config: PipelineConfig, stem: str) -> Path:
 
 
 @task(name="export-dataset", cache_policy=NO_CACHE, persist_result=False)
-def export_dataset(final: ArtifactRef, config: PipelineConfig) -> ExportResult:
-    """The last step's file -> the final dataset, the failed rows, and a sample-rows table artifact."""
-    df = final.load()
+def export_dataset(final: list[ArtifactRef], config: PipelineConfig) -> ExportResult:
+    """The last step's file (or its shards' files, in order) -> the final dataset, the failed
+    rows, and a sample-rows table artifact."""
+    df = load_all(final)
     columns = trainer_columns(config, df.columns)
     ok = df[STATUS] == OK
     dataset = df.loc[ok, list(columns.values())].set_axis(list(columns), axis=1)
@@ -153,7 +215,7 @@ def export_dataset(final: ArtifactRef, config: PipelineConfig) -> ExportResult:
     return result
 
 
-def _estimate_section(config: PipelineConfig, source: ArtifactRef, records: list[StepRecord]) -> dict[str, str]:
+def _estimate_section(config: PipelineConfig, source: LoadedInput, records: list[StepRecord]) -> dict[str, str]:
     """The report's "Estimate against actual" (``rare estimate``'s figures beside this run's);
     left out above ESTIMATE_MAX_DOCS documents, where counting every prompt takes minutes."""
     if source.rows > ESTIMATE_MAX_DOCS:
@@ -164,11 +226,12 @@ def _estimate_section(config: PipelineConfig, source: ArtifactRef, records: list
 
 
 @task(name="publish-report", cache_policy=NO_CACHE, persist_result=False)
-def publish_report(records: list[StepRecord], config: PipelineConfig, source: ArtifactRef, final: ArtifactRef,
+def publish_report(records: list[StepRecord], config: PipelineConfig, source: LoadedInput, final: list[ArtifactRef],
                    exported: ExportResult, simulated_roles: list[str]) -> Report:
     """The run report -> ``report.md``, ``report.html`` (charts), ``summary.json`` and the run's
     ``run_config.json`` in the output folder, and a markdown artifact."""
-    header = {"Input": f"{config.input_path} ({source.rows} documents)"}
+    header = {"Input": f"{config.input_path} ({source.rows} documents"
+                       + (f" in {len(source.shards)} shards)" if len(source.shards) > 1 else ")")}
     for role in LLMRoles.model_fields:
         llm = config.llm_for(role)
         header[f"LLM ({role})"] = (f"built-in simulator (model name `{llm.model}`)" if role in simulated_roles
@@ -187,7 +250,7 @@ def publish_report(records: list[StepRecord], config: PipelineConfig, source: Ar
     write_text_atomic(out_dir / SUMMARY_FILE, json.dumps(report.summary, indent=1))
     write_text_atomic(out_dir / RUN_CONFIG_FILE, config.model_dump_json(indent=1))
     counter, _ = token_counter_for(config.llm_for("teacher").model)
-    write_text_atomic(out_dir / REPORT_HTML, render_html(report.summary, final.load(), columns=config.columns,
+    write_text_atomic(out_dir / REPORT_HTML, render_html(report.summary, load_all(final), columns=config.columns,
                                                          token_counter=counter))
     create_markdown_artifact(markdown=report.markdown, key="rare-report",
                              description="RARE pipeline report" + (" (SIMULATED answers)" if report.summary["simulated"] else ""))

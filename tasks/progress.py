@@ -6,7 +6,9 @@ the endpoint's state (requests in flight, the adaptive limit, 429s seen:
 most once per ``min_interval`` seconds (and always at the end), whose description shows that
 state, and a call of every listener registered in this process with ``(step, done, total,
 live)`` each time: that is how ``rare run`` draws its progress bar while the flow runs in the
-same process.
+same process. Inside a shard ``live`` also has ``shard`` ("3/10") and ``done``/``total`` count
+that shard's rows; :class:`ShardProgress` (in the flow) reports a sharded step's shards as they
+finish, whichever process ran them.
 """
 
 from __future__ import annotations
@@ -45,6 +47,28 @@ def step_progress(step: str, label: str, live: LiveState | None = None) -> Itera
     progress.finish()
 
 
+class ShardProgress:
+    """Progress of a step over shards, in the flow: ``on_shard(shards_done, shards, rows_done, rows)``
+    (``tasks.steps.run_shards``) -> a progress artifact ``rare-{step}-shards`` ("3/10 shards,
+    30,000/100,000 rows") and a call of every listener with ``live={"shards_done", "shards"}``."""
+
+    def __init__(self, step: str, label: str) -> None:
+        self.step, self.label = step, label
+        self.artifact_id = None  # made on the first shard: a step run over all shards at once has none
+
+    def __call__(self, shards_done: int, shards: int, rows_done: int, rows: int) -> None:
+        with _lock:
+            listeners = list(_listeners)
+        for listener in listeners:
+            listener(self.step, rows_done, rows, {"shards_done": shards_done, "shards": shards})
+        if self.artifact_id is None:  # artifact keys take lowercase letters, digits and dashes only
+            self.artifact_id = create_progress_artifact(
+                progress=0.0, key=f"rare-{self.step.replace('_', '-')}-shards", description=self.label, _sync=True)
+        update_progress_artifact(
+            artifact_id=self.artifact_id, progress=100.0 * shards_done / max(shards, 1),
+            description=f"{self.label}: {shards_done}/{shards} shards, {rows_done:,}/{rows:,} rows", _sync=True)
+
+
 class StepProgress:
     """The ``on_progress`` callback of one step run (create it inside the task run)."""
 
@@ -78,5 +102,6 @@ class StepProgress:
         state = self.live() if self.live else {}
         endpoint = (f"; {state['in_flight']} in flight (limit {state['limit']}), {state['refused_429']} 429s"
                     if state else "")
+        shard = f" of shard {state['shard']}" if state.get("shard") else ""
         update_progress_artifact(artifact_id=self.artifact_id, progress=percent,
-                                 description=f"{self.label}: {done}/{total} rows answered{endpoint}", _sync=True)
+                                 description=f"{self.label}: {done}/{total} rows{shard} answered{endpoint}", _sync=True)

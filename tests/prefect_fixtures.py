@@ -10,7 +10,6 @@ Prefect itself is imported only inside the fixtures, so tests that do not use th
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,8 +18,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-import httpx
 import pytest
+
+from deployments.local_server import free_port, prefect_server  # noqa: F401 - free_port is re-exported
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = PROJECT_ROOT / "data" / "pubmedqa_sample.jsonl"
@@ -46,12 +46,6 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=90):
         yield
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):
@@ -80,28 +74,8 @@ def stop_process(proc: subprocess.Popen, timeout: float = 15) -> None:
 def running_prefect_server(home: Path, **env: str) -> Iterator[str]:
     """A real ``prefect server start`` on a free loopback port with ``home`` as PREFECT_HOME (and
     ``env`` on top, e.g. a database URL); yields its API URL once ``/api/health`` answers."""
-    port = free_port()
-    full_env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_PROFILES_PATH=str(home / "profiles.toml"), **env)
-    log = open(home / "server.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=full_env, stdout=log, stderr=subprocess.STDOUT, cwd=home)
-    api_url = f"http://127.0.0.1:{port}/api"
-
-    def healthy() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError(f"prefect server exited: {(home / 'server.log').read_text()[-2000:]}")
-        try:
-            return httpx.get(f"{api_url}/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_until(healthy, 120, "the Prefect server's /api/health")
+    with prefect_server(home, **env) as api_url:
         yield api_url
-    finally:
-        stop_process(proc)
-        log.close()
 
 
 @pytest.fixture(scope="module")

@@ -212,6 +212,38 @@ def summarize(step: str, df_in: pd.DataFrame, out: pd.DataFrame, active: pd.Seri
     )
 
 
+# Counters of ``StepSummary.extra`` that describe the whole corpus or the deepest search, not
+# each row: merged by maximum instead of sum.
+_MAX_EXTRA = frozenset({"index_docs", "search_rounds"})
+
+
+def merge_summaries(summaries: list[StepSummary]) -> StepSummary:
+    """The summary of a step run shard by shard: counts and seconds summed (``wall_seconds``
+    is then the work done, not the time it took), failures merged, ``extra`` numbers summed
+    (by maximum for :data:`_MAX_EXTRA`), flags true when true for every shard; ``simulated``
+    when any shard was."""
+    if len(summaries) == 1:
+        return summaries[0]
+    first = summaries[0]
+    counts = ("rows_in", "rows_out", "processed", "skipped_upstream_failed", "failed", "wall_seconds")
+    merged = {name: sum(getattr(s, name) for s in summaries) for name in counts}
+    reasons: Counter = Counter()
+    kinds: Counter = Counter()
+    extra: dict[str, float | int | str | bool] = {}
+    for s in summaries:
+        reasons.update(s.failures_by_reason)
+        kinds.update(s.failures_by_kind)
+        for key, value in s.extra.items():
+            if key not in extra:
+                extra[key] = value
+            elif isinstance(value, bool):
+                extra[key] = bool(extra[key]) and value
+            elif isinstance(value, (int, float)) and not isinstance(extra[key], (str, bool)):
+                extra[key] = max(extra[key], value) if key in _MAX_EXTRA else round(extra[key] + value, 6)
+    return StepSummary(step=first.step, **merged, failures_by_reason=dict(reasons), failures_by_kind=dict(kinds),
+                       simulated=any(s.simulated for s in summaries), extra=extra)
+
+
 def frame_from_rows(df: pd.DataFrame, rows: list[dict]) -> pd.DataFrame:
     """The output frame of ``rows`` (input rows extended with a step's columns): input columns
     first, in their order and with their dtypes (an ``Int64`` column with a missing value would

@@ -30,14 +30,20 @@ Memory: the corpus texts are held only until they are fingerprinted and written 
 indexer (the index build releases them, before Java indexes); search and selection work on
 index rows and a uint64 fingerprint array. The chosen negatives' texts are fetched at the end:
 from the input frame, or read again from a parquet ``corpus_path`` (which must not change
-during the call); a corpus file in another format is kept in memory instead.
+during the call); a corpus file in another format is kept in memory instead. A ``corpus_path``
+file is prepared (read, fingerprinted, its index built or opened) once per process and kept
+for later calls while the file is unchanged: the shards of a sharded run only search
+(:meth:`BM25HardNeg.prepare` does it up front).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -47,6 +53,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from rare_core.errors import InputColumnError, StorageError
+from rare_core.hashing import file_sha256_memo
 from rare_core.operators.base import (
     FAILED, INPUT_ERROR, OK, SHORT, SKIPPED, Operator, active_mask, canonical_id, distinct_keys, document_id,
     guard_outputs, init_status, is_blank, mark_failed, require_columns, step_column, summarize,
@@ -217,6 +224,23 @@ def _refuse_shared_ids(ids: pd.Series, texts: pd.Series, where: str) -> None:
             f"id column to use content hashes)")
 
 
+@dataclass
+class _Mining:
+    """A searchable corpus: the index, the fingerprints of its texts by index row, where its
+    texts are read back, and whether it is kept for later calls (a corpus file's)."""
+
+    index: BM25Index
+    keys: np.ndarray
+    source: _TextSource
+    kept: bool
+
+
+# The corpus files prepared in this process (see BM25HardNeg._mining), and the lock that makes
+# one thread build while the others wait.
+_KEPT: dict[tuple[str, str, str], _Mining] = {}
+_KEPT_LOCK = threading.Lock()
+
+
 class BM25HardNeg(Operator):
     step_name = STEP
 
@@ -276,6 +300,42 @@ class BM25HardNeg(Operator):
         corpus = Corpus(frame, title_col="title" if "title" in frame.columns else None)
         return corpus, _TextSource(np.flatnonzero(keep), series, file, id_values)
 
+    def prepare(self) -> BM25Index:
+        """Build (or open) the index of ``config.corpus_path`` now and keep it for this process's
+        later calls: a sharded run does this once before its shards search. Out: the index."""
+        if not self.config.corpus_path:
+            raise ValueError(f"{STEP}: prepare() needs hardneg.corpus_path (the corpus file every call searches)")
+        return self._mining(pd.DataFrame(), "text", pd.Series(dtype=object), None)[0].index
+
+    def _mining(self, df: pd.DataFrame, text_col: str, positive_ids: pd.Series,
+                id_values: np.ndarray | None) -> tuple["_Mining", bool]:
+        """What a search needs (index, fingerprints, text source) and whether this call built it.
+
+        A ``corpus_path`` file's is made once per process and settings and kept while the file
+        is unchanged (:func:`~rare_core.hashing.file_sha256_memo`): each shard of a sharded run
+        then only searches, and concurrent calls wait for the one that builds. The input
+        frame's own corpus is made per call and released after it."""
+        if not self.config.corpus_path:
+            return self._new_mining(df, text_col, positive_ids, id_values, kept=False), True
+        path = str(Path(self.config.corpus_path).resolve())
+        settings = self.config.model_dump(include={"k1", "b", "query_weighting", "title_key", "index_dir"})
+        key = (path, file_sha256_memo(path), json.dumps(settings, sort_keys=True))
+        with _KEPT_LOCK:
+            if key in _KEPT:
+                return _KEPT[key], False
+            _KEPT[key] = mining = self._new_mining(df, text_col, positive_ids, id_values, kept=True)
+            return mining, True
+
+    def _new_mining(self, df: pd.DataFrame, text_col: str, positive_ids: pd.Series,
+                    id_values: np.ndarray | None, kept: bool) -> "_Mining":
+        corpus, source = self._corpus(df, text_col, positive_ids, id_values)
+        keys = _text_keys(corpus)
+        index = BM25Index.build(
+            corpus, self.config.index_dir, k1=self.config.k1, b=self.config.b,
+            query_weighting=self.config.query_weighting, threads=self.config.threads)
+        del corpus  # released by the build: only ids and row maps are left
+        return _Mining(index=index, keys=keys, source=source, kept=kept)
+
     def process(self, df: pd.DataFrame, input_question_key: str = "question", input_text_key: str = "text",
                 output_negatives_key: str = "hard_negatives", num_neg: int | None = None,
                 input_id_key: str = "id", overwrite: bool = False) -> pd.DataFrame:
@@ -309,21 +369,18 @@ class BM25HardNeg(Operator):
                  "index_reused": False, "index_docs": 0, "search_rounds": 0, "truncated_queries": 0}
         if len(todo):
             positive_ids, id_values = self._positive_ids(df, input_text_key, input_id_key)
-            corpus, source = self._corpus(df, input_text_key, positive_ids, id_values)
-            keys = _text_keys(corpus)
-            index = BM25Index.build(
-                corpus, self.config.index_dir, k1=self.config.k1, b=self.config.b,
-                query_weighting=self.config.query_weighting, threads=self.config.threads)
-            del corpus  # released by the build: only ids and row maps are left
-            extra.update(index_seconds=round(index.build_seconds, 3), index_reused=index.reused,
-                         index_docs=index.num_docs)
+            mining, fresh = self._mining(df, input_text_key, positive_ids, id_values)
+            index = mining.index
+            extra.update(index_seconds=round(index.build_seconds, 3) if fresh else 0.0,
+                         index_reused=index.reused or not fresh, index_docs=index.num_docs)
             t0 = time.perf_counter()
-            miner = Miner(index, keys, num_neg=num_neg, skip_top=self.config.skip_top,
+            miner = Miner(index, mining.keys, num_neg=num_neg, skip_top=self.config.skip_top,
                           max_score_ratio=self.config.max_score_ratio, max_depth=self.config.max_depth)
             questions = df[input_question_key].to_numpy()
             texts = df[input_text_key].to_numpy()
             pids = positive_ids.to_numpy()
             chosen = []  # index rows of each mined row's negatives, in todo order
+            truncated_before = index.truncated_queries
             for start in range(0, len(todo), CHUNK_QUESTIONS):
                 rows = todo[start:start + CHUNK_QUESTIONS]
                 mined = miner.mine([str(q) for q in questions[rows]], pids[rows].tolist(), texts[rows].tolist())
@@ -335,9 +392,10 @@ class BM25HardNeg(Operator):
                         pos_score[row] = score
                     if len(sel.ids) < num_neg:
                         status[row] = SHORT
-            extra["truncated_queries"] = index.truncated_queries
-            index.close()  # unmaps the index files before the texts are read back
-            for row, row_texts, row_ids in zip(todo, *_negatives_of(index, source, chosen)):
+            extra["truncated_queries"] = index.truncated_queries - truncated_before
+            if not mining.kept:
+                index.close()  # unmaps the index files before the texts are read back
+            for row, row_texts, row_ids in zip(todo, *_negatives_of(index, mining.source, chosen)):
                 negatives[row], neg_ids[row] = row_texts, row_ids
             extra["search_seconds"] = round(time.perf_counter() - t0, 3)
             extra["short_rows"] = int((status == SHORT).sum())
