@@ -20,7 +20,8 @@ from typing import Iterator
 
 import pytest
 
-from deployments.local_server import free_port, prefect_server  # noqa: F401 - free_port is re-exported
+from deployments.local_server import free_port  # noqa: F401 - re-exported for the fixtures of other modules
+from deployments.local_server import prefect_server as _prefect_server
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = PROJECT_ROOT / "data" / "pubmedqa_sample.jsonl"
@@ -74,7 +75,7 @@ def stop_process(proc: subprocess.Popen, timeout: float = 15) -> None:
 def running_prefect_server(home: Path, **env: str) -> Iterator[str]:
     """A real ``prefect server start`` on a free loopback port with ``home`` as PREFECT_HOME (and
     ``env`` on top, e.g. a database URL); yields its API URL once ``/api/health`` answers."""
-    with prefect_server(home, **env) as api_url:
+    with _prefect_server(home, **env) as api_url:
         yield api_url
 
 

@@ -34,3 +34,29 @@ def test_two_runs_report_to_a_prefect_server_on_postgresql(tmp_path, prefect_ser
         with get_client(sync_client=True) as client:
             flow_runs = client.read_flow_runs()
     assert sum(1 for r in flow_runs if r.state and r.state.is_completed()) >= 2
+
+
+def test_sharded_run_on_two_dask_workers_reports_every_shard_to_the_postgresql_server(tmp_path, prefect_server_on_postgres):
+    """``rare run --shards 4 --dask-workers 2`` with PREFECT_API_URL on the PostgreSQL-backed server:
+    the run uses that server (it starts none of its own) and every shard's task run, executed in
+    a worker process, is recorded there as Completed."""
+    env = dict(os.environ, PREFECT_API_URL=prefect_server_on_postgres, PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL="CRITICAL")
+    done = subprocess.run([sys.executable, "-m", "deployments.cli", "run", "--input", str(SAMPLE), "--limit", "12",
+                           "--shards", "4", "--dask-workers", "2", "--cache-path", str(tmp_path / "cache"),
+                           "--output", str(tmp_path / "out")],
+                          cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(read_frame(tmp_path / "out" / "dataset.jsonl")) == 12
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server_on_postgres}):
+        with get_client(sync_client=True) as client:
+            last = client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)[0]
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[last.id])))
+    assert last.state.is_completed()
+    shards = {r.name: r.state.name for r in runs if "-of-00004" in r.name}
+    assert len(shards) == 12 and set(shards.values()) == {"Completed"}, shards

@@ -136,3 +136,53 @@ def test_no_byte_a_run_writes_holds_the_api_key(tmp_path):
                 scanned += 1
                 assert secret.encode() not in data and secret[:-4].encode() not in data, path
     assert scanned > 10 and any(p.suffix == ".db" for p in home.rglob("*"))  # Prefect's database was scanned
+
+
+def _latest_task_states() -> dict[str, str]:
+    """``{task run name: state name}`` of the flow run that started last (from the test session's API)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        last = client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)[0]
+
+        def final():
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[last.id])))
+            if runs and all(r.state is not None and r.state.is_final() for r in runs):
+                return {r.name: r.state.name for r in runs}
+            return None
+
+        return wait_until(final, 30, "the task runs of the last flow run")
+
+
+def test_kill_9_mid_sharded_run_serves_finished_shards_and_completes_the_rest(tmp_path, slow_sim, reference, api_env):
+    """4 shards of 6 documents, killed in ReasonDistill's third shard (the thread pool runs the
+    shards of a step one after another): the rerun serves every finished shard from the cache
+    (state Cached) and computes the others; the rows equal the unsharded reference's."""
+    ref_rows, ref_completions = reference
+    slow_sim.reset()
+    kill_at = DOCS + 2 * (DOCS // 4) + 2
+    proc = rare_run(tmp_path, slow_sim.base_url, "--shards", "4", env=api_env)
+    wait_until(lambda: slow_sim.stats().completions_served >= kill_at or proc.poll() is not None, 120,
+               f"{kill_at} completions", interval=0.01)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(0.3)
+    first = slow_sim.stats().completions_served
+    slow_sim.reset()
+    code, err = finish(rare_run(tmp_path, slow_sim.base_url, "--shards", "4", env=api_env))
+    assert code == 0, err
+    states = _latest_task_states()
+
+    def shards(task: str) -> list[str]:
+        return [s for name, s in sorted(states.items()) if name.startswith(f"{task}-0")]
+
+    assert shards("doc2query") == ["Cached"] * 4 and shards("bm25-hardneg") == ["Cached"] * 4
+    assert shards("reason-distill")[:2] == ["Cached"] * 2 and shards("reason-distill")[2:] == ["Completed"] * 2
+    resumed = slow_sim.stats().completions_served
+    print(f"sharded kill at {kill_at}: {first} completions before the kill, {resumed} after, "
+          f"re-paid {first + resumed - ref_completions}")
+    assert 0 <= first + resumed - ref_completions <= WORKERS
+    assert dataset(tmp_path).to_dict("records") == ref_rows.to_dict("records")
