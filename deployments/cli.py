@@ -304,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = build_config(args)
         from rare_core.inputs import preflight
 
-        documents = preflight(config)
+        preflight(config)
     except (ConfigError, RareError, OSError) as exc:
         if verbose:
             traceback.print_exc()
@@ -315,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "estimate":
         from rare_core.estimate import build_estimate, render_estimate
 
-        print(render_estimate(build_estimate(config, documents)))
+        print(render_estimate(build_estimate(config)))
         return EXIT_OK
     from deployments.serve import ServeOptions, serve
 

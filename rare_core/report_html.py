@@ -614,11 +614,21 @@ def _column(columns: Any, name: str, default: str) -> str:
     return str(getattr(columns, name, default))
 
 
+def chart_columns(columns: Any = None) -> list[str]:
+    """The columns of the final step file the page reads (the rest can be left out of ``final``)."""
+    names = [_column(columns, "question", "question"), _column(columns, "reasoning", "reasoning"),
+             f"{_column(columns, 'hard_negatives', 'hard_negatives')}_scores"]
+    return [*names, RANK, POSITIVE_SCORE, HARDNEG_STATUS, ERROR, STATUS, VERDICT, *SAMPLE_COLUMNS, *SIMULATED_COLUMNS]
+
+
 def render_html(summary: dict, final: pd.DataFrame, title: str = "RARE pipeline report", token_counter: Any = None,
-                *, columns: Any = None, length_sample: int | None = LENGTH_SAMPLE) -> str:
+                *, columns: Any = None, length_sample: int | None = LENGTH_SAMPLE,
+                rows: tuple[int, int] | None = None) -> str:
     """The report page (see the module docstring). ``columns``: the config's column names
     (``question``, ``reasoning``, ``hard_negatives``; a mapping or ``config.columns``) when they
-    are not the defaults. ``length_sample``: texts measured per column at most (None: all)."""
+    are not the defaults. ``length_sample``: texts measured per column at most (None: all).
+    ``rows``: (rows, ok rows) of the whole final step file when ``final`` is an evenly spaced
+    sample of it (a large run); the page then says the charts are drawn from that sample."""
     df = final if final is not None else pd.DataFrame()
     question = _column(columns, "question", "question")
     reasoning = _column(columns, "reasoning", "reasoning")
@@ -659,7 +669,9 @@ def render_html(summary: dict, final: pd.DataFrame, title: str = "RARE pipeline 
     facts = [[k, _Raw(_inline_md(str(v)))] for k, v in (summary.get("header") or {}).items()]
     if summary.get("dataset_rows") is not None:
         facts.append(["Rows in the final dataset", summary["dataset_rows"]])
-    if STATUS in df.columns:
+    if rows is not None:
+        facts.append(["Rows in the final step file", f"{rows[0]:,} ({rows[1]:,} ok, {rows[0] - rows[1]:,} failed)"])
+    elif STATUS in df.columns:
         ok = int((df[STATUS] == "ok").sum())
         facts.append(["Rows in the final step file", f"{len(df):,} ({ok:,} ok, {len(df) - ok:,} failed)"])
     else:
@@ -667,8 +679,10 @@ def render_html(summary: dict, final: pd.DataFrame, title: str = "RARE pipeline 
     out += ['<section id="facts">', "<h2>Run</h2>", _table(["", ""], facts), "</section>"]
     out += _steps_section(summary)
 
-    out += ['<section id="charts">', "<h2>The data</h2>",
-            f"<p class=\"note\">From every row of the final step file ({len(df):,} rows, ok and failed).</p>"]
+    drawn = (f"From an evenly spaced sample of {len(df):,} of the final step file's {rows[0]:,} rows (ok and failed)."
+             if rows is not None and rows[0] > len(df) else
+             f"From every row of the final step file ({len(df):,} rows, ok and failed).")
+    out += ['<section id="charts">', "<h2>The data</h2>", f"<p class=\"note\">{drawn}</p>"]
     if mpl is None and any(isinstance(c, _Chart) for c in charts):
         out.append('<p class="skipped">Charts not drawn: matplotlib is not installed '
                    "(<code>pip install matplotlib</code>); their captions and figures follow.</p>")
