@@ -1,11 +1,21 @@
-"""The documents of a run, checked before anything is paid for.
+"""The documents of a run, checked before anything is paid for, whole or in chunks.
 
-In: a :class:`~rare_core.config.PipelineConfig`. Out: :func:`load_documents` -> the input frame
-(``limit`` applied, an id column added from the text's hash when the input has none, a fresh
-RangeIndex); :func:`preflight` -> the same, after also checking what the run needs besides
-the input (the BM25 engine, a separate corpus file). Everything a user can get wrong in the
-input is one :class:`InputError` (or :class:`~rare_core.errors.StorageError` from reading)
-whose one line names the file, the column or the row:
+In: a :class:`~rare_core.config.PipelineConfig`. Out:
+
+* :func:`iter_documents` -> the input's documents in order, in frames of at most
+  :data:`CHUNK_ROWS` rows (``limit`` applied, an id column added from the text's hash when the
+  input has none, each frame with a RangeIndex from 0): a jsonl or parquet input is read
+  chunk by chunk (:func:`rare_core.storage.iter_frames`), so a million documents never sit in
+  memory at once; the checks that look across rows (one id for two texts) run over the whole
+  stream and fail when it ends;
+* :func:`load_documents` -> all of them in one frame; :func:`count_documents` -> how many
+  there are, without reading a jsonl's JSON;
+* :func:`preflight` -> the number of documents, after the whole stream was checked and what
+  the run needs besides the input (the BM25 engine, a separate corpus file) was found.
+
+Everything a user can get wrong in the input is one :class:`InputError` (or
+:class:`~rare_core.errors.StorageError` from reading) whose one line names the file, the
+column or the row:
 
 * an empty input ("has no documents"), a missing text column (with the columns present);
 * a column whose name starts with ``rare_`` (the pipeline's bookkeeping namespace);
@@ -16,15 +26,21 @@ whose one line names the file, the column or the row:
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
+from typing import Iterator
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from rare_core.config import PipelineConfig
 from rare_core.errors import RareError
 from rare_core.operators.base import RESERVED_PREFIX, document_id, is_blank
 from rare_core.pipeline import STEPS
-from rare_core.storage import format_of, read_frame
+from rare_core.storage import count_rows, format_of, iter_frames
+
+CHUNK_ROWS = 20_000  # documents read and checked at once
 
 
 class InputError(RareError, ValueError):
@@ -35,62 +51,147 @@ def _names(columns) -> str:
     return ", ".join(repr(str(c)) for c in columns)
 
 
-def load_documents(config: PipelineConfig) -> pd.DataFrame:
-    """The run's documents, checked (see the module docstring)."""
-    path, k = config.input_path, config.columns
-    df = read_frame(path)
-    if df.empty:
-        raise InputError(f"{path}: the input has no documents")
-    if k.text not in df.columns:
-        raise InputError(f"{path}: input column {k.text!r} not found (columns.text); columns present: {_names(df.columns)}")
-    reserved = [c for c in df.columns if str(c).startswith(RESERVED_PREFIX)]
-    if reserved:
-        raise InputError(f"{path}: column(s) {_names(reserved)} use the prefix {RESERVED_PREFIX!r}, which is the "
-                         "pipeline's own bookkeeping; rename them")
-    if config.questions_given and k.question not in df.columns:
-        raise InputError(f"{path}: questions_given is set but the input has no {k.question!r} column (columns.question); "
-                         f"columns present: {_names(df.columns)}")
-    if config.questions_given and config.verify.method != "none" and k.gold_answer not in df.columns:
-        raise InputError(f"{path}: verify.method={config.verify.method} checks answers against the gold answer, but the "
-                         f"input has no {k.gold_answer!r} column (columns.gold_answer); set verify.method=none to skip")
-    for spec in (spec for spec in STEPS if spec.enabled(config)):
-        clash = [c for c in spec.writes(config) if c in df.columns]
+def _text_key(text: object) -> int:
+    return int.from_bytes(hashlib.blake2b(str(text).encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+
+
+class _Checks:
+    """The checks of one pass over the input: each new column when it first appears, each
+    chunk's ids as it comes, and at the end what needs every row (see :meth:`finish`)."""
+
+    def __init__(self, config: PipelineConfig) -> None:
+        self.config, self.path, self.k = config, config.input_path, config.columns
+        self.columns: dict[str, None] = {}  # every column seen, in first-seen order
+        self.rows = 0
+        self.has_ids: bool | None = None  # decided by the first chunk
+        self._ids: list[pa.Array] = []
+        self._text_keys: list[np.ndarray] = []
+        self._writes: dict[str, str] = {}  # column -> label of the first step that writes it
+        for spec in (spec for spec in STEPS if spec.enabled(config)):
+            for column in spec.writes(config):
+                self._writes.setdefault(column, spec.label)
+
+    def chunk(self, df: pd.DataFrame) -> pd.DataFrame:
+        """One chunk, checked and completed (id column; required columns present) -> the chunk."""
+        self._new_columns([c for c in df.columns if c not in self.columns])
+        if self.config.limit is not None:
+            df = df.head(self.config.limit - self.rows)
+        df = df.reset_index(drop=True)
+        for required in self._required():
+            if required not in df.columns:  # a jsonl key first seen in a later chunk; finish() checks it exists
+                df[required] = None
+        k = self.k
+        if self.has_ids is None:
+            self.has_ids = k.id in df.columns
+        if self.has_ids:
+            self._check_ids(df)
+        elif k.id in df.columns:
+            raise InputError(f"{self.path}: column {k.id!r} (columns.id) first appears at row {self.rows + 1}, so it is "
+                             f"empty in rows 1-{self.rows}: give every document an id, or drop the column to use "
+                             "content hashes")
+        else:
+            df.insert(0, k.id, df[k.text].map(document_id))
+        self.rows += len(df)
+        return df
+
+    def _required(self) -> list[str]:
+        k, config = self.k, self.config
+        cols = [k.text]
+        if config.questions_given:
+            cols.append(k.question)
+            if config.verify.method != "none":
+                cols.append(k.gold_answer)
+        return cols
+
+    def _new_columns(self, new: list) -> None:
+        reserved = [c for c in new if str(c).startswith(RESERVED_PREFIX)]
+        if reserved:
+            raise InputError(f"{self.path}: column(s) {_names(reserved)} use the prefix {RESERVED_PREFIX!r}, which is "
+                             "the pipeline's own bookkeeping; rename them")
+        clash = [c for c in new if c in self._writes]
         if clash:
-            raise InputError(f"{path}: column(s) {_names(clash)} would be overwritten by {spec.label}'s output; "
-                             "rename them (or set the matching columns.* key)")
-    if config.limit is not None:
-        df = df.head(config.limit)
-    df = df.reset_index(drop=True)
-    if k.id in df.columns:
-        _check_ids(df, k.id, k.text, path)
-    else:
-        df.insert(0, k.id, df[k.text].map(document_id))
-    return df
+            label = self._writes[clash[0]]
+            raise InputError(f"{self.path}: column(s) {_names([c for c in clash if self._writes[c] == label])} would be "
+                             f"overwritten by {label}'s output; rename them (or set the matching columns.* key)")
+        self.columns.update(dict.fromkeys(new))
 
+    def _check_ids(self, df: pd.DataFrame) -> None:
+        id_col = self.k.id
+        ids = df[id_col] if id_col in df.columns else pd.Series(None, index=df.index, dtype=object)
+        blank = ids.map(is_blank)
+        if blank.any():
+            rows = df.index[blank]
+            raise InputError(f"{self.path}: column {id_col!r} (columns.id) is empty in {len(rows)} row(s), "
+                             f"first row {self.rows + rows[0] + 1}: give every document an id, or drop the column to use "
+                             "content hashes")
+        self._ids.append(pa.array(ids.astype(str).tolist(), type=pa.string()))
+        self._text_keys.append(np.fromiter((_text_key(t) for t in df[self.k.text].tolist()), dtype=np.uint64,
+                                           count=len(df)))
 
-def _check_ids(df: pd.DataFrame, id_col: str, text_col: str, path: str) -> None:
-    blank = df[id_col].map(is_blank)
-    if blank.any():
-        rows = df.index[blank]
-        raise InputError(f"{path}: column {id_col!r} (columns.id) is empty in {len(rows)} row(s), first row "
-                         f"{rows[0] + 1}: give every document an id, or drop the column to use content hashes")
-    ids = df[id_col].astype(str)
-    dup = ids.duplicated(keep=False)
-    if dup.any():
-        texts = df.loc[dup, text_col].astype(str)
-        differ = texts.groupby(ids[dup]).nunique()
+    def finish(self) -> None:
+        """The checks that need the whole input: documents at all, the text (and question) columns, unique ids."""
+        k, config, path = self.k, self.config, self.path
+        if self.rows == 0:
+            raise InputError(f"{path}: the input has no documents")
+        if k.text not in self.columns:
+            raise InputError(f"{path}: input column {k.text!r} not found (columns.text); columns present: "
+                             f"{_names(self.columns)}")
+        if config.questions_given and k.question not in self.columns:
+            raise InputError(f"{path}: questions_given is set but the input has no {k.question!r} column "
+                             f"(columns.question); columns present: {_names(self.columns)}")
+        if config.questions_given and config.verify.method != "none" and k.gold_answer not in self.columns:
+            raise InputError(f"{path}: verify.method={config.verify.method} checks answers against the gold answer, "
+                             f"but the input has no {k.gold_answer!r} column (columns.gold_answer); set "
+                             "verify.method=none to skip")
+        if self.has_ids:
+            self._check_unique_ids()
+
+    def _check_unique_ids(self) -> None:
+        ids = pd.Series(pa.chunked_array(self._ids, type=pa.string()), dtype=pd.ArrowDtype(pa.string()))
+        keys = pd.Series(np.concatenate(self._text_keys))
+        dup = ids.duplicated(keep=False).to_numpy()
+        if not dup.any():
+            return
+        differ = keys[dup].groupby(ids[dup].to_numpy()).nunique()
         differ = differ[differ > 1]
         if len(differ):
             first = differ.index[0]
-            rows = [int(r) + 1 for r in df.index[(ids == first).to_numpy()][:3]]
-            raise InputError(f"{path}: id {first!r} (column {id_col!r}) names {int(differ.iloc[0])} different "
+            rows = [int(r) + 1 for r in np.flatnonzero((ids == first).to_numpy())[:3]]
+            raise InputError(f"{self.path}: id {first!r} (column {self.k.id!r}) names {int(differ.iloc[0])} different "
                              f"documents (rows {', '.join(map(str, rows))}); ids must be unique per document")
 
 
-def preflight(config: PipelineConfig) -> pd.DataFrame:
-    """:func:`load_documents`, plus the BM25 engine (``RetrievalError`` saying how to install it)
-    and a separate corpus file checked to be there, in a supported format."""
-    df = load_documents(config)
+def iter_documents(config: PipelineConfig, chunk_rows: int | None = None) -> Iterator[pd.DataFrame]:
+    """The run's documents, checked, in order, in frames of at most ``chunk_rows`` rows (default
+    :data:`CHUNK_ROWS`; see the module docstring). The checks across rows raise when the stream
+    ends, after the last frame."""
+    checks = _Checks(config)
+    if config.limit is None or config.limit > 0:
+        for frame in iter_frames(config.input_path, chunk_rows or CHUNK_ROWS):
+            if config.limit is not None and checks.rows >= config.limit:
+                break
+            if not frame.empty:
+                yield checks.chunk(frame)
+    checks.finish()
+
+
+def load_documents(config: PipelineConfig) -> pd.DataFrame:
+    """The run's documents, checked, in one frame."""
+    chunks = list(iter_documents(config))
+    return chunks[0] if len(chunks) == 1 else pd.concat(chunks, ignore_index=True)
+
+
+def count_documents(config: PipelineConfig) -> int:
+    """How many documents the run has (``limit`` applied), without decoding a jsonl's records."""
+    rows = count_rows(config.input_path)
+    return rows if config.limit is None else min(rows, config.limit)
+
+
+def preflight(config: PipelineConfig) -> int:
+    """The whole input checked (:func:`iter_documents`, chunk by chunk), plus the BM25 engine
+    (``RetrievalError`` saying how to install it) and a separate corpus file checked to be there,
+    in a supported format -> the number of documents."""
+    rows = sum(len(chunk) for chunk in iter_documents(config))
     from rare_core.retrieval.jvm import anserini_jar  # finds the jar without starting Java
 
     anserini_jar()
@@ -99,4 +200,4 @@ def preflight(config: PipelineConfig) -> pd.DataFrame:
         format_of(corpus)
         if not Path(corpus).is_file():
             raise InputError(f"hardneg.corpus_path {corpus} is not a file")
-    return df
+    return rows

@@ -17,20 +17,25 @@ and loading is what computes the content hash every step's cache key starts from
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from rare_core.config import LLMRoles, PipelineConfig
-from rare_core.errors import StorageError
+from rare_core.errors import RareError
+from rare_core.hashing import file_sha256
 from rare_core.estimate import build_estimate, compare, render_comparison, token_counter_for
 from rare_core.exports import export as export_formats
-from rare_core.inputs import load_documents
+from rare_core.inputs import count_documents, iter_documents, load_documents
 from rare_core.llm.config import redact_url
 from rare_core.operators.base import ERROR, ERROR_KIND, OK, RESERVED_PREFIX, STATUS, is_blank, step_column
 from rare_core.operators.doc2query import QUESTION_INDEX
@@ -38,9 +43,9 @@ from rare_core.operators.reason_distill import DOCUMENT_ORDER, POSITIVE_DOC_NUMB
 from rare_core.pipeline import INPUT_STEP_INDEX, STEPS
 from rare_core.prices import price_for
 from rare_core.report import Report, StepRecord, build_report
-from rare_core.report_html import render_html
+from rare_core.report_html import chart_columns, render_html
 from rare_core.shards import Shard, shard_bounds, shard_count, shard_file
-from rare_core.storage import FORMATS, remove_frame, write_text_atomic
+from rare_core.storage import FORMATS, FrameWriter, frame_columns, remove_frame, write_text_atomic
 from tasks.artifacts import ArtifactRef, step_path
 
 DATASET_STEM = "dataset"
@@ -92,47 +97,132 @@ class ExportResult(BaseModel):
 @task(name="load-input", cache_policy=NO_CACHE, persist_result=False)
 def load_input(config: PipelineConfig) -> LoadedInput:
     """The documents file -> step 0 (checked, first ``limit`` rows, ``id`` added when absent),
-    as one file or, for ``shard_count(...) > 1``, one file per shard plus the corpus file."""
-    df = load_documents(config)
+    as one file or, for ``shard_count(...) > 1``, one file per shard plus the corpus file. A
+    sharded input is read chunk by chunk (rare_core.inputs.iter_documents): at most a shard and
+    a chunk of documents are in memory at once."""
     removed = clear_outputs(config)
     logger = get_run_logger()
     if removed:
         logger.info("Removed the previous run's %s from %s", ", ".join(removed), config.output_path)
-    count = shard_count(len(df), config.shards, config.dask.workers)
     base = step_path(config, INPUT_STEP_INDEX)
+    total = count_documents(config)
+    count = shard_count(total, config.shards, config.dask.workers)
     if count == 1:
-        loaded = LoadedInput(shards=[ArtifactRef.write(df, base)])
-        logger.info("Loaded %d documents from %s -> %s", len(df), config.input_path, base)
+        loaded = LoadedInput(shards=[ArtifactRef.write(load_documents(config), base)])
+        logger.info("Loaded %d documents from %s -> %s", loaded.rows, config.input_path, base)
         return loaded
-    shards = [ArtifactRef.write(df.iloc[start:stop].reset_index(drop=True),
-                                shard_file(base, Shard(index=i, count=count)))
-              for i, (start, stop) in enumerate(shard_bounds(len(df), count))]
-    loaded = LoadedInput(shards=shards, corpus=_write_corpus(df, config))
-    logger.info("Loaded %d documents from %s -> %d shards under %s", len(df), config.input_path, count,
-                shards[0].path.rsplit("/", 1)[0])
+    corpus = None if config.hardneg.corpus_path else CorpusWriter(config)
+    shards = _write_shards(config, base, shard_bounds(total, count), corpus)
+    loaded = LoadedInput(shards=shards, corpus=corpus.close(shards) if corpus else None)
+    logger.info("Loaded %d documents from %s -> %d shards under %s", loaded.rows, config.input_path, count,
+                Path(shards[0].path).parent)
     return loaded
 
 
-def _write_corpus(df: pd.DataFrame, config: PipelineConfig) -> ArtifactRef | None:
-    """The corpus file of a sharded run (``id``, ``text``, ``title`` when the input has the
-    title column), from which its one BM25 index is built; None when the user gave a corpus.
-    The ids keep their type (ints stay ints); parquet, so that each process reads back only the
-    texts of the negatives it chose, unless the ids mix types, which only jsonl keeps."""
-    if config.hardneg.corpus_path:
-        return None
-    k, title = config.columns, config.hardneg.title_key
+def _write_shards(config: PipelineConfig, base: Path, bounds: list[tuple[int, int]],
+                  corpus: "CorpusWriter | None") -> list[ArtifactRef]:
+    """Stream the checked documents into one step-0 file per shard (``bounds``: their row ranges)."""
+    sizes = [stop - start for start, stop in bounds]
+    shards: list[ArtifactRef] = []
+    buffer: list[pd.DataFrame] = []
+    buffered = 0
+    for chunk in iter_documents(config):
+        if corpus is not None:
+            corpus.write(chunk)
+        while len(chunk):
+            if len(shards) == len(sizes):
+                raise RareError(f"{config.input_path}: more documents than the {sum(sizes)} counted")
+            part, chunk = chunk.iloc[:sizes[len(shards)] - buffered], chunk.iloc[sizes[len(shards)] - buffered:]
+            buffer.append(part)
+            buffered += len(part)
+            if buffered == sizes[len(shards)]:
+                frame = pd.concat(buffer, ignore_index=True) if len(buffer) > 1 else buffer[0].reset_index(drop=True)
+                shards.append(ArtifactRef.write(frame, shard_file(base, Shard(index=len(shards), count=len(sizes)))))
+                buffer, buffered = [], 0
+    if len(shards) != len(sizes):
+        raise RareError(f"{config.input_path}: {sum(s.rows for s in shards) + buffered} documents read, "
+                        f"{sum(sizes)} counted")
+    return shards
 
-    def as_text(column: pd.Series) -> pd.Series:
-        return column.map(lambda v: None if is_blank(v) and not isinstance(v, str) else str(v)).astype(object)
 
-    corpus = pd.DataFrame({"id": df[k.id], "text": as_text(df[k.text])})
-    if title and title in df.columns:
-        corpus["title"] = as_text(df[title])
-    path = Path(config.cache_path).resolve() / f"{config.file_name_prefix}_{CORPUS_STEM}.parquet"
-    try:
+class CorpusWriter:
+    """The corpus file of a sharded run, written as the documents stream by: ``id``, ``text``
+    and ``title`` (when the input's first chunk has the ``hardneg.title_key`` column), from
+    which its one BM25 index is built.
+
+    Parquet, so that each process reads back only the texts of the negatives it chose: ids keep
+    their type (integers stay integers). When the ids are neither all integers nor all text, or
+    a jsonl's title column first appears after the first chunk, parquet cannot hold the corpus as
+    the single-file run sees it: it is then written as jsonl from the shard files instead.
+    """
+
+    def __init__(self, config: PipelineConfig) -> None:
+        self.config = config
+        self.path = Path(config.cache_path).resolve() / f"{config.file_name_prefix}_{CORPUS_STEM}.parquet"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(f".{self.path.name}.tmp")
+        self._writer: pq.ParquetWriter | None = None
+        self._schema: pa.Schema | None = None
+        self._fallback = False
+
+    def _columns(self, chunk: pd.DataFrame, title: bool) -> dict[str, pd.Series]:
+        k = self.config.columns
+
+        def as_text(column: pd.Series) -> list:
+            return [None if is_blank(v) and not isinstance(v, str) else str(v) for v in column.tolist()]
+
+        cols = {"id": chunk[k.id], "text": as_text(chunk[k.text])}
+        if title:
+            cols["title"] = as_text(chunk[self.config.hardneg.title_key])
+        return cols
+
+    def write(self, chunk: pd.DataFrame) -> None:
+        """Append the corpus columns of ``chunk``."""
+        if self._fallback:
+            return
+        title_key = self.config.hardneg.title_key
+        if self._schema is None:
+            ids = chunk[self.config.columns.id]
+            id_type = pa.int64() if pd.api.types.is_integer_dtype(ids) else pa.string()
+            if id_type == pa.string() and not all(isinstance(v, str) for v in ids.tolist()):
+                self._fallback = True  # e.g. ints next to text ids: jsonl keeps each id's type
+                return
+            has_title = bool(title_key) and title_key in chunk.columns
+            self._schema = pa.schema([("id", id_type), ("text", pa.string())]
+                                     + ([("title", pa.string())] if has_title else []))
+            self._writer = pq.ParquetWriter(self._tmp, self._schema)
+        has_title = "title" in self._schema.names
+        if (bool(title_key) and title_key in chunk.columns) != has_title:
+            self._abandon()
+            return
+        try:
+            table = pa.table(self._columns(chunk, has_title), schema=self._schema)
+        except (pa.ArrowException, ValueError, TypeError, OverflowError):
+            self._abandon()
+            return
+        self._writer.write_table(table)
+
+    def _abandon(self) -> None:
+        self._fallback = True
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self._tmp.unlink(missing_ok=True)
+
+    def close(self, shards: list[ArtifactRef]) -> ArtifactRef:
+        """Finish the file (parquet, or jsonl written from ``shards``) -> its reference."""
+        if not self._fallback and self._writer is not None:
+            self._writer.close()
+            os.replace(self._tmp, self.path)
+            return ArtifactRef(path=str(self.path), sha256=file_sha256(self.path), rows=sum(s.rows for s in shards))
+        path = self.path.with_suffix(".jsonl")
+        title_key = self.config.hardneg.title_key
+        frames = [ref.load() for ref in shards]
+        has_title = bool(title_key) and any(title_key in f.columns for f in frames)
+        if has_title:
+            frames = [f if title_key in f.columns else f.assign(**{title_key: None}) for f in frames]
+        corpus = pd.concat([pd.DataFrame(self._columns(f, has_title)) for f in frames], ignore_index=True)
         return ArtifactRef.write(corpus, path)
-    except StorageError:
-        return ArtifactRef.write(corpus, path.with_suffix(".jsonl"))
 
 
 def clear_outputs(config: PipelineConfig) -> list[str]:
@@ -187,32 +277,61 @@ def _output_file(config: PipelineConfig, stem: str) -> Path:
     return Path(config.output_path).resolve() / f"{stem}.{config.output_format}"
 
 
+CHART_ROWS = 50_000  # rows of the final step file report.html draws from, at most (an even sample above)
+
+
 @task(name="export-dataset", cache_policy=NO_CACHE, persist_result=False)
 def export_dataset(final: list[ArtifactRef], config: PipelineConfig) -> ExportResult:
     """The last step's file (or its shards' files, in order) -> the final dataset, the failed
-    rows, and a sample-rows table artifact."""
-    df = load_all(final)
-    columns = trainer_columns(config, df.columns)
-    ok = df[STATUS] == OK
-    dataset = df.loc[ok, list(columns.values())].set_axis(list(columns), axis=1)
-    dataset[SIMULATED] = _simulated(df.loc[ok])
-    result = ExportResult(dataset=ArtifactRef.write(dataset.reset_index(drop=True), _output_file(config, DATASET_STEM)))
-    failed_path = _output_file(config, FAILED_STEM)
-    if (~ok).any():
-        index = [QUESTION_INDEX] if QUESTION_INDEX in df.columns else []
-        statuses = [step_column(spec.name, "status") for spec in STEPS if step_column(spec.name, "status") in df.columns]
-        keep = [config.columns.id, *index, STATUS, ERROR, ERROR_KIND, *statuses]
-        result.failed = ArtifactRef.write(df.loc[~ok, keep].reset_index(drop=True), failed_path)
+    rows, and a sample-rows table artifact. Shards are read and written one at a time."""
+    available = pd.Index(dict.fromkeys(c for ref in final for c in frame_columns(ref.path)))
+    columns = trainer_columns(config, available)
+    index = [QUESTION_INDEX] if QUESTION_INDEX in available else []
+    statuses = [step_column(spec.name, "status") for spec in STEPS if step_column(spec.name, "status") in available]
+    failed_columns = [config.columns.id, *index, STATUS, ERROR, ERROR_KIND, *statuses]
+    dataset_path, failed_path = _output_file(config, DATASET_STEM), _output_file(config, FAILED_STEM)
+    sample: list[dict] = []
+    simulated = False
+    with FrameWriter(dataset_path) as rows, FrameWriter(failed_path) as failed:
+        for ref in final:
+            df = ref.load()
+            ok = df[STATUS] == OK
+            part = df.loc[ok].reindex(columns=list(columns.values())).set_axis(list(columns), axis=1)
+            part[SIMULATED] = _simulated(df.loc[ok])
+            rows.write(part.reset_index(drop=True))
+            failed.write(df.loc[~ok].reindex(columns=failed_columns).reset_index(drop=True))
+            simulated = simulated or bool(part[SIMULATED].any())
+            sample += [{c: _sample_cell(v) for c, v in row.items()}
+                       for row in part.head(SAMPLE_ROWS - len(sample)).to_dict("records")]
+    result = ExportResult(dataset=ArtifactRef(path=str(dataset_path), sha256=file_sha256(dataset_path), rows=rows.rows))
+    if failed.rows:
+        result.failed = ArtifactRef(path=str(failed_path), sha256=file_sha256(failed_path), rows=failed.rows)
     else:
-        remove_frame(failed_path)  # a file from an earlier run would describe other rows
-    sample = [{c: _sample_cell(v) for c, v in row.items()} for row in dataset.head(SAMPLE_ROWS).to_dict("records")]
+        remove_frame(failed_path)  # no failed rows: a file would be an empty table (or one from an earlier run)
     create_table_artifact(
         table=sample, key="rare-dataset-sample",
-        description=f"First {len(sample)} of {len(dataset)} rows of {result.dataset.path}"
-                    + (" - SIMULATED answers" if bool(dataset[SIMULATED].any()) else ""))
-    get_run_logger().info("Wrote %d rows to %s (%d failed rows%s)", len(dataset), result.dataset.path,
-                          int((~ok).sum()), f" in {result.failed.path}" if result.failed else "")
+        description=f"First {len(sample)} of {rows.rows} rows of {result.dataset.path}"
+                    + (" - SIMULATED answers" if simulated else ""))
+    get_run_logger().info("Wrote %d rows to %s (%d failed rows%s)", rows.rows, result.dataset.path,
+                          failed.rows, f" in {result.failed.path}" if result.failed else "")
     return result
+
+
+def chart_frame(final: list[ArtifactRef], config: PipelineConfig, cap: int = CHART_ROWS) -> tuple[pd.DataFrame, tuple[int, int]]:
+    """What report.html draws from: the chart columns of the final step file(s), every row up
+    to ``cap`` rows, else an evenly spaced sample of ``cap``; and (rows, ok rows) of them all."""
+    total = sum(ref.rows for ref in final)
+    step = max(1, -(-total // cap))
+    wanted = chart_columns(config.columns)
+    parts, seen, ok = [], 0, 0
+    for ref in final:
+        df = ref.load()
+        ok += int((df[STATUS] == OK).sum())
+        keep = np.arange((-seen) % step, len(df), step)
+        parts.append(df.iloc[keep][[c for c in wanted if c in df.columns]])
+        seen += len(df)
+    frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].reset_index(drop=True)
+    return frame, (total, ok)
 
 
 def _estimate_section(config: PipelineConfig, source: LoadedInput, records: list[StepRecord]) -> dict[str, str]:
@@ -250,8 +369,9 @@ def publish_report(records: list[StepRecord], config: PipelineConfig, source: Lo
     write_text_atomic(out_dir / SUMMARY_FILE, json.dumps(report.summary, indent=1))
     write_text_atomic(out_dir / RUN_CONFIG_FILE, config.model_dump_json(indent=1))
     counter, _ = token_counter_for(config.llm_for("teacher").model)
-    write_text_atomic(out_dir / REPORT_HTML, render_html(report.summary, load_all(final), columns=config.columns,
-                                                         token_counter=counter))
+    charts, rows = chart_frame(final, config)
+    write_text_atomic(out_dir / REPORT_HTML, render_html(report.summary, charts, columns=config.columns,
+                                                         token_counter=counter, rows=rows))
     create_markdown_artifact(markdown=report.markdown, key="rare-report",
                              description="RARE pipeline report" + (" (SIMULATED answers)" if report.summary["simulated"] else ""))
     return report

@@ -104,8 +104,9 @@ def _shard_states(states: dict[str, str], task: str) -> list[str]:
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_sharded_run_equals_single_file_run_and_caches_each_shard(tmp_path, sim):
+def test_sharded_run_equals_single_file_run_and_caches_each_shard(tmp_path, sim, monkeypatch):
     _, single, _ = _run(_config(tmp_path / "one", sim, shards=1))
+    monkeypatch.setattr("rare_core.inputs.CHUNK_ROWS", 5)  # the input read in chunks that cut across the shards
     served = sim.stats().completions_served
     config = _config(tmp_path / "four", sim, shards=4, llm={**_config(tmp_path, sim).llm.model_dump(), "cache_path": None})
     state, sharded, states = _run(config)
