@@ -4,7 +4,9 @@ In: a list of :class:`LLMRequest` (rendered messages + prompt version, optionall
 ``max_tokens``). Out: a :class:`Batch` with one :class:`LLMResponse` per request, in input
 order, and the batch's :class:`RunTotals`.
 
-* Bounded concurrency: up to ``max_workers`` requests in flight, all rows queued at once.
+* Bounded concurrency: up to ``max_workers`` requests in flight. A window of
+  :func:`conversation_window` worker tasks takes the rows' conversations one at a time, in
+  input order: a batch of 100,000 rows is a few dozen tasks, not 100,000.
 * Identical requests (same cache key) in one batch are sent once; the duplicates get a copy of
   the answer marked ``shared`` (counted in ``RunTotals.deduplicated``, not as requests).
 * Retries only where a retry can help (408, 409, 429, 5xx, connection errors, timeouts),
@@ -60,6 +62,12 @@ _CACHED_FIELDS = {"text", "reasoning", "reasoning_field", "finish_reason", "prom
 # Ollama's OpenAI API and OpenRouter use ``reasoning``.
 REASONING_FIELDS = ("reasoning_content", "reasoning")
 _JOIN_POLL = 0.1  # seconds between checks of the waiting thread for a Ctrl-C
+# Worker tasks of one batch per request in flight (at least WINDOW_MIN). One task per row, all
+# created up front, made 100,000 tasks wait for a slot before the first request of 100,000 rows
+# went out (+160 MiB peak RSS, bench/llm_window.py). More workers than slots keep every slot
+# busy while some rows back off before a retry (a row backing off holds no slot).
+WINDOW_PER_WORKER = 2
+WINDOW_MIN = 32
 _T = TypeVar("_T")
 
 ProgressCallback = Callable[[int, int], None]
@@ -183,6 +191,12 @@ def parse_retry_after(headers: httpx.Headers | None) -> float | None:
 
 def _non_negative(seconds: float) -> float | None:
     return None if seconds != seconds else max(0.0, seconds)  # NaN: no usable value
+
+
+def conversation_window(max_workers: int) -> int:
+    """How many conversations one batch runs at once (a worker task each) for ``max_workers``
+    requests in flight: ``max(WINDOW_PER_WORKER * max_workers, WINDOW_MIN)``."""
+    return max(WINDOW_PER_WORKER * max_workers, WINDOW_MIN)
 
 
 def next_budget(config: LLMConfig, current: int | None) -> int | None:
@@ -338,7 +352,9 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
 
     async def aconverse(self, requests: list[LLMRequest], follow: FollowUp | None = None,
                         on_progress: ProgressCallback | None = None) -> Batch:
-        """Async form of :meth:`converse`."""
+        """Async form of :meth:`converse`: :func:`conversation_window` worker tasks share an
+        iterator over the batch's distinct requests; each runs one row's conversation to its
+        end, then takes the next row."""
         started = time.perf_counter()
         cfg = self.config
         key = self.api_key()
@@ -369,10 +385,19 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
                 chains[j] = [r.model_copy(update={"shared": True}) for r in chain]
             progress.advance(len(rows))
 
+        pending = iter(groups.values())  # shared: each group goes to the worker that is free first
+
+        async def worker() -> None:
+            for rows in pending:
+                await conversation(rows)
+                # An answer from the cache comes without a suspension: yield to the loop between
+                # rows, or a run of cached rows holds off the other workers' answers and Ctrl-C.
+                await asyncio.sleep(0)
+
         try:
             async with asyncio.TaskGroup() as tg:
-                for rows in groups.values():
-                    tg.create_task(conversation(rows))
+                for _ in range(min(conversation_window(cfg.max_workers), len(groups))):
+                    tg.create_task(worker())
         except* LLMAuthError as group:
             raise group.exceptions[0] from None
         finally:
