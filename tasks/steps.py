@@ -33,9 +33,11 @@ import pandas as pd
 from prefect import Task, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
 from rare_core.config import PipelineConfig
+from rare_core.llm.client import cancel_running_batches
 from rare_core.operators.base import StepSummary, merge_summaries
 from rare_core.pipeline import STEPS, StepSpec
 from rare_core.report import StepRecord
@@ -234,8 +236,8 @@ def run_shards(spec: StepSpec, sources: list[ArtifactRef], config: PipelineConfi
             if on_shard is not None:
                 on_shard(done, count, rows_done, rows_total)
     except BaseException:
-        for future in futures:
-            _cancel(future)
+        _stop(list(futures))
+        logger.warning("%s: stopped waiting for the shards; the unfinished ones were cancelled", spec.name)
         raise
     for i, result in enumerate(results):
         if cached[i] and not result.artifact.is_intact():  # see _run_cached's safety net
@@ -253,10 +255,28 @@ def run_shards(spec: StepSpec, sources: list[ArtifactRef], config: PipelineConfi
         summary=summary, wall_seconds=time.perf_counter() - started, cached=served == count))
 
 
-def _cancel(future: PrefectFuture) -> None:
-    """Cancel a submitted shard that has not finished: a Dask future is taken off its cluster,
-    a thread-pool future that has not started never starts."""
-    wrapped = getattr(future, "wrapped_future", None)
-    if wrapped is not None:
-        wrapped.cancel()
+STOP_TIMEOUT = 30.0  # seconds to wait for a shard running on a thread of this process to stop
+
+
+def _stop(futures: list[PrefectFuture]) -> None:
+    """Cancel the submitted shards that have not finished: a Dask future is taken off its
+    cluster (a LocalCluster's workers end with the run), a thread-pool future that has not
+    started never starts. A shard already running on a thread of this process cannot be stopped
+    from outside: its LLM batch is cancelled instead (again until the shard ends, since it may be
+    about to start one), so that it sends nothing more and the flow can exit."""
+    wrapped = [w for w in (getattr(f, "wrapped_future", None) for f in futures) if w is not None]
+    for future in wrapped:
+        future.cancel()
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while isinstance(_runner(), ThreadPoolTaskRunner) and not all(f.done() for f in wrapped) \
+            and time.monotonic() < deadline:
+        cancel_running_batches()
+        time.sleep(0.05)
+
+
+def _runner():
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    return context.task_runner if context else None
 

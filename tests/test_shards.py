@@ -169,3 +169,24 @@ def test_dask_local_cluster_run_equals_single_process_run(tmp_path, sim):
     assert sim.stats().completions_served - served == 2 * ROWS
     pd.testing.assert_frame_equal(sharded, single)
     assert len(list((tmp_path / "dask" / "cache" / "dataflow_cache_step_step3.shards").glob("*.jsonl"))) == 4
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_flow_that_stops_waiting_cancels_the_shard_running_on_its_thread(tmp_path, sim):
+    """The flow fails while a shard's LLM batch runs on the thread pool (here: a progress
+    listener raising when the first shard is done): that batch is cancelled, the run ends at
+    once, and the shards after it send nothing."""
+    from flows.runners import run_pipeline
+    from tasks.progress import progress_listener
+
+    def fail_on_first_shard(step, done, total, live):
+        if "shards_done" in live:
+            raise RuntimeError("listener failed")
+
+    sim.set_latency(0.3)
+    config = _config(tmp_path, sim, shards=3, llm={**_config(tmp_path, sim).llm.model_dump(), "max_workers": 2})
+    with progress_listener(fail_on_first_shard):
+        state = run_pipeline(config, return_state=True)
+    assert state.is_failed() and "listener failed" in str(state.result(raise_on_failure=False))
+    wait_until(lambda: sim.stats().in_flight == 0, 10, "requests in flight to end")
+    assert sim.stats().completions_served < 2 * (ROWS // 3)  # shard 0, part of shard 1, nothing of shard 2

@@ -394,6 +394,9 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
                 # rows, or a run of cached rows holds off the other workers' answers and Ctrl-C.
                 await asyncio.sleep(0)
 
+        running = (asyncio.get_running_loop(), asyncio.current_task())
+        with _running_lock:
+            _running.add(running)
         try:
             async with asyncio.TaskGroup() as tg:
                 for _ in range(min(conversation_window(cfg.max_workers), len(groups))):
@@ -401,6 +404,8 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
         except* LLMAuthError as group:
             raise group.exceptions[0] from None
         finally:
+            with _running_lock:
+                _running.discard(running)
             await client.close()
         every = [r for chain in chains for r in chain]
         leaders = list(range(len(requests)))
@@ -708,6 +713,29 @@ class _Progress:
                 self.warned = True
                 log.warning("the on_progress callback raised %s: %s (ignored for the rest of this batch)",
                             type(exc).__name__, _scrub(str(exc), self.key)[:500])
+
+
+# The batches this process is running, each as (its loop, its task): see cancel_running_batches.
+_running: set[tuple[asyncio.AbstractEventLoop, asyncio.Task]] = set()
+_running_lock = threading.Lock()
+
+
+def cancel_running_batches() -> int:
+    """Cancel every batch running in this process, whichever thread runs it -> how many.
+
+    For a caller that stops waiting on work it handed to other threads (a flow whose shard
+    tasks run on a thread pool, interrupted or failed): a thread cannot be stopped from
+    outside, but its batch can be cancelled on its own loop. Its in-flight requests are then
+    cancelled, it sends no more, and its ``converse`` raises ``CancelledError`` in that thread.
+    """
+    with _running_lock:
+        running = list(_running)
+    for loop, task in running:
+        try:
+            loop.call_soon_threadsafe(task.cancel)
+        except RuntimeError:  # the loop closed meanwhile: that batch is over anyway
+            pass
+    return len(running)
 
 
 def run_on_private_loop(coro: Coroutine[Any, Any, _T]) -> _T:
