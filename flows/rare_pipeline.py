@@ -15,6 +15,7 @@ non-empty input made it through every step; rows failing one by one are only rep
 # its annotations, and a served run (flow.serve runs the flow object in a subprocess) cannot
 # resolve the string "PipelineConfig" (see PrefectHQ/prefect#19288 for the mechanism).
 from prefect import flow, get_run_logger
+from prefect.context import FlowRunContext
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
@@ -56,18 +57,24 @@ def rare_pipeline(config: PipelineConfig) -> PipelineResult:
     while the steps before it run."""
     logger = get_run_logger()
     config = resolve_paths(config)
+    if config.dask.enabled and isinstance(FlowRunContext.get().task_runner, ThreadPoolTaskRunner):
+        logger.warning("dask settings are given but this run has the thread pool: they apply to `rare run` "
+                       "(flows.runners.run_pipeline), not to a deployment's runs")
     source = load_input(config)
     artifacts, records = source.shards, []
-    sharded = len(artifacts) > 1
+    steps = [spec for spec in STEPS if spec.enabled(config)]
     with llm_endpoints(config, logger) as llm:
-        indexes = {spec.name: prepare_index(spec, spec.corpus_config(config, source.corpus.path))
-                   for spec in STEPS if sharded and spec.shared_index and spec.enabled(config) and source.corpus}
-        for spec in (spec for spec in STEPS if spec.enabled(config)):
-            if not sharded:
+        # A sharded run has a corpus file: the steps that search it get their index now, built
+        # while the steps before them run.
+        searching = {spec.name: spec.corpus_config(config, source.corpus.path)
+                     for spec in steps if spec.shared_index and source.corpus}
+        indexes = {spec.name: prepare_index(spec, searching[spec.name]) for spec in steps if spec.name in searching}
+        for spec in steps:
+            if len(artifacts) == 1:
                 outcome = run_step(spec, artifacts[0], config, llm)
             else:
-                step_config = spec.corpus_config(config, source.corpus.path) if spec.shared_index and source.corpus else config
-                outcome = run_shards(spec, artifacts, step_config, llm, wait_for=[indexes[spec.name]] if spec.name in indexes else None,
+                outcome = run_shards(spec, artifacts, searching.get(spec.name, config), llm,
+                                     wait_for=[indexes[spec.name]] if spec.name in indexes else None,
                                      on_shard=ShardProgress(spec.name, spec.label))
             artifacts = outcome.artifacts
             records.append(outcome.record)

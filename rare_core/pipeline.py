@@ -3,8 +3,10 @@
 A spec says what the flow needs to know about a step and nothing else: its name and file
 number in the storage layout, its label, the config section holding its settings, the
 operator class, which column keys it takes (``process`` keyword -> column), the LLM roles it
-calls, whether the run needs it (``enabled``), and what besides its input file and settings its
-output depends on (its cache inputs).
+calls, whether the run needs it (``enabled``), what besides its input file and settings its
+output depends on (its cache inputs), and how a sharded run gives it its rows (``scope``: one
+shard at a time, or every shard at once for a step that compares rows; ``shared_index``: the
+step searches one index of the whole corpus, built once).
 The Prefect layer (``tasks/``) builds one task per spec and one cache key per spec from this;
 ``rare_core.inputs`` refuses an input that already has a column some step writes. A new step
 is a new operator module and one more spec here.

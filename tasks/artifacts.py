@@ -4,11 +4,13 @@
   the sha256 of its bytes and its row count. ``ArtifactRef.write(df, path)`` writes a frame
   and describes it; ``ref.load()`` reads it back, refusing a file whose bytes changed.
 * :func:`step_path` - the documented storage layout ``{cache_path}/{file_name_prefix}_step{N}.{cache_type}``
-  (step 0 is the loaded input, steps 1-3 the operators, as ``FileStorage`` numbers them).
+  (step 0 is the loaded input, steps 1-3 the operators, as ``FileStorage`` numbers them);
+  :func:`spec_path` with a :class:`~rare_core.shards.Shard`: that shard's file beside it.
 * :func:`cache_key` / :class:`StepCachePolicy` - a step's cache key: the input artifact's
-  content hash + :meth:`rare_core.pipeline.StepSpec.cache_settings` (settings, columns, and for
-  LLM steps the prompt version, model, generation parameters and endpoint scope) + its output
-  file. Never a modification time, never the API key (the config only holds the NAME of the
+  content hash (every shard's, in order, for a step over all shards) +
+  :meth:`rare_core.pipeline.StepSpec.cache_settings` (settings, columns, and for LLM steps the
+  prompt version, model, generation parameters and endpoint scope) + its output file(s), so
+  each shard of a step has a key of its own. Never a modification time, never the API key (the config only holds the NAME of the
   key's environment variable, and that name is not part of the key either).
 * :func:`recompute_reason` - why a cached result must not be served: the step file is gone or
   not the one it describes, rows of it failed at the HTTP level (a rerun retries them), rows
