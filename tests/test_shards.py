@@ -148,27 +148,25 @@ def test_corpus_scoped_filters_see_every_shard_and_keep_the_single_run_rows(tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness")
 def test_dask_local_cluster_run_equals_single_process_run(tmp_path, sim):
     """``rare run --dask-workers 2``: a LocalCluster of 2 worker processes and a Prefect server
-    started for the run (no PREFECT_API_URL); the rows equal a single-process run's."""
+    started for the run (no PREFECT_API_URL); the rows equal a single-file run's in this process."""
+    _, single, _ = _run(_config(tmp_path / "one", sim, shards=1))
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "CRITICAL"
-
-    def rare_run(tmp: Path, *extra: str) -> pd.DataFrame:
-        args = [sys.executable, "-m", "deployments.cli", "run", "--input", str(SAMPLE), "--limit", str(ROWS),
-                "--cache-path", str(tmp / "cache"), "--output", str(tmp / "out"), "--base-url", sim.base_url,
-                "--model", "teacher", "--max-workers", "4", "--set", "verify.method=none", *extra]
-        done = subprocess.run(args, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-3000:]
-        assert "Error logging to API" not in done.stderr
-        return read_frame(tmp / "out" / "dataset.jsonl")
-
-    single = rare_run(tmp_path / "one", "--shards", "1")
+    tmp = tmp_path / "dask"
+    args = [sys.executable, "-m", "deployments.cli", "run", "--input", str(SAMPLE), "--limit", str(ROWS),
+            "--cache-path", str(tmp / "cache"), "--output", str(tmp / "out"), "--base-url", sim.base_url,
+            "--model", "teacher", "--max-workers", "4", "--set", "verify.method=none", "--dask-workers", "2",
+            "--set", "llm.cache_path=null"]
     served = sim.stats().completions_served
-    sharded = rare_run(tmp_path / "dask", "--dask-workers", "2", "--set", "llm.cache_path=null")
+    done = subprocess.run(args, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Error logging to API" not in done.stderr
     assert sim.stats().completions_served - served == 2 * ROWS
-    pd.testing.assert_frame_equal(sharded, single)
-    assert len(list((tmp_path / "dask" / "cache" / "dataflow_cache_step_step3.shards").glob("*.jsonl"))) == 4
+    pd.testing.assert_frame_equal(read_frame(tmp / "out" / "dataset.jsonl"), single)
+    assert len(list((tmp / "cache" / "dataflow_cache_step_step3.shards").glob("*.jsonl"))) == 4
 
 
 @pytest.mark.usefixtures("prefect_harness")
