@@ -59,13 +59,18 @@ def prefect_server(home: Path, timeout: float = STARTUP_TIMEOUT, **env: str) -> 
             _wait_healthy(proc, api_url, timeout, log_path)
             yield api_url
         finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc)
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 15) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _wait_healthy(proc: subprocess.Popen, api_url: str, timeout: float, log_path: Path) -> None:

@@ -63,6 +63,7 @@ import pyarrow.parquet as pq
 from rare_core.errors import StorageError
 
 FORMATS = ("json", "jsonl", "csv", "parquet")
+STREAMED_FORMATS = ("jsonl", "parquet")  # what iter_frames reads piece by piece and count_rows counts cheaply
 
 # csv has no list type: such cells are written as JSON text, and a sidecar file records which
 # columns hold JSON, every column's dtype and the sha256 of the csv bytes it belongs to.

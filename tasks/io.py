@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
@@ -45,7 +45,9 @@ from rare_core.prices import price_for
 from rare_core.report import Report, StepRecord, build_report
 from rare_core.report_html import chart_columns, render_html
 from rare_core.shards import Shard, shard_bounds, shard_count, shard_file
-from rare_core.storage import FORMATS, FrameWriter, frame_columns, remove_frame, write_text_atomic
+from rare_core.storage import (
+    FORMATS, STREAMED_FORMATS, FrameWriter, format_of, frame_columns, remove_frame, write_text_atomic,
+)
 from tasks.artifacts import ArtifactRef, step_path
 
 DATASET_STEM = "dataset"
@@ -105,28 +107,33 @@ def load_input(config: PipelineConfig) -> LoadedInput:
     if removed:
         logger.info("Removed the previous run's %s from %s", ", ".join(removed), config.output_path)
     base = step_path(config, INPUT_STEP_INDEX)
-    total = count_documents(config)
+    # jsonl and parquet are counted without decoding a record, then streamed; json and csv can
+    # only be read whole, so they are read once and split in memory.
+    whole = None if format_of(config.input_path) in STREAMED_FORMATS else load_documents(config)
+    total = count_documents(config) if whole is None else len(whole)
     count = shard_count(total, config.shards, config.dask.workers)
     if count == 1:
-        loaded = LoadedInput(shards=[ArtifactRef.write(load_documents(config), base)])
+        loaded = LoadedInput(shards=[ArtifactRef.write(load_documents(config) if whole is None else whole, base)])
         logger.info("Loaded %d documents from %s -> %s", loaded.rows, config.input_path, base)
         return loaded
     corpus = None if config.hardneg.corpus_path else CorpusWriter(config)
-    shards = _write_shards(config, base, shard_bounds(total, count), corpus)
+    chunks = iter_documents(config) if whole is None else [whole]
+    shards = _write_shards(config, base, shard_bounds(total, count), chunks, corpus)
     loaded = LoadedInput(shards=shards, corpus=corpus.close(shards) if corpus else None)
     logger.info("Loaded %d documents from %s -> %d shards under %s", loaded.rows, config.input_path, count,
                 Path(shards[0].path).parent)
     return loaded
 
 
-def _write_shards(config: PipelineConfig, base: Path, bounds: list[tuple[int, int]],
+def _write_shards(config: PipelineConfig, base: Path, bounds: list[tuple[int, int]], chunks: Iterable[pd.DataFrame],
                   corpus: "CorpusWriter | None") -> list[ArtifactRef]:
-    """Stream the checked documents into one step-0 file per shard (``bounds``: their row ranges)."""
+    """Stream the checked documents (``chunks``, in order) into one step-0 file per shard
+    (``bounds``: their row ranges), and into the corpus file."""
     sizes = [stop - start for start, stop in bounds]
     shards: list[ArtifactRef] = []
     buffer: list[pd.DataFrame] = []
     buffered = 0
-    for chunk in iter_documents(config):
+    for chunk in chunks:
         if corpus is not None:
             corpus.write(chunk)
         while len(chunk):

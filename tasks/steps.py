@@ -214,15 +214,12 @@ def run_shards(spec: StepSpec, sources: list[ArtifactRef], config: PipelineConfi
     logger = get_run_logger()
     count = len(sources)
     futures: dict[PrefectFuture, int] = {}
-    step_task = ROW_TASKS[spec.name]
     recomputed = 0
     for i, source in enumerate(sources):
         shard = Shard(index=i, count=count)
         refresh = recompute_reason(spec, source, config, shard) is not None
         recomputed += refresh
-        configured = step_task.with_options(result_storage=results_dir(config), refresh_cache=refresh,
-                                            task_run_name=f"{spec.task_name}-{shard.name}")
-        futures[configured.submit(source, config, endpoints, shard, wait_for=wait_for)] = i
+        futures[_shard_task(spec, config, shard, refresh).submit(source, config, endpoints, shard, wait_for=wait_for)] = i
     logger.info("%s: %d shards submitted (%d must be recomputed)", spec.name, count, recomputed)
     results: list[StepResult | None] = [None] * count
     cached = [False] * count
@@ -244,15 +241,19 @@ def run_shards(spec: StepSpec, sources: list[ArtifactRef], config: PipelineConfi
             logger.warning("%s: the cached result of shard %d does not match %s: recomputing", spec.name, i,
                            result.artifact.path)
             shard = Shard(index=i, count=count)
-            configured = step_task.with_options(result_storage=results_dir(config), refresh_cache=True,
-                                                task_run_name=f"{spec.task_name}-{shard.name}")
-            results[i], cached[i] = configured(sources[i], config, endpoints, shard), False
+            results[i], cached[i] = _shard_task(spec, config, shard, True)(sources[i], config, endpoints, shard), False
     summary = merge_summaries([r.summary for r in results])
     served = sum(cached)
     if served:
         logger.info("%s: %d of %d shards Cached", spec.name, served, count)
     return StepOutcome(artifacts=[r.artifact for r in results], record=StepRecord(
         summary=summary, wall_seconds=time.perf_counter() - started, cached=served == count))
+
+
+def _shard_task(spec: StepSpec, config: PipelineConfig, shard: Shard, refresh: bool) -> Task:
+    """The row task of ``spec`` for ``shard``: results under the run's cache, named after the shard."""
+    return ROW_TASKS[spec.name].with_options(result_storage=results_dir(config), refresh_cache=refresh,
+                                            task_run_name=f"{spec.task_name}-{shard.name}")
 
 
 STOP_TIMEOUT = 30.0  # seconds to wait for a shard running on a thread of this process to stop

@@ -10,7 +10,6 @@ Prefect itself is imported only inside the fixtures, so tests that do not use th
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -20,7 +19,7 @@ from typing import Iterator
 
 import pytest
 
-from deployments.local_server import free_port  # noqa: F401 - re-exported for the fixtures of other modules
+from deployments.local_server import free_port, stop_process  # noqa: F401 - re-exported for other test modules
 from deployments.local_server import prefect_server as _prefect_server
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -58,17 +57,6 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):
             return value
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
-
-
-def stop_process(proc: subprocess.Popen, timeout: float = 15) -> None:
-    """SIGTERM, then SIGKILL after ``timeout`` seconds."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @contextmanager
