@@ -297,7 +297,7 @@ def main() -> None:
     import pandas as pd
 
     from rare_core.config import PipelineConfig
-    from rare_core.inputs import count_documents
+    from rare_core.inputs import count_documents, iter_documents
     from rare_core.operators.bm25_hardneg import BM25HardNeg, BM25HardNegConfig
     from rare_core.shards import shard_bounds, shard_count
     from tasks.artifacts import step_path
@@ -320,7 +320,7 @@ def main() -> None:
     bounds = shard_bounds(total, count)
     with phase(sampler, "load (stream -> shards + corpus)", shards=count) as row:
         corpus_writer = CorpusWriter(config)
-        shards = _write_shards(config, step_path(config, 0), bounds, corpus_writer)
+        shards = _write_shards(config, step_path(config, 0), bounds, iter_documents(config), corpus_writer)
         corpus = corpus_writer.close(shards)
         row["rows"] = sum(s.rows for s in shards)
     row["corpus_mib"] = file_mib(Path(corpus.path))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -265,6 +266,7 @@ def test_config_is_validated():
 
 def test_question_chunks_give_the_same_output_as_one_chunk(tmp_path, monkeypatch):
     import rare_core.operators.bm25_hardneg as module
+    import rare_core.retrieval.index as index_module
 
     copies = [(f"c{i:02d}", "Tomatoes grow best in warm soil with full sun and regular watering.") for i in range(40)]
     df = frame(GARDEN + copies, ["warm soil water", "tomato staking", "roses sun", "cucumber water", "basil",
@@ -272,7 +274,7 @@ def test_question_chunks_give_the_same_output_as_one_chunk(tmp_path, monkeypatch
     op = BM25HardNeg(index_dir=str(tmp_path), max_score_ratio=0.95)
     whole = op.process(df, num_neg=3)
     monkeypatch.setattr(module, "CHUNK_QUESTIONS", 4)
-    monkeypatch.setattr(module, "KEY_CHUNK", 3)
+    monkeypatch.setattr(index_module, "CHUNK_DOCS", 3)
     pd.testing.assert_frame_equal(op.process(df, num_neg=3), whole)
 
 
@@ -294,14 +296,14 @@ def test_negative_texts_are_read_back_by_row_from_a_corpus_file(tmp_path, monkey
     assert op.last_summary.extra["index_docs"] == 7
 
 
-@pytest.mark.parametrize("where", ["input", "corpus_path"])
+@pytest.mark.parametrize("where", ["input", "corpus.jsonl", "corpus.parquet"])
 def test_one_id_for_two_different_documents_is_a_named_error(tmp_path, where):
     rows = pd.DataFrame({"id": ["g1", "g2", "g1"], "text": ["Tomatoes like warm soil.", "Basil grows fast.",
                                                             "Bank interest rates rose."],
                          "question": ["why warm soil?", "why basil?", "why rates?"]})
     settings = {"index_dir": str(tmp_path / "idx")}
-    if where == "corpus_path":
-        settings["corpus_path"] = str(write_frame(rows[["id", "text"]], tmp_path / "corpus.jsonl"))
+    if where != "input":
+        settings["corpus_path"] = str(write_frame(rows[["id", "text"]], tmp_path / where))
         rows = rows.iloc[:2]
     with pytest.raises(InputColumnError, match="id 'g1' at rows 0, 2: ids must identify one document"):
         BM25HardNeg(**settings).process(rows)
@@ -320,6 +322,49 @@ def test_ids_keep_their_type_and_a_custom_id_column_is_used(tmp_path):
     assert all(i not in (101,) for i in out.loc[0, "hard_negatives_ids"])  # never its own negative
     # The row without an id gets a content-hash id; the others keep 101..103 (not '101.0').
     assert not any(isinstance(i, str) and i.endswith(".0") for i in ids)
+
+
+def test_a_parquet_corpus_read_batch_by_batch_mines_as_the_same_corpus_held_in_memory(tmp_path, monkeypatch):
+    """The parquet corpus_path's texts are walked from the file (never held): same negatives,
+    ids (ints stay ints), scores and index as the same documents read whole from jsonl."""
+    import rare_core.operators.bm25_hardneg as module
+    import rare_core.retrieval.index as index_module
+
+    docs = pd.DataFrame({
+        "id": [7, 3, 11, 3, 20, 5, 9, 14],  # 3 twice with the same text: one document
+        "title": ["Garden", None, "Roses", None, "Bank", "Herbs", "Soil", ""],
+        "text": [GARDEN[0][1], GARDEN[1][1], GARDEN[2][1], GARDEN[1][1], GARDEN[5][1], GARDEN[4][1], "  ",
+                 GARDEN[3][1]]})
+    rows = pd.DataFrame({"id": [7, 14], "text": [GARDEN[0][1], GARDEN[3][1]],
+                         "question": ["water tomatoes in warm soil", "cucumbers watered in warm soil"]})
+    results = {}
+    for suffix in ("jsonl", "parquet"):
+        path = write_frame(docs, tmp_path / f"corpus.{suffix}")
+        op = BM25HardNeg(index_dir=str(tmp_path / "idx"), corpus_path=str(path), max_score_ratio=None)
+        results[suffix] = (op.process(rows, num_neg=3), op.last_summary.extra)
+    monkeypatch.setattr(module, "READ_BATCH", 3)  # batches cut across the duplicate and the empty text
+    monkeypatch.setattr(index_module, "CHUNK_DOCS", 2)
+    streamed = BM25HardNeg(index_dir=str(tmp_path / "idx2"), corpus_path=str(tmp_path / "corpus.parquet"),
+                           max_score_ratio=None)
+    results["small batches"] = (streamed.process(rows, num_neg=3), streamed.last_summary.extra)
+    reference, extra = results["jsonl"]
+    assert extra["index_docs"] == 6  # the duplicate and the blank text are not documents
+    assert all(isinstance(i, int) for ids in reference["hard_negatives_ids"] for i in ids)
+    for name in ("parquet", "small batches"):
+        pd.testing.assert_frame_equal(results[name][0], reference)
+        assert results[name][1]["index_docs"] == extra["index_docs"]
+    assert not any(name.startswith(".") for name in os.listdir(tmp_path / "idx"))
+    assert len([name for name in os.listdir(tmp_path / "idx") if name.startswith("bm25-")]) == 1  # one key
+
+
+def test_a_corpus_file_that_changes_while_read_is_a_named_error():
+    from rare_core.errors import RetrievalError
+    from rare_core.retrieval.index import Corpus
+
+    corpus = Corpus.streamed(pd.Series(["b", "a", "c"]), lambda: iter([(["text b", "text a"], None)]))
+    assert corpus.rows.tolist() == [1, 0, 2] and corpus.input_rows.tolist() == [1, 0, 2]
+    with pytest.raises(RetrievalError, match="gave 2 texts for 3 ids: it changed while read"):
+        corpus.key()
 
 
 def test_parquet_take_reads_any_rows_in_the_asked_order(tmp_path, monkeypatch):

@@ -27,10 +27,11 @@ rules are those of :mod:`rare_core.retrieval.negatives`, the search depths those
 :mod:`rare_core.retrieval.mining` (``max_depth`` default 1000, like the reference miner's top 1000).
 
 Memory: the corpus texts are held only until they are fingerprinted and written for the
-indexer (the index build releases them, before Java indexes); search and selection work on
-index rows and a uint64 fingerprint array. The chosen negatives' texts are fetched at the end:
-from the input frame, or read again from a parquet ``corpus_path`` (which must not change
-during the call); a corpus file in another format is kept in memory instead. A ``corpus_path``
+indexer (the index build releases them, before Java indexes); a parquet ``corpus_path``'s are
+never held, only read batch by batch (it must not change during the call). Search and
+selection work on index rows and a uint64 fingerprint array. The chosen negatives' texts are
+fetched at the end: from the input frame, or read again by row from a parquet ``corpus_path``;
+a corpus file in another format is kept in memory instead. A ``corpus_path``
 file is prepared (read, fingerprinted, its index built or opened) once per process and kept
 for later calls while the file is unchanged: the shards of a sharded run only search
 (:meth:`BM25HardNeg.prepare` does it up front).
@@ -49,6 +50,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -67,7 +69,6 @@ STEP = "hardneg"
 POSITIVE_SCORE = "positive_score"
 POSITIVE_RANK = "positive_rank"
 CHUNK_QUESTIONS = 20_000  # questions searched and selected together (bounds the hits held)
-KEY_CHUNK = 50_000  # corpus texts fingerprinted at once
 READ_BATCH = 65_536  # rows per batch when a parquet corpus file is read
 
 
@@ -92,32 +93,73 @@ class BM25HardNegConfig(BaseModel):
                              "column); None: no titles.")
 
 
-def _read_corpus(path: str, columns: list[str]) -> pd.DataFrame:
-    """The ``columns`` (those present) of a corpus file, string columns as Arrow-backed ``str``.
+_ARROW_STRINGS = {pa.string(): pd.StringDtype(na_value=np.nan), pa.large_string(): pd.StringDtype(na_value=np.nan)}
 
-    Parquet is read batch by batch: ``pd.read_parquet`` decodes a whole row group at once and
-    its peak memory is about three times the corpus (1.3 GB for 1M documents); other formats go
-    through :func:`rare_core.storage.read_frame`.
-    """
-    if format_of(path) != "parquet" or not os.path.exists(path):
-        return read_frame(path)  # its errors name a missing file or an unsupported format
+
+def _open_parquet(path: str, **options) -> pq.ParquetFile:
     try:
-        source = pq.ParquetFile(path)
+        return pq.ParquetFile(path, **options)
     except (OSError, pa.ArrowInvalid) as exc:
         raise StorageError(f"cannot read {path} as parquet: {exc}") from exc
-    present = [c for c in columns if c in source.schema_arrow.names]
-    table = pa.Table.from_batches(list(source.iter_batches(batch_size=READ_BATCH, columns=present)),
-                                  schema=pa.schema([source.schema_arrow.field(c) for c in present])) if present else pa.table({})
-    strings = {pa.string(): pd.StringDtype(na_value=np.nan), pa.large_string(): pd.StringDtype(na_value=np.nan)}
-    return table.to_pandas(types_mapper=strings.get, self_destruct=True)
+
+
+def _strings(column: pa.Array) -> list[str]:
+    """A column's values as ``str`` (missing -> "")."""
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        column = pc.cast(column, pa.string())
+    return pc.fill_null(column, "").to_pylist()
+
+
+def _blank_texts(column: pa.Array) -> np.ndarray:
+    """True where a text is missing, empty or only whitespace."""
+    text = column.to_pandas(types_mapper=_ARROW_STRINGS.get)
+    text = text.where(text.notna(), "").astype(str)
+    return ((text.str.len() == 0) | text.str.isspace()).to_numpy(dtype=bool)
+
+
+def _parquet_corpus(path: str, title_col: str | None) -> tuple[Corpus, "_TextSource"]:
+    """The documents of a parquet corpus file, its texts left in the file (see :meth:`BM25HardNeg._corpus`).
+
+    Only the ids stay in memory: the texts are read batch by batch, once to find the empty
+    ones here and again by each walk of the :class:`Corpus`; the texts of ids seen twice are
+    read by row to check that they agree.
+    """
+    source = _open_parquet(path)
+    names = source.schema_arrow.names
+    where = f"{STEP} corpus {path}"
+    require_columns(pd.DataFrame(columns=names), ["id", "text"], where)
+    raw_ids = source.read(columns=["id"]).column("id").to_pandas(types_mapper=_ARROW_STRINGS.get)
+    ids = raw_ids.map(canonical_id)
+    blank = np.zeros(len(ids), dtype=bool)
+    start = 0
+    for batch in source.iter_batches(batch_size=READ_BATCH, columns=["text"]):
+        blank[start:start + batch.num_rows] = _blank_texts(batch.column(0))
+        start += batch.num_rows
+    repeated = ids.duplicated(keep=False).to_numpy()
+    if repeated.any():
+        rows = np.flatnonzero(repeated)
+        _refuse_shared_ids(ids[repeated], pd.Series(_parquet_take(path, "text", rows), index=ids.index[rows]), where)
+    keep = ~ids.duplicated().to_numpy() & ~blank
+    columns = ["text"] + (["title"] if title_col and "title" in names else [])
+
+    def batches():
+        first = 0
+        for part in _open_parquet(path, pre_buffer=False, buffer_size=1 << 20).iter_batches(
+                batch_size=READ_BATCH, columns=columns):
+            mask = keep[first:first + part.num_rows]
+            first += part.num_rows
+            kept = part.filter(pa.array(mask)) if len(mask) == part.num_rows else part
+            yield _strings(kept.column(0)), _strings(kept.column(1)) if len(columns) == 2 else None
+
+    corpus = Corpus.streamed(ids[keep], batches)
+    return corpus, _TextSource(np.flatnonzero(keep), None, path, _id_values(raw_ids))
 
 
 def _text_keys(corpus: Corpus) -> np.ndarray:
     """``text_key`` of every document's text (not its title), by index row, as uint64."""
     keys = np.zeros(len(corpus), dtype=np.uint64)
-    for start in range(0, len(corpus), KEY_CHUNK):
-        texts = corpus.text.take(corpus.input_rows[start:start + KEY_CHUNK])
-        keys[start:start + len(texts)] = [text_key(t) for t in texts.tolist()]
+    for start, texts, _ in corpus.batches():
+        keys[corpus.rows[start:start + len(texts)]] = [text_key(t) for t in texts]
     return keys
 
 
@@ -133,7 +175,7 @@ def _parquet_take(path: str, column: str, rows: np.ndarray) -> list[str]:
     wanted = rows[order]
     out = np.empty(len(rows), dtype=object)
     start = 0
-    source = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
+    source = _open_parquet(path, pre_buffer=False, buffer_size=1 << 20)
     for batch in source.iter_batches(batch_size=READ_BATCH, columns=[column]):
         lo, hi = np.searchsorted(wanted, [start, start + batch.num_rows])
         if hi > lo:
@@ -271,24 +313,26 @@ class BM25HardNeg(Operator):
         """The documents to mine from (one per id, empty texts dropped) and where their texts are read back.
 
         Out: a :class:`Corpus` of them (the only holder of their texts, which the index build
-        releases) and a :class:`_TextSource` that fetches the chosen negatives' texts by corpus
-        row afterwards. The rows to keep are found first and the columns filtered once, so a
-        large corpus is copied once.
+        releases; a parquet ``corpus_path``'s texts stay in the file, see :func:`_parquet_corpus`)
+        and a :class:`_TextSource` that fetches the chosen negatives' texts by corpus row
+        afterwards. The rows to keep are found first and the columns filtered once, so a large
+        corpus is copied once.
         """
         title_col, path = self.config.title_key, self.config.corpus_path
+        if path and format_of(path) == "parquet" and os.path.exists(path):
+            return _parquet_corpus(path, title_col)
         if path:
-            src = _read_corpus(path, ["id", "text"] + (["title"] if title_col else []))
+            src = read_frame(path)  # its errors name a missing file or an unsupported format
             require_columns(src, ["id", "text"], f"{STEP} corpus {path}")
             cols = {"id": src["id"].map(canonical_id), "text": src["text"]}
             if title_col and "title" in src.columns:
                 cols["title"] = src["title"]
-            series, file = (None, path) if format_of(path) == "parquet" else (src["text"], None)
-            id_values, where = _id_values(src["id"]), f"{STEP} corpus {path}"
+            series, id_values, where = src["text"], _id_values(src["id"]), f"{STEP} corpus {path}"
         else:
             cols = {"id": positive_ids, "text": df[text_col]}
             if title_col and title_col in df.columns:
                 cols["title"] = df[title_col]
-            series, file, where = df[text_col], None, STEP
+            series, where = df[text_col], STEP
         frame = pd.DataFrame({name: col.reset_index(drop=True) for name, col in cols.items()})
         del cols
         _refuse_shared_ids(frame["id"], frame["text"], where)
@@ -298,7 +342,7 @@ class BM25HardNeg(Operator):
         frame = frame[keep].reset_index(drop=True)
         frame["text"] = frame["text"].astype(str)
         corpus = Corpus(frame, title_col="title" if "title" in frame.columns else None)
-        return corpus, _TextSource(np.flatnonzero(keep), series, file, id_values)
+        return corpus, _TextSource(np.flatnonzero(keep), series, None, id_values)
 
     def prepare(self) -> BM25Index:
         """Build (or open) the index of ``config.corpus_path`` now and keep it for this process's

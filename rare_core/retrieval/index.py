@@ -1,6 +1,7 @@
 """Build, cache and open a Lucene BM25 index with Anserini's own indexer.
 
-In: a DataFrame of documents (id, text and optionally title columns) and a cache root folder.
+In: a DataFrame of documents (id, text and optionally title columns), or a :class:`Corpus`
+that reads them from a file, and a cache root folder.
 Out: :class:`BM25Index`, whose ``search``/``score`` run BM25 on that index (see
 :mod:`rare_core.retrieval.search`).
 
@@ -8,11 +9,12 @@ Index rows are the documents in id order (code point order). Lucene's ``id`` fie
 zero-padded row number (:func:`~rare_core.retrieval.search.row_key`), so a ranking comes back
 as integers and ties broken by that field are broken by document id; the ids themselves are
 kept in ``ids.parquet`` (row order). The index lives in ``{index_dir_root}/bm25-{key}`` where
-``key`` hashes every (id, title + " " + text) in row order plus the analyzer settings and the
-Anserini jar, so the same documents (in any input order) reuse their index and any change
-builds a new one. The corpus is walked in chunks of :data:`CHUNK_DOCS` documents (once for the
-hash and, when building, once more to write the files), so it never exists as one big list of
-Python strings. A build writes JsonCollection jsonl files (``{"id", "contents"}``) into a temp
+``key`` combines a digest of every (id, title + " " + text), in row order, with the analyzer
+settings and the Anserini jar, so the same documents (in any input order) reuse their index and
+any change builds a new one. The texts are walked in their source order in chunks of
+:data:`CHUNK_DOCS` documents (once for the key and, when building, once more to write the
+files), so they never exist as one big list of Python strings, and a corpus file is read front
+to back. A build writes JsonCollection jsonl files (``{"id", "contents"}``) into a temp
 folder beside the target, runs ``io.anserini.index.IndexCollection`` there (Lucene English
 analyzer: lowercase, English stopwords, Porter stemming, as pyserini's BM25 defaults; ids stored
 for retrieval, contents not stored: texts stay on the Python side), writes ``rare_index.json``
@@ -30,7 +32,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Callable, Iterator, Literal
 
 import numpy as np
 import pandas as pd
@@ -43,7 +45,7 @@ from rare_core.errors import RetrievalError
 from rare_core.retrieval.jvm import anserini_jar, jclass
 from rare_core.retrieval.search import LuceneSearcher, RunHits, SearchHits, row_key
 
-INDEX_FORMAT = 2
+INDEX_FORMAT = 3  # 3: the key combines per-document digests in row order
 META_FILE = "rare_index.json"
 IDS_FILE = "ids.parquet"
 CHUNK_DOCS = 50_000
@@ -59,12 +61,31 @@ class SearchSettings(BaseModel):
     threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
 
 
-class Corpus:
-    """The documents of a build, validated, in index row order, read chunk by chunk.
+Batches = Callable[[], Iterator[tuple[list[str], list[str] | None]]]
 
-    In: the docs frame and its column names. ``ids``/``text``/``title``: string Series in the
-    frame's order (no copy of the texts is made); ``input_rows[r]``: the frame position of index
-    row ``r`` (document id order). ``RetrievalError`` on missing columns or bad ids.
+
+def _checked_ids(ids: pd.Series) -> pd.Series:
+    """``ids`` as text with a fresh index; ``RetrievalError`` on missing, empty or duplicate ids."""
+    if ids.isna().any():
+        raise RetrievalError("corpus has missing document ids")
+    ids = ids.astype(str).reset_index(drop=True)
+    if (ids.str.len() == 0).any():
+        raise RetrievalError("corpus has empty document ids")
+    duplicated = ids.duplicated()
+    if duplicated.any():
+        raise RetrievalError(f"corpus has duplicate ids, e.g. {ids[duplicated].iloc[0]!r}")
+    return ids
+
+
+class Corpus:
+    """The documents of a build: ids and index row order in memory, texts read chunk by chunk.
+
+    In: the docs frame and its column names, or (:meth:`streamed`) the ids and a function that
+    reads the texts again from wherever they are. The documents have a *source order* (the
+    frame's, the file's); ``ids``: their ids as text in that order; ``input_rows[r]``: the
+    source position of index row ``r`` (document id order); ``rows[p]``: the index row of
+    source position ``p``. ``batches()`` walks the texts in source order, so a file is read
+    front to back, never by index row. ``RetrievalError`` on missing columns or bad ids.
     """
 
     def __init__(self, docs: pd.DataFrame, id_col: str = "id", text_col: str = "text",
@@ -72,51 +93,82 @@ class Corpus:
         missing = [c for c in (id_col, text_col, title_col) if c is not None and c not in docs.columns]
         if missing:
             raise RetrievalError(f"corpus column(s) {missing} not found; columns present: {list(docs.columns)}")
-        if docs[id_col].isna().any():
-            raise RetrievalError("corpus has missing document ids")
-        self.ids = docs[id_col].astype(str).reset_index(drop=True)
-        if (self.ids.str.len() == 0).any():
-            raise RetrievalError("corpus has empty document ids")
-        duplicated = self.ids.duplicated()
-        if duplicated.any():
-            raise RetrievalError(f"corpus has duplicate ids, e.g. {self.ids[duplicated].iloc[0]!r}")
-        self.text = docs[text_col].reset_index(drop=True)
-        self.title = docs[title_col].reset_index(drop=True) if title_col is not None else None
+        text = docs[text_col].reset_index(drop=True)
+        title = docs[title_col].reset_index(drop=True) if title_col is not None else None
+        self._init(docs[id_col], self._frame_batches(text, title))
+        self.text, self.title = text, title
+
+    @classmethod
+    def streamed(cls, ids: pd.Series, batches: Batches) -> "Corpus":
+        """A corpus whose texts stay where they are: ``batches()`` yields ``(texts, titles or None)``
+        in source order, ``len(ids)`` documents in all, each time it is called."""
+        corpus = cls.__new__(cls)
+        corpus._init(ids, batches)
+        corpus.text = corpus.title = None
+        return corpus
+
+    def _init(self, ids: pd.Series, batches: Batches) -> None:
+        self.ids = _checked_ids(ids)
         self.input_rows = np.asarray(pc.array_sort_indices(pa.array(self.ids, type=pa.string())), dtype=np.int64)
+        self.rows = np.empty_like(self.input_rows)
+        self.rows[self.input_rows] = np.arange(len(self.input_rows))
+        self._batches: Batches | None = batches
+
+    @staticmethod
+    def _frame_batches(text: pd.Series, title: pd.Series | None) -> Batches:
+        def batches() -> Iterator[tuple[list[str], list[str] | None]]:
+            for start in range(0, len(text), CHUNK_DOCS):
+                part = slice(start, start + CHUNK_DOCS)
+                yield (text.iloc[part].fillna("").astype(str).tolist(),
+                       title.iloc[part].fillna("").astype(str).tolist() if title is not None else None)
+        return batches
 
     def __len__(self) -> int:
         return len(self.input_rows)
 
     def release(self) -> None:
-        """Drop the texts and titles (``chunks``/``key``/``write_collection`` no longer work); ids stay.
+        """Let go of the texts (``batches``/``key``/``write_collection`` no longer work); ids stay.
 
         Their memory is freed when no one else holds the columns (e.g. the caller deleted its
         frame after making this Corpus), and Arrow's pool hands its unused pages back.
         """
-        self.text = self.title = None
+        self.text = self.title = self._batches = None
         gc.collect()
         pa.default_memory_pool().release_unused()
 
-    def chunks(self) -> Iterator[tuple[int, list[str], list[str]]]:
-        """``(first row, ids, contents)`` of consecutive chunks in row order; contents = title + " " + text."""
-        for start in range(0, len(self), CHUNK_DOCS):
-            rows = self.input_rows[start:start + CHUNK_DOCS]
-            contents = self.text.take(rows).fillna("").astype(str)
-            if self.title is not None:
-                contents = self.title.take(rows).fillna("").astype(str) + " " + contents
-            yield start, self.ids.take(rows).tolist(), contents.tolist()
+    def batches(self) -> Iterator[tuple[int, list[str], list[str] | None]]:
+        """``(first source position, texts, titles or None)`` of consecutive chunks in source order."""
+        if self._batches is None:
+            raise RetrievalError("the corpus texts were released")
+        start = 0
+        for texts, titles in self._batches():
+            yield start, texts, titles
+            start += len(texts)
+        if start != len(self):
+            raise RetrievalError(f"the corpus source gave {start} texts for {len(self)} ids: it changed while read")
+
+    def contents(self) -> Iterator[tuple[int, list[str]]]:
+        """``(first source position, contents)`` of consecutive chunks; contents = title + " " + text."""
+        for start, texts, titles in self.batches():
+            yield start, texts if titles is None else [f"{title} {text}" for title, text in zip(titles, texts)]
 
     def key(self) -> str:
-        """Hex digest identifying the documents (ids and contents, in row order) and the index settings."""
+        """Hex digest identifying the documents (each id with its contents) and the index settings.
+
+        Each document's (id, contents) is digested in source order and the digests are combined
+        in index row order, so any order of the same documents gives the same key.
+        """
+        digests = np.zeros((len(self), 16), dtype=np.uint8)
+        for start, contents in self.contents():
+            ids = self.ids.iloc[start:start + len(contents)].tolist()
+            chunk = b"".join(hashlib.blake2b(doc_id.encode("utf-8", "surrogatepass") + b"\x00"
+                                             + text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+                             for doc_id, text in zip(ids, contents))
+            digests[self.rows[start:start + len(contents)]] = np.frombuffer(chunk, dtype=np.uint8).reshape(-1, 16)
         digest = hashlib.blake2b(digest_size=16)
         digest.update(json.dumps({"format": INDEX_FORMAT, "jar": anserini_jar().name,
                                   "analyzer": "DefaultEnglishAnalyzer/porter/default-stopwords"}).encode())
-        for _, ids, contents in self.chunks():
-            for doc_id, text in zip(ids, contents):
-                digest.update(doc_id.encode("utf-8", "surrogatepass"))
-                digest.update(b"\x00")
-                digest.update(text.encode("utf-8", "surrogatepass"))
-                digest.update(b"\x01")
+        digest.update(digests.tobytes())
         return digest.hexdigest()
 
     def write_collection(self, folder: Path, shards: int) -> None:
@@ -126,9 +178,9 @@ class Corpus:
         files = [open(folder / f"part{shard:03d}.jsonl", "w", encoding="utf-8", errors="surrogatepass")
                  for shard in range(shards)]
         try:
-            for number, (start, _, contents) in enumerate(self.chunks()):
+            for number, (start, contents) in enumerate(self.contents()):
                 out = files[number % shards]
-                for row, text in enumerate(contents, start=start):
+                for row, text in zip(self.rows[start:start + len(contents)].tolist(), contents):
                     out.write(json.dumps({"id": row_key(row, len(self)), "contents": text}, ensure_ascii=False))
                     out.write("\n")
         finally:
