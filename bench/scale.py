@@ -207,13 +207,14 @@ class RunResult:
     requests_per_second: float | None = None
     llm_step_requests_per_second: float | None = None
     peak_rss_mib: float = 0.0
-    peak_rss_at_seconds: float = 0.0
+    peak_rss_at_seconds: float | None = 0.0
     rss_at_peak_mib: dict[str, float] = field(default_factory=dict)
     peak_rss_by_process_mib: dict[str, float] = field(default_factory=dict)
     max_processes: int = 0
     step_seconds: dict[str, float] = field(default_factory=dict)
     phase_seconds: dict[str, float] = field(default_factory=dict)
     steps: list[dict[str, Any]] = field(default_factory=list)
+    invocations: list[dict[str, Any]] = field(default_factory=list)  # with --resume: each `rare run` of this result
     error: str | None = None
 
 
@@ -222,18 +223,46 @@ def rare_command(corpus: Path, folder: Path, extra: list[str]) -> list[str]:
             "--cache-path", str(folder / "cache"), *extra]
 
 
-def run_once(docs: int, config: Configuration, corpus: Path, scratch: Path, common: list[str]) -> RunResult:
-    """Run one configuration from empty folders, sampling the tree's memory; read its summary."""
+def earlier_invocations(folder: Path) -> list[dict[str, Any]]:
+    """The ``rare run`` invocations already made in ``folder`` (``--resume``), read back from their
+    memory logs ``rss*.csv``: wall seconds (the last sample's time, within 0.25 s), peak tree RSS
+    and the processes at that peak. Read from the logs, not from a record written at the end,
+    because an invocation stopped with this bench (a session ending, a kill) writes no end."""
+    found = []
+    for log in sorted(folder.glob("rss*.csv"), key=lambda p: (len(p.name), p.name)):
+        lines = log.read_text(encoding="utf-8").strip().splitlines()
+        if len(lines) < 2:
+            continue
+        header, rows = lines[0].split(","), [line.split(",") for line in lines[1:]]
+        peak = max(rows, key=lambda row: float(row[1]))
+        found.append({"log": log.name, "wall_seconds": float(rows[-1][0]), "peak_rss_mib": float(peak[1]),
+                      "rss_at_peak_mib": {name.removesuffix("_mib"): float(value)
+                                          for name, value in zip(header[3:], peak[3:]) if float(value)},
+                      "max_processes": max(int(row[2]) for row in rows)})
+    return found
+
+
+def run_once(docs: int, config: Configuration, corpus: Path, scratch: Path, common: list[str],
+             resume: bool = False) -> RunResult:
+    """Run one configuration from empty folders, sampling the tree's memory; read its summary.
+
+    ``resume``: keep the folder of an earlier, stopped invocation of the same configuration and
+    run ``rare run`` again in it (the step caches serve the finished shards); the result's wall
+    time is the sum over the invocations and its peak the highest of theirs."""
     folder = scratch / slug(docs, config.name)
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
+    earlier = earlier_invocations(folder) if resume and folder.is_dir() else []
+    if not earlier:
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
     command = rare_command(corpus, folder, [*common, *config.args])
     (folder / "command.txt").write_text(shlex.join(command) + "\n", encoding="utf-8")
-    print(f"[{config.name}] N={docs:,}: {shlex.join(command)}", file=sys.stderr, flush=True)
-    with open(folder / "stdout.txt", "wb") as out, open(folder / "stderr.txt", "wb") as err:
+    print(f"[{config.name}] N={docs:,}{f' (invocation {len(earlier) + 1})' if earlier else ''}: "
+          f"{shlex.join(command)}", file=sys.stderr, flush=True)
+    log = folder / (f"rss.{len(earlier)}.csv" if earlier else "rss.csv")
+    with open(folder / "stdout.txt", "wb") as out, open(folder / "stderr.txt", "ab" if earlier else "wb") as err:
         started_epoch, started = time.time(), time.perf_counter()
         proc = subprocess.Popen(command, stdout=out, stderr=err, cwd=ROOT)
-        sampler = TreeSampler(proc.pid, folder / "rss.csv")
+        sampler = TreeSampler(proc.pid, log)
         sampler.start()
         try:
             exit_code = proc.wait()
@@ -249,12 +278,22 @@ def run_once(docs: int, config: Configuration, corpus: Path, scratch: Path, comm
                        rss_at_peak_mib={k: mib(v) for k, v in sorted(trace.at_peak.items(), key=lambda kv: -kv[1])},
                        peak_rss_by_process_mib={k: mib(v) for k, v in trace.peak_by_label.items()},
                        max_processes=trace.max_processes)
+    if earlier:
+        result.invocations = [*earlier, {"log": log.name, "wall_seconds": result.wall_seconds,
+                                         "peak_rss_mib": result.peak_rss_mib, "exit_code": exit_code}]
+        result.wall_seconds = round(sum(i["wall_seconds"] for i in result.invocations), 2)
+        result.max_processes = max(i.get("max_processes", result.max_processes) for i in result.invocations)
+        highest = max(earlier, key=lambda i: i["peak_rss_mib"])
+        if highest["peak_rss_mib"] > result.peak_rss_mib:
+            result.peak_rss_mib, result.rss_at_peak_mib = highest["peak_rss_mib"], highest["rss_at_peak_mib"]
+            result.peak_rss_at_seconds = None  # in an earlier invocation (its log says when)
     summary_path = folder / "out" / "summary.json"
     if exit_code != 0 or not summary_path.is_file():
         result.error = failure_reason(folder / "stderr.txt")
         return result
     add_summary(result, json.loads(summary_path.read_text(encoding="utf-8")))
-    result.phase_seconds = file_phases(folder, started_epoch, ended_epoch)
+    if not earlier:  # the files' times of a resumed run mix its invocations
+        result.phase_seconds = file_phases(folder, started_epoch, ended_epoch)
     return result
 
 
@@ -425,6 +464,9 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, help="real corpus (id, text) to sample N passages from; default synthetic")
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--scratch", type=Path, default=Path("/tmp/rare-scale"))
+    parser.add_argument("--resume", action="store_true",
+                        help="continue a configuration's stopped run in its folder instead of starting over "
+                             "(wall time summed over the invocations, peak RSS the highest)")
     args = parser.parse_args()
     configs = args.config or [parse_configuration("one process=")]
     common = shlex.split(args.common_args) + (["--set", "llm.cache_mode=off"] if args.no_response_cache else [])
@@ -438,7 +480,7 @@ def main() -> None:
     for docs in args.docs:
         corpus = corpus_file(scratch, docs, args.seed, args.corpus and args.corpus.resolve())
         for config in configs:
-            results.append(run_once(docs, config, corpus, scratch, common))
+            results.append(run_once(docs, config, corpus, scratch, common, args.resume))
             payload["results"] = add_ratios(results)  # written after every run: a long series keeps what it has
             out.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
     print(render(payload["results"]))
