@@ -136,6 +136,7 @@ class MemoryTrace:
     at_peak: dict[str, int] = field(default_factory=dict)
     peak_by_label: dict[str, int] = field(default_factory=dict)
     max_processes: int = 0
+    peak_pss_bytes: int = 0
 
 
 class TreeSampler(threading.Thread):
@@ -156,7 +157,7 @@ class TreeSampler(threading.Thread):
         except psutil.NoSuchProcess:
             return
         with open(self.log_path, "w", encoding="utf-8", buffering=1) as self._log:
-            self._log.write("seconds,rss_mib,processes," + ",".join(f"{k}_mib" for k in LOG_LABELS) + "\n")
+            self._log.write("seconds,rss_mib,processes," + ",".join(f"{k}_mib" for k in LOG_LABELS) + ",pss_mib\n")
             while not self._stop_event.is_set():
                 self.sample(root)
                 self._stop_event.wait(self.interval)
@@ -167,17 +168,21 @@ class TreeSampler(threading.Thread):
         except (psutil.NoSuchProcess, psutil.ZombieProcess):
             return
         by_label: dict[str, int] = {}
+        pss = 0
         for proc in tree:
             try:
-                rss = proc.memory_info().rss
+                memory = proc.memory_full_info()  # rss, and pss: shared pages divided among their users
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
             if proc.pid not in self._labels:
                 self._labels[proc.pid] = process_label(proc, self.pid)
             label = self._labels[proc.pid]
-            by_label[label] = by_label.get(label, 0) + rss
+            by_label[label] = by_label.get(label, 0) + memory.rss
+            pss += memory.pss
         total, now, trace = sum(by_label.values()), time.perf_counter() - self._t0, self.trace
-        self._log.write(f"{now:.2f},{mib(total)},{len(tree)}," + ",".join(str(mib(by_label.get(k, 0))) for k in LOG_LABELS) + "\n")
+        self._log.write(f"{now:.2f},{mib(total)},{len(tree)}," + ",".join(str(mib(by_label.get(k, 0))) for k in LOG_LABELS)
+                        + f",{mib(pss)}\n")
+        trace.peak_pss_bytes = max(trace.peak_pss_bytes, pss)
         trace.max_processes = max(trace.max_processes, len(tree))
         for label, rss in by_label.items():
             trace.peak_by_label[label] = max(trace.peak_by_label.get(label, 0), rss)
@@ -207,6 +212,7 @@ class RunResult:
     requests_per_second: float | None = None
     llm_step_requests_per_second: float | None = None
     peak_rss_mib: float = 0.0
+    peak_pss_mib: float | None = None
     peak_rss_at_seconds: float | None = 0.0
     rss_at_peak_mib: dict[str, float] = field(default_factory=dict)
     peak_rss_by_process_mib: dict[str, float] = field(default_factory=dict)
@@ -235,10 +241,13 @@ def earlier_invocations(folder: Path) -> list[dict[str, Any]]:
             continue
         header, rows = lines[0].split(","), [line.split(",") for line in lines[1:]]
         peak = max(rows, key=lambda row: float(row[1]))
+        labels = [name for name in header[3:] if name.removesuffix("_mib") in LOG_LABELS]
         found.append({"log": log.name, "wall_seconds": float(rows[-1][0]), "peak_rss_mib": float(peak[1]),
                       "rss_at_peak_mib": {name.removesuffix("_mib"): float(value)
-                                          for name, value in zip(header[3:], peak[3:]) if float(value)},
-                      "max_processes": max(int(row[2]) for row in rows)})
+                                          for name, value in zip(labels, peak[3:]) if float(value)},
+                      "max_processes": max(int(row[2]) for row in rows),
+                      "peak_pss_mib": (max(float(row[header.index("pss_mib")]) for row in rows)
+                                       if "pss_mib" in header else None)})
     return found
 
 
@@ -274,13 +283,17 @@ def run_once(docs: int, config: Configuration, corpus: Path, scratch: Path, comm
         trace = sampler.stop()
     result = RunResult(docs=docs, config=config.name, args=config.args, folder=str(folder), exit_code=exit_code,
                        wall_seconds=round(wall, 2), peak_rss_mib=mib(trace.peak_bytes),
+                       peak_pss_mib=mib(trace.peak_pss_bytes),
                        peak_rss_at_seconds=trace.peak_at_seconds,
                        rss_at_peak_mib={k: mib(v) for k, v in sorted(trace.at_peak.items(), key=lambda kv: -kv[1])},
                        peak_rss_by_process_mib={k: mib(v) for k, v in trace.peak_by_label.items()},
                        max_processes=trace.max_processes)
     if earlier:
         result.invocations = [*earlier, {"log": log.name, "wall_seconds": result.wall_seconds,
-                                         "peak_rss_mib": result.peak_rss_mib, "exit_code": exit_code}]
+                                         "peak_rss_mib": result.peak_rss_mib, "peak_pss_mib": result.peak_pss_mib,
+                                         "exit_code": exit_code}]
+        known = [i["peak_pss_mib"] for i in result.invocations if i.get("peak_pss_mib") is not None]
+        result.peak_pss_mib = max(known) if len(known) == len(result.invocations) else None
         result.wall_seconds = round(sum(i["wall_seconds"] for i in result.invocations), 2)
         result.max_processes = max(i.get("max_processes", result.max_processes) for i in result.invocations)
         highest = max(earlier, key=lambda i: i["peak_rss_mib"])
@@ -419,10 +432,11 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
 def render(rows: list[dict[str, Any]]) -> str:
     main = table(
         ["config", "N", "exit", "wall s", "rows", "rows/s", "LLM req", "req/s", "req/s in LLM steps",
-         "peak RSS MiB", "procs", "rate ratio", "RSS ratio"],
+         "peak RSS MiB", "peak PSS MiB", "procs", "rate ratio", "RSS ratio"],
         [[r["config"], f"{r['docs']:,}", str(r["exit_code"]), fmt(r["wall_seconds"]), fmt(r["dataset_rows"], ","),
           fmt(r["rows_per_second"]), fmt(r["llm_requests"], ","), fmt(r["requests_per_second"]),
-          fmt(r["llm_step_requests_per_second"]), fmt(r["peak_rss_mib"], ",.0f"), str(r["max_processes"]),
+          fmt(r["llm_step_requests_per_second"]), fmt(r["peak_rss_mib"], ",.0f"), fmt(r.get("peak_pss_mib"), ",.0f"),
+          str(r["max_processes"]),
           fmt(r["rate_ratio"], ".3f"), fmt(r["rss_ratio"], ".3f")] for r in rows])
     steps = list(dict.fromkeys(k for r in rows for k in r["step_seconds"]))
     phases = list(dict.fromkeys(k for r in rows for k in r["phase_seconds"]))
@@ -430,7 +444,7 @@ def render(rows: list[dict[str, Any]]) -> str:
                        [[r["config"], f"{r['docs']:,}", *[fmt(r["step_seconds"].get(s)) for s in steps], "|",
                          *[fmt(r["phase_seconds"].get(p)) for p in phases]] for r in rows])
     memory = "\n".join(
-        f"{r['config']} (N={r['docs']:,}): peak {fmt(r['peak_rss_mib'], ',.0f')} MiB at {r['peak_rss_at_seconds']:.0f} s = "
+        f"{r['config']} (N={r['docs']:,}): peak {fmt(r['peak_rss_mib'], ',.0f')} MiB at {fmt(r['peak_rss_at_seconds'], '.0f')} s = "
         + ", ".join(f"{k} {v:,.0f}" for k, v in r["rss_at_peak_mib"].items()) for r in rows)
     errors = "\n".join(f"{r['config']} (N={r['docs']:,}) FAILED (exit {r['exit_code']}):\n{r['error']}"
                        for r in rows if r["error"])
