@@ -32,6 +32,12 @@ def task_runner_for(config: PipelineConfig) -> TaskRunner:
 
     if dask.address:
         return DaskTaskRunner(address=dask.address)
+    import dask as dask_config
+
+    # No work stealing on our local clusters: it could move the search shards that
+    # tasks/placement.py keeps on a few workers (their restriction is loose) to idle workers,
+    # each then starting a JVM of its own. The scheduler queues the other tasks anyway.
+    dask_config.config.set({"distributed.scheduler.work-stealing": False})
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs={
         "n_workers": dask.workers, "threads_per_worker": 1, "processes": True, "host": "127.0.0.1",
         "memory_limit": dask.memory_limit,

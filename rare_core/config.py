@@ -140,6 +140,8 @@ class DaskConfig(BaseModel):
     workers: int | None = Field(None, ge=1, description="Start a distributed.LocalCluster of this many worker processes.")
     address: str | None = Field(None, min_length=1, description="Scheduler of an existing Dask cluster (tcp://HOST:PORT).")
     memory_limit: str = Field("auto", description="Per-worker memory limit of a LocalCluster (Dask's syntax: '2GiB', 'auto').")
+    search_workers: int = Field(1, ge=0, description="Workers that run the BM25 index and search shards (each holds "
+                                                     "a JVM and the index); 0: any worker. See tasks/placement.py.")
 
     @model_validator(mode="after")
     def _one_cluster(self) -> "DaskConfig":

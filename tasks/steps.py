@@ -47,6 +47,7 @@ from tasks.artifacts import (
     write_step_artifact,
 )
 from tasks.llm import LLMEndpoints, clients_for
+from tasks.placement import placed
 from tasks.progress import step_progress
 
 
@@ -191,7 +192,8 @@ def run_step(spec: StepSpec, source: ArtifactRef, config: PipelineConfig,
 
 def prepare_index(spec: StepSpec, config: PipelineConfig) -> PrefectFuture:
     """Submit the index task of a ``shared_index`` step (``config`` already searching the corpus file)."""
-    return INDEX_TASKS[spec.name].submit(config)
+    with placed(spec, config, 0):
+        return INDEX_TASKS[spec.name].submit(config)
 
 
 def run_shards(spec: StepSpec, sources: list[ArtifactRef], config: PipelineConfig,
@@ -219,7 +221,9 @@ def run_shards(spec: StepSpec, sources: list[ArtifactRef], config: PipelineConfi
         shard = Shard(index=i, count=count)
         refresh = recompute_reason(spec, source, config, shard) is not None
         recomputed += refresh
-        futures[_shard_task(spec, config, shard, refresh).submit(source, config, endpoints, shard, wait_for=wait_for)] = i
+        with placed(spec, config, i):
+            futures[_shard_task(spec, config, shard, refresh).submit(source, config, endpoints, shard,
+                                                                     wait_for=wait_for)] = i
     logger.info("%s: %d shards submitted (%d must be recomputed)", spec.name, count, recomputed)
     results: list[StepResult | None] = [None] * count
     cached = [False] * count

@@ -4,6 +4,7 @@ through ``rare run``), cached per shard."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -167,6 +168,57 @@ def test_dask_local_cluster_run_equals_single_process_run(tmp_path, sim):
     assert sim.stats().completions_served - served == 2 * ROWS
     pd.testing.assert_frame_equal(read_frame(tmp / "out" / "dataset.jsonl"), single)
     assert len(list((tmp / "cache" / "dataflow_cache_step_step3.shards").glob("*.jsonl"))) == 4
+    # Every search shard ran on the worker whose index task opened the index (tasks/placement.py):
+    # no shard had to open it, so only one worker started a JVM.
+    hardneg = next(s for s in json.loads((tmp / "out" / "summary.json").read_text())["steps"] if s["step"] == "hardneg")
+    assert hardneg["extra"]["index_opens"] == 0 and hardneg["rows_in"] == ROWS
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_search_tasks_run_on_the_chosen_dask_workers_and_the_others_anywhere():
+    """tasks/placement.py on a 2-worker local cluster (its workers threads of this process, to
+    start fast): a BM25 step's tasks all go to the first worker (``search_workers=1``) or
+    alternate over both (2); a Doc2Query step's, or any with ``search_workers=0``, spread."""
+    import time
+
+    from prefect import flow, task
+    from prefect.context import FlowRunContext
+
+    from flows.runners import task_runner_for
+    from rare_core.pipeline import STEP_BY_NAME
+    from tasks.placement import placed
+
+    @task
+    def worker_address(i: int) -> str:
+        from distributed import get_worker
+
+        time.sleep(0.3)  # long enough for a free worker to take the next task if it may
+        return get_worker().address
+
+    def addresses(step: str, search_workers: int) -> tuple[list[str], list[str]]:
+        """Where 6 tasks of ``step`` ran, and the cluster's workers by address."""
+        config = PipelineConfig(input_path="x.jsonl", dask={"workers": 2, "search_workers": search_workers})
+        runner = task_runner_for(config)
+        runner.cluster_kwargs.update(processes=False, protocol="tcp://")  # threads, over loopback TCP
+
+        @flow(task_runner=runner)
+        def submit_six() -> tuple[list[str], list[str]]:
+            futures = []
+            for i in range(6):
+                with placed(STEP_BY_NAME[step], config, i):
+                    futures.append(worker_address.submit(i))
+            workers = sorted(FlowRunContext.get().task_runner.client.scheduler_info()["workers"])
+            return [f.result() for f in futures], workers
+
+        return submit_six()
+
+    ran, workers = addresses("hardneg", 1)
+    assert len(workers) == 2 and ran == [workers[0]] * 6
+    ran, workers = addresses("hardneg", 2)
+    assert ran == workers * 3
+    for step, search_workers in (("doc2query", 1), ("hardneg", 0)):
+        ran, workers = addresses(step, search_workers)
+        assert set(ran) == set(workers)  # spread over both
 
 
 @pytest.mark.usefixtures("prefect_harness")

@@ -410,13 +410,15 @@ class BM25HardNeg(Operator):
         status = np.where(active.to_numpy(), OK, SKIPPED).astype(object)
         status[(active & no_question).to_numpy()] = FAILED
         extra = {"short_rows": 0, "queries": int(len(todo)), "index_seconds": 0.0, "search_seconds": 0.0,
-                 "index_reused": False, "index_docs": 0, "search_rounds": 0, "truncated_queries": 0}
+                 "index_reused": False, "index_opens": 0, "index_docs": 0, "search_rounds": 0,
+                 "truncated_queries": 0}
         if len(todo):
             positive_ids, id_values = self._positive_ids(df, input_text_key, input_id_key)
             mining, fresh = self._mining(df, input_text_key, positive_ids, id_values)
             index = mining.index
             extra.update(index_seconds=round(index.build_seconds, 3) if fresh else 0.0,
-                         index_reused=index.reused or not fresh, index_docs=index.num_docs)
+                         index_reused=index.reused or not fresh, index_docs=index.num_docs,
+                         index_opens=int(fresh))  # summed over shards: processes that opened it for a shard
             t0 = time.perf_counter()
             miner = Miner(index, mining.keys, num_neg=num_neg, skip_top=self.config.skip_top,
                           max_score_ratio=self.config.max_score_ratio, max_depth=self.config.max_depth)

@@ -1,0 +1,62 @@
+"""Which Dask workers run a step's tasks: the steps that search the run's index stay on a few.
+
+A ``shared_index`` step (BM25) searches with Lucene inside the process that runs it: that
+process starts a JVM and opens the index, once, and keeps them (about 0.5 GB of heap and
+mapped index at 1,000,000 documents; see ``rare_core.operators.bm25_hardneg``). Lucene's
+search threads already use every core of their machine (measured: 2 workers on 2 cores search
+no faster than one process), so letting every worker run such shards buys no speed on one
+machine and costs a JVM per worker. On Dask the index task and these steps' shards therefore
+run on the first ``config.dask.search_workers`` workers (by address, chosen once per flow
+run), shard ``i`` on worker ``i mod n``; 0 lets them run on any worker (a cluster of many
+machines, where search spreads). The other steps' shards, and every task on the thread pool,
+go wherever the runner sends them.
+
+The restriction is loose (``allow_other_workers``): if a chosen worker dies (a nanny restarts
+it under another address), its tasks run elsewhere instead of waiting forever. A loose task
+can be stolen by an idle worker, so the local clusters of ``flows/runners.py`` run without work
+stealing (their tasks are queued on the scheduler anyway).
+
+In: the step's spec, the run's config, the task's position among the step's tasks.
+Out: a context manager to submit the task in (``dask.annotate`` with the worker restriction,
+or nothing).
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+
+from prefect.context import FlowRunContext
+
+from rare_core.config import PipelineConfig
+from rare_core.pipeline import StepSpec
+
+
+_CHOSEN: dict[str, list[str]] = {}  # flow run id -> its Dask workers' addresses, as first seen
+
+
+def _dask_workers(config: PipelineConfig) -> list[str] | None:
+    """The addresses of the flow's Dask workers, sorted; None when its runner is not Dask."""
+    context = FlowRunContext.get()
+    runner = context.task_runner if context else None
+    if runner is None or type(runner).__name__ != "DaskTaskRunner":  # importing prefect_dask would import distributed
+        return None
+    run = str(context.flow_run.id) if context.flow_run else ""
+    if run not in _CHOSEN:
+        if config.dask.workers:  # a local cluster: all its workers, not the first ones to register
+            runner.client.wait_for_workers(config.dask.workers, timeout=120)
+        _CHOSEN[run] = sorted(runner.client.scheduler_info(n_workers=-1)["workers"])
+    return _CHOSEN[run]
+
+
+def placed(spec: StepSpec, config: PipelineConfig, position: int) -> AbstractContextManager:
+    """Where the ``position``-th task of ``spec`` (its index task is 0, like its first shard) is submitted."""
+    wanted = config.dask.search_workers
+    if not spec.shared_index or not wanted:
+        return nullcontext()
+    workers = _dask_workers(config)
+    if not workers:
+        return nullcontext()
+    import dask
+
+    chosen = workers[:wanted]
+    return dask.annotate(workers=[chosen[position % len(chosen)]], allow_other_workers=True)
