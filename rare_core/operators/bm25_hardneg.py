@@ -56,6 +56,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rare_core.errors import InputColumnError, StorageError
 from rare_core.hashing import file_sha256_memo
+from rare_core.memory import release_free_memory
 from rare_core.operators.base import (
     FAILED, INPUT_ERROR, OK, SHORT, SKIPPED, Operator, active_mask, canonical_id, distinct_keys, document_id,
     guard_outputs, init_status, is_blank, mark_failed, require_columns, step_column, summarize,
@@ -183,7 +184,7 @@ def _parquet_take(path: str, column: str, rows: np.ndarray) -> list[str]:
         start += batch.num_rows
     if start <= wanted[-1]:
         raise StorageError(f"{path} has {start} rows now, fewer than when it was indexed")
-    pa.default_memory_pool().release_unused()
+    release_free_memory()
     return out.tolist()
 
 
@@ -378,6 +379,7 @@ class BM25HardNeg(Operator):
             corpus, self.config.index_dir, k1=self.config.k1, b=self.config.b,
             query_weighting=self.config.query_weighting, threads=self.config.threads)
         del corpus  # released by the build: only ids and row maps are left
+        release_free_memory()
         return _Mining(index=index, keys=keys, source=source, kept=kept)
 
     def process(self, df: pd.DataFrame, input_question_key: str = "question", input_text_key: str = "text",

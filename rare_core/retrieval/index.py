@@ -24,7 +24,6 @@ exist.
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
 import os
@@ -42,6 +41,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
 from rare_core.errors import RetrievalError
+from rare_core.memory import release_free_memory
 from rare_core.retrieval.jvm import anserini_jar, jclass
 from rare_core.retrieval.search import LuceneSearcher, RunHits, SearchHits, row_key
 
@@ -130,11 +130,11 @@ class Corpus:
         """Let go of the texts (``batches``/``key``/``write_collection`` no longer work); ids stay.
 
         Their memory is freed when no one else holds the columns (e.g. the caller deleted its
-        frame after making this Corpus), and Arrow's pool hands its unused pages back.
+        frame after making this Corpus), and handed back to the system
+        (:func:`~rare_core.memory.release_free_memory`).
         """
         self.text = self.title = self._batches = None
-        gc.collect()
-        pa.default_memory_pool().release_unused()
+        release_free_memory()
 
     def batches(self) -> Iterator[tuple[int, list[str], list[str] | None]]:
         """``(first source position, texts, titles or None)`` of consecutive chunks in source order."""
