@@ -207,15 +207,14 @@ def run(config: PipelineConfig, verbose: bool = False) -> int:
 
 def export_run(out_dir: str, formats: str, to: str) -> int:
     """``rare export OUT_DIR --format F --to DIR``: a finished run's dataset in training formats."""
-    from rare_core.exports import export
-    from rare_core.storage import read_frame
+    from rare_core.exports import export, file_chunks
     from tasks.io import DATASET_STEM, RUN_CONFIG_FILE, SUMMARY_FILE, provenance_of
 
     folder = Path(out_dir)
     try:
         config = PipelineConfig.model_validate_json((folder / RUN_CONFIG_FILE).read_text(encoding="utf-8"))
         summary = json.loads((folder / SUMMARY_FILE).read_text(encoding="utf-8"))
-        dataset = read_frame(folder / f"{DATASET_STEM}.{config.output_format}")
+        dataset = file_chunks(folder / f"{DATASET_STEM}.{config.output_format}")
         names = [f.strip() for f in formats.split(",") if f.strip()]
         written = export(dataset, config, names, Path(to), provenance_of(summary, config, config.command))
     except FileNotFoundError as exc:

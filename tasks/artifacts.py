@@ -70,13 +70,17 @@ class ArtifactRef(BaseModel):
         path = Path(self.path)
         return path.is_file() and file_sha256(path) == self.sha256
 
-    def load(self) -> pd.DataFrame:
-        """The file's frame; ``ArtifactChangedError`` when the file is gone or its bytes changed."""
+    def verify(self) -> None:
+        """``ArtifactChangedError`` when the file is gone or its bytes changed since it was written."""
         if not self.is_intact():
             raise ArtifactChangedError(
                 f"{self.path} is missing or was changed after it was written (expected sha256 "
                 f"{self.sha256[:12]}...); rerun the pipeline to recompute it"
             )
+
+    def load(self) -> pd.DataFrame:
+        """The file's frame; ``ArtifactChangedError`` when the file is gone or its bytes changed."""
+        self.verify()
         return read_frame(self.path)
 
 

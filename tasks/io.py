@@ -34,7 +34,7 @@ from rare_core.config import LLMRoles, PipelineConfig
 from rare_core.errors import RareError
 from rare_core.hashing import file_sha256
 from rare_core.estimate import build_estimate, compare, render_comparison, token_counter_for
-from rare_core.exports import export as export_formats
+from rare_core.exports import export as export_formats, file_chunks
 from rare_core.inputs import count_documents, iter_documents, load_documents
 from rare_core.llm.config import redact_url
 from rare_core.operators.base import ERROR, ERROR_KIND, OK, RESERVED_PREFIX, STATUS, is_blank, step_column
@@ -403,7 +403,8 @@ def provenance_of(summary: dict, config: PipelineConfig, command: str | None = N
 def export_training_formats(dataset: ArtifactRef, config: PipelineConfig, report: Report) -> dict[str, str]:
     """The final dataset -> each of ``config.export`` in ``{export_path}/{format}/`` with its card."""
     target = Path(config.export_path or Path(config.output_path) / "exports").resolve()
-    folders = export_formats(dataset.load(), config, config.export, target,
+    dataset.verify()
+    folders = export_formats(file_chunks(dataset.path), config, config.export, target,
                              provenance_of(report.summary, config, config.command))
     get_run_logger().info("Exported %s to %s", ", ".join(folders), target)
     return {name: str(path) for name, path in folders.items()}

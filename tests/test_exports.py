@@ -348,3 +348,30 @@ def test_questions_given_without_scenario_and_with_gold_answers(tmp_path):
     assert [r["output"] for r in records] == ["yes", "no", "no", "maybe"]
     _, body = card_of(out["rare"])
     assert "Reference answers: 4 of 4 rows (`gold_answer`)" in body
+
+
+def test_an_export_read_in_chunks_equals_the_whole_frame_s(tmp_path, config, monkeypatch):
+    """``export`` given the dataset as chunks (a file read in parts: the CLI's and the flow's
+    way) writes every format's files and card as from the whole frame, and holds one chunk of
+    examples at a time; hf's types are unified over the chunks (``reference_answer`` is
+    missing in every row of the last chunk)."""
+    import rare_core.exports.hf as hf
+
+    frame = make_frame(extras=True)
+    frame.loc[3, "reference_answer"] = None
+    whole = export(frame, config, list(FORMATS), tmp_path / "whole", PROVENANCE)
+    monkeypatch.setattr(hf, "CHUNK_ROWS", 1)
+    calls = []
+
+    def chunks():
+        calls.append(1)
+        return (frame.iloc[a:z].reset_index(drop=True) for a, z in ((0, 2), (2, 3), (3, 4)))
+
+    parts = export(chunks, config, list(FORMATS), tmp_path / "parts", PROVENANCE)
+    assert len(calls) == 1 + len(FORMATS) + 1  # the tally, each format, hf's second pass
+    for name, file in JSONL.items():
+        assert (parts[name] / file).read_bytes() == (whole[name] / file).read_bytes(), name
+    for name in FORMATS:
+        assert (parts[name] / CARD).read_text() == (whole[name] / CARD).read_text(), name
+    assert load_from_disk(str(parts["hf"])).to_list() == load_from_disk(str(whole["hf"])).to_list()
+    assert load_from_disk(str(parts["hf"])).features == load_from_disk(str(whole["hf"])).features

@@ -2,8 +2,10 @@
 
 ``export(dataset, config, formats, out_dir, provenance) -> {format: folder}`` writes one folder per
 format, ``{out_dir}/{format}/``, holding the data file(s) and a dataset card ``README.md``.
-``dataset`` is the final dataset frame as ``tasks.io.export_dataset`` writes it (read it with
-``rare_core.storage.read_frame``); columns are named by ``config.columns``.
+``dataset`` is the final dataset as ``tasks.io.export_dataset`` writes it: a frame, or a function
+giving its rows as consecutive frames each time it is called (a file read chunk by chunk, e.g.
+:func:`file_chunks`), so that an export of any size holds one chunk of examples at a time;
+columns are named by ``config.columns``.
 
 Every SFT format's prompt is the teacher's prompt exactly as the teacher saw it
 (``reason_distill.build_messages`` over ``[positive, *hard_negatives]`` in ``document_order``, cut
@@ -22,18 +24,23 @@ A new format is one module defining ``FORMAT`` (an :class:`ExportFormat`) and on
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable, Iterable
 
 import pandas as pd
 
 from rare_core.config import PipelineConfig
-from rare_core.exports.base import Built, Context, Example, ExportFormat, build_examples, target_text
+from rare_core.exports.base import (
+    Built, Context, Example, ExampleSource, ExportFormat, Tally, build_examples, target_text,
+)
 from rare_core.exports.card import render as render_card
 from rare_core.prompts import reason_distill
+from rare_core.storage import iter_frames
 
 # One line per format: the module (in this package) that defines its ``FORMAT``.
 _MODULES = (
@@ -50,8 +57,19 @@ _REGISTRY: dict[str, ExportFormat] = {
 FORMATS: tuple[str, ...] = tuple(_REGISTRY)
 CARD = "README.md"
 
-__all__ = ["CARD", "FORMATS", "Built", "Example", "ExportFormat", "build_examples", "export", "get_format",
-           "target_text"]
+__all__ = ["CARD", "FORMATS", "Built", "Example", "ExampleSource", "ExportFormat", "Tally", "build_examples", "export",
+           "file_chunks", "get_format", "target_text"]
+
+
+CHUNK_ROWS = 10_000  # dataset rows read and turned into examples at a time
+
+
+def file_chunks(path: str | os.PathLike, rows: int = CHUNK_ROWS) -> Callable[[], Iterable[pd.DataFrame]]:
+    """A dataset file as ``export`` reads one of any size: ``rows`` rows at a time, each call from
+    the start. A missing file is a ``FileNotFoundError`` now, not at the first read."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(errno.ENOENT, "no such file", str(path))
+    return lambda: iter_frames(path, rows)
 
 
 def get_format(name: str) -> ExportFormat:
@@ -95,13 +113,15 @@ def _replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def export(dataset: pd.DataFrame, config: PipelineConfig, formats: list[str], out_dir: str | Path,
-           provenance: dict | None = None) -> dict[str, Path]:
-    """Write ``dataset`` in each of ``formats`` -> ``{format: {out_dir}/{format}/}``.
+def export(dataset: pd.DataFrame | Callable[[], Iterable[pd.DataFrame]], config: PipelineConfig,
+           formats: list[str], out_dir: str | Path, provenance: dict | None = None) -> dict[str, Path]:
+    """Write ``dataset`` (a frame, or a function giving its chunks) in each of ``formats`` ->
+    ``{format: {out_dir}/{format}/}``.
 
     Unknown formats, a dataset missing a required column or with no exportable row, and a
     ``document_order`` that does not fit its row raise a one-line ``ValueError`` before anything
-    is written."""
+    is written (a first pass over the rows checks them and counts the card's figures; each
+    format then reads them again)."""
     if isinstance(formats, str):
         formats = [formats]
     chosen = [get_format(name) for name in dict.fromkeys(formats)]
@@ -109,11 +129,12 @@ def export(dataset: pd.DataFrame, config: PipelineConfig, formats: list[str], ou
         raise ValueError(f"no export format given: choose from {', '.join(FORMATS)}")
     provenance = dict(provenance or {})
     _check_prompt_version(provenance)
-    built = build_examples(dataset, config)
-    if not built.examples:
-        left = ", ".join(f"{n} {why}" for why, n in built.left_out.items())
+    source = ExampleSource((lambda: [dataset]) if isinstance(dataset, pd.DataFrame) else dataset, config)
+    tally = source.tally()
+    if not tally.rows:
+        left = ", ".join(f"{n} {why}" for why, n in tally.left_out.items())
         raise ValueError("the dataset has no row to export" + (f" ({left})" if left else ""))
-    ctx = Context(config=config, provenance=provenance, built=built)
+    ctx = Context(config=config, provenance=provenance, tally=tally)
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
@@ -123,8 +144,8 @@ def export(dataset: pd.DataFrame, config: PipelineConfig, formats: list[str], ou
         tmp = Path(tempfile.mkdtemp(prefix=f".{fmt.name}.tmp-", dir=out))
         try:
             os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would keep the export private
-            files = fmt.write(built.examples, tmp, ctx)
-            (tmp / CARD).write_text(render_card(fmt, files, built, config, provenance), encoding="utf-8")
+            files = fmt.write(source, tmp, ctx)
+            (tmp / CARD).write_text(render_card(fmt, files, tally, config, provenance), encoding="utf-8")
             _replace_dir(tmp, out / fmt.name)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

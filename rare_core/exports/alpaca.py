@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterable
 
 from rare_core.exports.base import Context, Example, ExportFormat, dataset_key, write_with_dataset_info
 
@@ -22,8 +23,8 @@ def dataset_info() -> dict:
     return {NAME: {"file_name": FILE, "formatting": "alpaca", "columns": dict(COLUMNS)}}
 
 
-def write(examples: list[Example], folder: Path, ctx: Context) -> list[str]:
-    return write_with_dataset_info(folder, FILE, [record(ex) for ex in examples], dataset_info())
+def write(examples: Iterable[Example], folder: Path, ctx: Context) -> list[str]:
+    return write_with_dataset_info(folder, FILE, (record(ex) for ex in examples), dataset_info())
 
 
 FORMAT = ExportFormat(

@@ -3,17 +3,20 @@
 :func:`build_examples` turns the final dataset frame (``tasks.io.export_dataset``'s columns, named
 by ``config.columns``) into :class:`Example` objects holding the teacher's prompt exactly as the
 teacher saw it (``reason_distill.build_messages`` over the documents in ``document_order``, each
-cut to ``config.distill.max_doc_chars``) and the target ``<think>..</think>\\n<answer>..</answer>``.
-A format module defines one :class:`ExportFormat` whose ``write`` turns examples into files.
+cut to ``config.distill.max_doc_chars``) and the target ``<think>..</think>\\n<answer>..</answer>``;
+:class:`ExampleSource` does it chunk by chunk for a dataset of any size, as often as it is
+iterated, and counts what the card needs (:class:`Tally`) in one pass. A format module defines
+one :class:`ExportFormat` whose ``write`` turns the examples, iterated once, into files.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import pandas as pd
 
@@ -103,7 +106,7 @@ class ExportFormat:
     summary: str
     fields: dict[str, str]
     usage: str
-    write: Callable[[list[Example], Path, "Context"], list[str]]
+    write: Callable[[Iterable[Example], Path, "Context"], list[str]]  # may iterate the examples once
     task_categories: tuple[str, ...] = ("text-generation", "question-answering")
     data_files: str | None = None  # the card's ``configs`` data_files glob (None: not loadable from the hub)
     notes: str = ""
@@ -115,7 +118,7 @@ class Context:
 
     config: PipelineConfig
     provenance: dict
-    built: Built
+    tally: "Tally"
 
 
 def _names(config: PipelineConfig) -> dict[str, str]:
@@ -144,10 +147,8 @@ def _count(counts: dict[str, int], reason: str) -> None:
     counts[reason] = counts.get(reason, 0) + 1
 
 
-def build_examples(dataset: pd.DataFrame, config: PipelineConfig) -> Built:
-    """The frame's rows -> examples. Rows without a usable reasoning or answer are left out and
-    counted; a missing required column, or a ``document_order`` that is not a permutation of the
-    row's documents, is a ``ValueError`` naming it (and the row's id)."""
+def _used_columns(dataset: pd.DataFrame, config: PipelineConfig) -> tuple[list[str], list[str]]:
+    """(the known columns present, the optional ones among them); ``ValueError`` naming a missing required one."""
     n = _names(config)
     required = [n["id"], n["question"], POSITIVE, n["hard_negatives"], n["reasoning"], n["answer"]]
     missing = [c for c in required if c not in dataset.columns]
@@ -158,10 +159,24 @@ def build_examples(dataset: pd.DataFrame, config: PipelineConfig) -> Built:
              n["hard_negatives_ids"], DOCUMENT_ORDER, POSITIVE_DOC_NUMBER, n["reasoning"], n["answer"],
              n["reference"], SAMPLE_INDEX, VERIFY_VERDICT, VERIFY_SAMPLES, SIMULATED]
     used = [c for c in dict.fromkeys(known) if c in dataset.columns]
-    optional = [c for c in (QUESTION_INDEX, SAMPLE_INDEX, n["reference"], VERIFY_VERDICT, VERIFY_SAMPLES) if c in used]
-    max_chars = config.distill.max_doc_chars
-    examples: list[Example] = []
+    return used, [c for c in (QUESTION_INDEX, SAMPLE_INDEX, n["reference"], VERIFY_VERDICT, VERIFY_SAMPLES) if c in used]
+
+
+def build_examples(dataset: pd.DataFrame, config: PipelineConfig) -> Built:
+    """The frame's rows -> examples. Rows without a usable reasoning or answer are left out and
+    counted; a missing required column, or a ``document_order`` that is not a permutation of the
+    row's documents, is a ``ValueError`` naming it (and the row's id)."""
     left_out: dict[str, int] = {}
+    examples = list(iter_examples(dataset, config, left_out))
+    return Built(examples=examples, left_out=left_out, columns=_used_columns(dataset, config)[0])
+
+
+def iter_examples(dataset: pd.DataFrame, config: PipelineConfig, left_out: dict[str, int]) -> Iterator[Example]:
+    """:func:`build_examples` one row at a time: the examples of ``dataset``, the rows left out
+    counted into ``left_out`` (reason -> count) as they are met."""
+    n = _names(config)
+    used, optional = _used_columns(dataset, config)
+    max_chars = config.distill.max_doc_chars
     for rec in dataset[used].to_dict("records"):
         row = {c: plain(v) for c, v in rec.items()}
         rid = row[n["id"]]
@@ -205,12 +220,62 @@ def build_examples(dataset: pd.DataFrame, config: PipelineConfig) -> Built:
             row[SIMULATED] = simulated
         ref = row.get(n["reference"])
         reference = None if ref is None or (isinstance(ref, str) and not ref.strip()) else str(ref)
-        examples.append(Example(
+        yield Example(
             id=rid, question=question, scenario=scenario, positive=positive, hard_negatives=negatives,
             document_order=order, reasoning=reasoning, answer=answer, simulated=simulated, system=system,
             user=user, target=target_text(reasoning, answer), reference=reference, columns=row,
-            optional={c: row[c] for c in optional}))
-    return Built(examples=examples, left_out=left_out, columns=used)
+            optional={c: row[c] for c in optional})
+
+
+@dataclass
+class Tally:
+    """What a dataset card says about the examples of an export, counted in one pass over them."""
+
+    rows: int = 0
+    simulated: int = 0
+    references: int = 0
+    positions: Counter = field(default_factory=Counter)  # 1-based position of the positive -> rows
+    documents: Counter = field(default_factory=Counter)  # documents shown -> rows
+    verdicts: Counter = field(default_factory=Counter)  # verification verdict ("none" if missing) -> rows
+    left_out: dict[str, int] = field(default_factory=dict)
+    columns: list[str] = field(default_factory=list)
+
+    def add(self, ex: Example) -> None:
+        self.rows += 1
+        self.simulated += ex.simulated
+        self.references += ex.reference is not None
+        self.positions[ex.document_order.index(0) + 1] += 1
+        self.documents[len(ex.document_order)] += 1
+        if VERIFY_VERDICT in ex.optional:
+            verdict = ex.optional[VERIFY_VERDICT]
+            self.verdicts["none" if verdict is None else str(verdict)] += 1
+
+
+class ExampleSource:
+    """The examples of a dataset read chunk by chunk, as often as a writer iterates them.
+
+    In: ``frames()``, which yields the dataset's rows as consecutive frames (one frame, or a
+    file's chunks) each time it is called, and the config naming the columns. Iterating gives
+    the examples in order without holding more than a chunk's; :meth:`tally` makes one pass and
+    counts what the card needs (and raises, as :func:`build_examples` does, on a bad row before
+    anything is written).
+    """
+
+    def __init__(self, frames: Callable[[], Iterable[pd.DataFrame]], config: PipelineConfig) -> None:
+        self.frames, self.config = frames, config
+
+    def __iter__(self) -> Iterator[Example]:
+        left_out: dict[str, int] = {}
+        for frame in self.frames():
+            yield from iter_examples(frame, self.config, left_out)
+
+    def tally(self) -> Tally:
+        tally = Tally()
+        for frame in self.frames():
+            tally.columns = tally.columns or _used_columns(frame, self.config)[0]
+            for ex in iter_examples(frame, self.config, tally.left_out):
+                tally.add(ex)
+        return tally
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,27 +287,45 @@ def _line(record: dict) -> str:
         text = json.dumps(record, ensure_ascii=False)
         text.encode("utf-8")
         return text
-    except UnicodeEncodeError:  # a lone surrogate: only \\u escapes can carry it
+    except UnicodeEncodeError:  # a lone surrogate: only \u escapes can carry it
         return json.dumps(record, ensure_ascii=True)
 
 
-def write_jsonl(path: Path, records: list[dict]) -> str:
-    path.write_text("".join(_line(r) + "\n" for r in records), encoding="utf-8")
+def write_jsonl(path: Path, records: Iterable[dict]) -> str:
+    """One JSON line per record, written as they come."""
+    with open(path, "w", encoding="utf-8") as out:
+        for record in records:
+            out.write(_line(record) + "\n")
     return path.name
+
+
+def _dumps(data: Any, indent: int | None = 1) -> str:
+    text = json.dumps(data, ensure_ascii=False, indent=indent)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:  # a lone surrogate: only \u escapes can carry it
+        return json.dumps(data, ensure_ascii=True, indent=indent)
 
 
 def write_json(path: Path, data: Any) -> str:
-    text = json.dumps(data, ensure_ascii=False, indent=1)
-    try:
-        path.write_text(text + "\n", encoding="utf-8")
-    except UnicodeEncodeError:
-        path.write_text(json.dumps(data, ensure_ascii=True, indent=1) + "\n", encoding="utf-8")
+    path.write_text(_dumps(data) + "\n", encoding="utf-8")
     return path.name
 
 
-def write_with_dataset_info(folder: Path, file: str, records: list[dict], info: dict) -> list[str]:
+def write_json_list(path: Path, records: Iterable[dict]) -> str:
+    """The records as one JSON list (laid out as ``json.dumps(list, indent=1)``), written as they come."""
+    with open(path, "w", encoding="utf-8") as out:
+        out.write("[")
+        for i, record in enumerate(records):
+            out.write(("," if i else "") + "\n " + _dumps(record).replace("\n", "\n "))
+        out.write("\n]\n" if out.tell() > 1 else "]\n")
+    return path.name
+
+
+def write_with_dataset_info(folder: Path, file: str, records: Iterable[dict], info: dict) -> list[str]:
     """The records (JSONL, or a JSON list for a ``.json`` file) and LLaMA-Factory's ``dataset_info.json``."""
-    data = write_json(folder / file, records) if file.endswith(".json") else write_jsonl(folder / file, records)
+    data = write_json_list(folder / file, records) if file.endswith(".json") else write_jsonl(folder / file, records)
     return [data, write_json(folder / "dataset_info.json", info)]
 
 

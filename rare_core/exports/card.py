@@ -14,14 +14,13 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from collections import Counter
 from pathlib import PurePath
 from typing import Any
 
 import yaml
 
 from rare_core.config import PipelineConfig
-from rare_core.exports.base import VERIFY_VERDICT, Built, ExportFormat, reference_column
+from rare_core.exports.base import ExportFormat, Tally, reference_column
 from rare_core.prompts import doc2query, reason_distill
 
 KNOWN_KEYS = ("steps", "filters", "verification", "command", "simulated", "language", "name", "prompt_versions")
@@ -46,8 +45,8 @@ def redact(text: str) -> str:
     return _SECRET_PARAM.sub(r"\1***", _URL_USERINFO.sub(r"\1***@", text))
 
 
-def is_simulated(built: Built, provenance: dict) -> bool:
-    return bool(provenance.get("simulated")) or any(ex.simulated for ex in built.examples)
+def is_simulated(tally: Tally, provenance: dict) -> bool:
+    return bool(provenance.get("simulated")) or tally.simulated > 0
 
 
 def _languages(provenance: dict) -> list[str]:
@@ -57,15 +56,15 @@ def _languages(provenance: dict) -> list[str]:
     return [lang] if isinstance(lang, str) else [str(x) for x in lang]
 
 
-def front_matter(fmt: ExportFormat, built: Built, provenance: dict) -> str:
+def front_matter(fmt: ExportFormat, tally: Tally, provenance: dict) -> str:
     meta: dict[str, Any] = {}
     if langs := _languages(provenance):
         meta["language"] = langs
     meta["task_categories"] = list(fmt.task_categories)
-    meta["size_categories"] = [size_category(len(built.examples))]
+    meta["size_categories"] = [size_category(tally.rows)]
     meta["pretty_name"] = f"{provenance.get('name') or DEFAULT_NAME} ({fmt.name})"
     tags = ["rare", "synthetic", "retrieval-augmented-generation", "reasoning"]
-    if is_simulated(built, provenance):
+    if is_simulated(tally, provenance):
         tags.append("simulated")
     meta["tags"] = tags
     if fmt.data_files:
@@ -120,7 +119,7 @@ def _command(provenance: dict) -> str | None:
     return redact(text)
 
 
-def _verification(built: Built, config: PipelineConfig, provenance: dict) -> str:
+def _verification(tally: Tally, config: PipelineConfig, provenance: dict) -> str:
     ver = provenance.get("verification")
     verify = getattr(config, "verify", None)  # the pipeline's verify section, where it has one
     if isinstance(ver, dict):
@@ -134,20 +133,18 @@ def _verification(built: Built, config: PipelineConfig, provenance: dict) -> str
     method = ver.get("method") if isinstance(ver, dict) else ver if isinstance(ver, str) else getattr(verify, "method", None)
     if method in ("judge", "auto") and "judge" in type(config.roles).model_fields:
         text += f"; judge model `{config.llm_for('judge').model}`"
-    verdicts = [ex.optional.get(VERIFY_VERDICT) for ex in built.examples if VERIFY_VERDICT in ex.optional]
-    if verdicts:
-        tally = Counter("none" if v is None else str(v) for v in verdicts)
-        text += "; verdicts in this export: " + ", ".join(f"{k}: {n}" for k, n in tally.most_common())
+    if tally.verdicts:
+        text += "; verdicts in this export: " + ", ".join(f"{k}: {n}" for k, n in tally.verdicts.most_common())
     return text
 
 
-def render(fmt: ExportFormat, files: list[str], built: Built, config: PipelineConfig, provenance: dict) -> str:
+def render(fmt: ExportFormat, files: list[str], tally: Tally, config: PipelineConfig, provenance: dict) -> str:
     """The whole README.md."""
-    n = len(built.examples)
-    simulated = is_simulated(built, provenance)
-    n_sim = sum(ex.simulated for ex in built.examples)
+    n = tally.rows
+    simulated = is_simulated(tally, provenance)
+    n_sim = tally.simulated
     title = provenance.get("name") or DEFAULT_NAME
-    out = [front_matter(fmt, built, provenance), f"# {title}: `{fmt.name}` export", ""]
+    out = [front_matter(fmt, tally, provenance), f"# {title}: `{fmt.name}` export", ""]
     if simulated:
         out += ["> **⚠️ SIMULATED ANSWERS: DO NOT TRAIN ON THIS DATA.** The questions, reasoning and answers "
                 f"({n_sim} of {n} rows flagged `rare_simulated`) were written by the pipeline's built-in "
@@ -166,8 +163,7 @@ def render(fmt: ExportFormat, files: list[str], built: Built, config: PipelineCo
         out += [fmt.notes, ""]
     out += ["## Loading", "", fmt.usage, ""]
 
-    positions = Counter(ex.document_order.index(0) + 1 for ex in built.examples)
-    n_docs = Counter(len(ex.document_order) for ex in built.examples)
+    positions, n_docs = tally.positions, tally.documents
     if fmt.task_categories != ("text-retrieval",):
         out += ["## Prompt and target", "",
                 "The prompt is the teacher's prompt exactly as the teacher saw it: the system and user messages "
@@ -188,9 +184,9 @@ def render(fmt: ExportFormat, files: list[str], built: Built, config: PipelineCo
             f"- Questions and scenarios (Doc2Query): model `{writer.model}`, prompt `{q_version}`",
             f"- Reasoning and answers (ReasonDistill): model `{teacher.model}`, prompt `{reason_distill.VERSION}`",
             f"- Hard negatives: BM25 (Lucene), {config.hardneg.num_neg} asked per question",
-            f"- Verification: {_verification(built, config, provenance)}",
+            f"- Verification: {_verification(tally, config, provenance)}",
             f"- Answers simulated: {'**YES: SIMULATED**' if simulated else 'no'}"]
-    n_ref = sum(ex.reference is not None for ex in built.examples)
+    n_ref = tally.references
     if n_ref:
         out += [f"- Reference answers: {n_ref} of {n} rows (`{reference_column(config)}`)"]
     cmd = _command(provenance)
@@ -202,8 +198,8 @@ def render(fmt: ExportFormat, files: list[str], built: Built, config: PipelineCo
             else "not recorded", ""]
     if provenance.get("filters"):
         out += ["### Filters", "", counts_table(provenance["filters"], "filter"), ""]
-    if built.left_out:
-        out += ["### Rows left out of this export", "", counts_table(built.left_out, "reason"), ""]
+    if tally.left_out:
+        out += ["### Rows left out of this export", "", counts_table(tally.left_out, "reason"), ""]
     other = {k: v for k, v in provenance.items() if k not in KNOWN_KEYS}
     if other:
         out += ["### Other provenance", "", "```json", redact(json.dumps(other, indent=1, default=str,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterable
 
 from rare_core.exports.base import Context, Example, ExportFormat, write_jsonl
 
@@ -13,8 +14,8 @@ def record(ex: Example) -> dict:
     return {"prompt": ex.prompt_messages, "completion": [ex.completion_message]}
 
 
-def write(examples: list[Example], folder: Path, ctx: Context) -> list[str]:
-    return [write_jsonl(folder / FILE, [record(ex) for ex in examples])]
+def write(examples: Iterable[Example], folder: Path, ctx: Context) -> list[str]:
+    return [write_jsonl(folder / FILE, (record(ex) for ex in examples))]
 
 
 FORMAT = ExportFormat(

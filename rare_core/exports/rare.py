@@ -5,6 +5,7 @@ with a ``dataset_info.json`` whose ``response`` is ``predict``."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterable
 
 from rare_core.exports.base import Context, Example, ExportFormat, write_with_dataset_info
 
@@ -26,8 +27,8 @@ def dataset_info() -> dict:
                    "columns": {"prompt": "instruction", "response": "predict", "system": "system"}}}
 
 
-def write(examples: list[Example], folder: Path, ctx: Context) -> list[str]:
-    return write_with_dataset_info(folder, FILE, [record(ex) for ex in examples], dataset_info())
+def write(examples: Iterable[Example], folder: Path, ctx: Context) -> list[str]:
+    return write_with_dataset_info(folder, FILE, (record(ex) for ex in examples), dataset_info())
 
 
 FORMAT = ExportFormat(

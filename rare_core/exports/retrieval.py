@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterable
 
 from rare_core.exports.base import Context, Example, ExportFormat, write_jsonl
 
@@ -19,8 +20,8 @@ def record(ex: Example) -> dict:
     return {"id": ex.id, "query": query_text(ex), "pos": [ex.positive], "neg": list(ex.hard_negatives)}
 
 
-def write(examples: list[Example], folder: Path, ctx: Context) -> list[str]:
-    return [write_jsonl(folder / FILE, [record(ex) for ex in examples])]
+def write(examples: Iterable[Example], folder: Path, ctx: Context) -> list[str]:
+    return [write_jsonl(folder / FILE, (record(ex) for ex in examples))]
 
 
 FORMAT = ExportFormat(

@@ -4,6 +4,7 @@ with its ``dataset_info.json`` entry."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterable
 
 from rare_core.exports.base import Context, Example, ExportFormat, dataset_key, write_with_dataset_info
 
@@ -23,8 +24,8 @@ def dataset_info() -> dict:
                    "tags": {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt"}}}
 
 
-def write(examples: list[Example], folder: Path, ctx: Context) -> list[str]:
-    return write_with_dataset_info(folder, FILE, [record(ex) for ex in examples], dataset_info())
+def write(examples: Iterable[Example], folder: Path, ctx: Context) -> list[str]:
+    return write_with_dataset_info(folder, FILE, (record(ex) for ex in examples), dataset_info())
 
 
 FORMAT = ExportFormat(
