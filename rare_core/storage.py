@@ -614,10 +614,28 @@ class FrameWriter:
             Path(self._tmp).unlink(missing_ok=True)  # gone already when committed
 
 
+def current_umask() -> int:
+    """The process's umask: from ``/proc/self/status`` where Linux shows it, else by setting it
+    and setting it back at once (not thread-safe: a file another thread creates meanwhile gets 022)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _temp_beside(path: Path) -> str:
-    """-> the name of a new empty temp file in ``path``'s folder (where ``os.replace`` is atomic)."""
+    """-> the name of a new empty temp file in ``path``'s folder (where ``os.replace`` is atomic),
+    with the mode a file created in place would get: mkstemp's 0600 would make every file
+    renamed from it private to this user (a trainer running as another could not read it)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~current_umask())
     return tmp
 
 

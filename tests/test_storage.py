@@ -381,3 +381,22 @@ def test_step_returns_independent_handles(tmp_path):
     assert storage.reset() is storage and storage.operator_step == 0
     again = storage.step()
     assert again.input_path() == entry and again.get_keys_from_dataframe() == ["text"]
+
+
+def test_written_files_get_the_mode_of_files_created_in_place(tmp_path):
+    """Files are written to a temp file and renamed: they must not keep mkstemp's private 0600."""
+    import os
+
+    from rare_core.storage import FrameWriter, current_umask
+
+    old = os.umask(0o027)
+    try:
+        assert current_umask() == 0o027
+        frame = pd.DataFrame({"id": [1, 2], "text": ["a", "b"]})
+        paths = [write_frame(frame, tmp_path / "whole.jsonl"), write_frame(frame, tmp_path / "whole.parquet")]
+        with FrameWriter(tmp_path / "streamed.jsonl") as out:
+            out.write(frame)
+        paths.append(tmp_path / "streamed.jsonl")
+        assert [oct(os.stat(p).st_mode & 0o777) for p in paths] == [oct(0o640)] * 3
+    finally:
+        os.umask(old)

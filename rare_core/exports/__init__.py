@@ -40,7 +40,7 @@ from rare_core.exports.base import (
 )
 from rare_core.exports.card import render as render_card
 from rare_core.prompts import reason_distill
-from rare_core.storage import iter_frames
+from rare_core.storage import current_umask, iter_frames
 
 # One line per format: the module (in this package) that defines its ``FORMAT``.
 _MODULES = (
@@ -90,12 +90,6 @@ def _check_prompt_version(provenance: dict) -> None:
                          f"{reason_distill.VERSION!r}: the exported prompts would not be the teacher's")
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def _replace_dir(tmp: Path, final: Path) -> None:
     """Move ``tmp`` to ``final``, replacing what was there (kept aside until the rename succeeded)."""
     old = None
@@ -143,7 +137,7 @@ def export(dataset: pd.DataFrame | Callable[[], Iterable[pd.DataFrame]], config:
         # then renamed into place.
         tmp = Path(tempfile.mkdtemp(prefix=f".{fmt.name}.tmp-", dir=out))
         try:
-            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would keep the export private
+            os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's 0700 would keep the export private
             files = fmt.write(source, tmp, ctx)
             (tmp / CARD).write_text(render_card(fmt, files, tally, config, provenance), encoding="utf-8")
             _replace_dir(tmp, out / fmt.name)
