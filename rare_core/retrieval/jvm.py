@@ -27,7 +27,11 @@ stack lives here, each with the reason:
   its memory limit: the serial collector (no G1 remembered sets or card tables, no parallel GC
   threads; pauses stay short on heaps this size and the work is I/O- and search-bound), a
   capped JIT code cache and metaspace (Anserini needs well under the caps; they only stop
-  growth the JVM would otherwise allow itself).
+  growth the JVM would otherwise allow itself), and a heap kept near what it uses: the default
+  initial heap is 1/64 of the machine's memory (384 MB on 24 GB) and a heap never shrinks below
+  it, so ``-Xms32m`` with tight free ratios (grow when under 10% is free, shrink above 30%).
+  Measured at 1,000,000 documents: the process ends the index build at 432 MiB instead of 617
+  and peaks at ~810 MiB instead of ~1,020 during a 10,000-question search, in the same time.
 * **Lucene's clause limit.** A query holds one clause per distinct analyzed term and Lucene
   refuses more than ``IndexSearcher.maxClauseCount`` (1,024 by default): a long question would
   get no hits from SearchCollection (the error is only logged in its thread) and fail when
@@ -51,8 +55,8 @@ from rare_core.errors import RetrievalError
 
 MIN_JAVA = 21
 DEFAULT_XMX = "640m"
-JVM_OPTIONS = ("-XX:+UseSerialGC", "-XX:ReservedCodeCacheSize=64m", "-XX:MaxMetaspaceSize=256m",
-               "-Djava.awt.headless=true")
+JVM_OPTIONS = ("-XX:+UseSerialGC", "-Xms32m", "-XX:MinHeapFreeRatio=10", "-XX:MaxHeapFreeRatio=30",
+               "-XX:ReservedCodeCacheSize=64m", "-XX:MaxMetaspaceSize=256m", "-Djava.awt.headless=true")
 MAX_CLAUSE_COUNT = 16_384  # Lucene 9: IndexSearcher.setMaxClauseCount (BooleanQuery's is a deprecated alias)
 _LOCK = threading.Lock()
 _STARTED = False
