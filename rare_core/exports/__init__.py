@@ -36,7 +36,7 @@ import pandas as pd
 
 from rare_core.config import PipelineConfig
 from rare_core.exports.base import (
-    Built, Context, Example, ExampleSource, ExportFormat, Tally, build_examples, target_text,
+    Context, Example, ExampleSource, ExportFormat, Tally, iter_examples, target_text,
 )
 from rare_core.exports.card import render as render_card
 from rare_core.prompts import reason_distill
@@ -57,8 +57,8 @@ _REGISTRY: dict[str, ExportFormat] = {
 FORMATS: tuple[str, ...] = tuple(_REGISTRY)
 CARD = "README.md"
 
-__all__ = ["CARD", "FORMATS", "Built", "Example", "ExampleSource", "ExportFormat", "Tally", "build_examples", "export",
-           "file_chunks", "get_format", "target_text"]
+__all__ = ["CARD", "FORMATS", "Example", "ExampleSource", "ExportFormat", "Tally", "export", "file_chunks",
+           "get_format", "iter_examples", "target_text"]
 
 
 CHUNK_ROWS = 10_000  # dataset rows read and turned into examples at a time

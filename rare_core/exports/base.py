@@ -1,12 +1,12 @@
 """What every export shares: the rows as training examples, the format descriptor, the writers.
 
-:func:`build_examples` turns the final dataset frame (``tasks.io.export_dataset``'s columns, named
+:func:`iter_examples` turns the final dataset frame (``tasks.io.export_dataset``'s columns, named
 by ``config.columns``) into :class:`Example` objects holding the teacher's prompt exactly as the
 teacher saw it (``reason_distill.build_messages`` over the documents in ``document_order``, each
 cut to ``config.distill.max_doc_chars``) and the target ``<think>..</think>\\n<answer>..</answer>``;
 :class:`ExampleSource` does it chunk by chunk for a dataset of any size, as often as it is
 iterated, and counts what the card needs (:class:`Tally`) in one pass. A format module defines
-one :class:`ExportFormat` whose ``write`` turns the examples, iterated once, into files.
+one :class:`ExportFormat` whose ``write`` turns the examples, as they come, into files.
 """
 
 from __future__ import annotations
@@ -88,15 +88,6 @@ class Example:
         return [docs[j] for j in self.document_order]
 
 
-@dataclass
-class Built:
-    """The examples of a frame, the rows left out (reason -> count) and the column names used."""
-
-    examples: list[Example]
-    left_out: dict[str, int]
-    columns: list[str]
-
-
 @dataclass(frozen=True)
 class ExportFormat:
     """One export format: ``write(examples, folder, ctx)`` writes its data files into ``folder``
@@ -106,7 +97,7 @@ class ExportFormat:
     summary: str
     fields: dict[str, str]
     usage: str
-    write: Callable[[Iterable[Example], Path, "Context"], list[str]]  # may iterate the examples once
+    write: Callable[[Iterable[Example], Path, "Context"], list[str]]  # each pass over the examples reads them again
     task_categories: tuple[str, ...] = ("text-generation", "question-answering")
     data_files: str | None = None  # the card's ``configs`` data_files glob (None: not loadable from the hub)
     notes: str = ""
@@ -162,18 +153,11 @@ def _used_columns(dataset: pd.DataFrame, config: PipelineConfig) -> tuple[list[s
     return used, [c for c in (QUESTION_INDEX, SAMPLE_INDEX, n["reference"], VERIFY_VERDICT, VERIFY_SAMPLES) if c in used]
 
 
-def build_examples(dataset: pd.DataFrame, config: PipelineConfig) -> Built:
-    """The frame's rows -> examples. Rows without a usable reasoning or answer are left out and
-    counted; a missing required column, or a ``document_order`` that is not a permutation of the
-    row's documents, is a ``ValueError`` naming it (and the row's id)."""
-    left_out: dict[str, int] = {}
-    examples = list(iter_examples(dataset, config, left_out))
-    return Built(examples=examples, left_out=left_out, columns=_used_columns(dataset, config)[0])
-
-
 def iter_examples(dataset: pd.DataFrame, config: PipelineConfig, left_out: dict[str, int]) -> Iterator[Example]:
-    """:func:`build_examples` one row at a time: the examples of ``dataset``, the rows left out
-    counted into ``left_out`` (reason -> count) as they are met."""
+    """The frame's rows -> examples, one at a time. Rows without a usable reasoning or answer are
+    left out and counted into ``left_out`` (reason -> count); a missing required column, or a
+    ``document_order`` that is not a permutation of the row's documents, is a ``ValueError``
+    naming it (and the row's id)."""
     n = _names(config)
     used, optional = _used_columns(dataset, config)
     max_chars = config.distill.max_doc_chars
@@ -257,7 +241,7 @@ class ExampleSource:
     In: ``frames()``, which yields the dataset's rows as consecutive frames (one frame, or a
     file's chunks) each time it is called, and the config naming the columns. Iterating gives
     the examples in order without holding more than a chunk's; :meth:`tally` makes one pass and
-    counts what the card needs (and raises, as :func:`build_examples` does, on a bad row before
+    counts what the card needs (and raises, as :func:`iter_examples` does, on a bad row before
     anything is written).
     """
 
