@@ -28,7 +28,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from contextlib import nullcontext
@@ -292,6 +294,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rare`` console script; returns the exit status."""
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (`kill`, a scheduler or container stopping the job) ends the command as Ctrl-C
+        # does: the shards in flight are cancelled and the processes this one started (Prefect's
+        # server, the simulator, a Dask cluster) are stopped. By default Python would die at once
+        # and leave them running, with no cleanup code run.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     parser = _parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)

@@ -186,3 +186,26 @@ def test_kill_9_mid_sharded_run_serves_finished_shards_and_completes_the_rest(tm
           f"re-paid {first + resumed - ref_completions}")
     assert 0 <= first + resumed - ref_completions <= WORKERS
     assert dataset(tmp_path).to_dict("records") == ref_rows.to_dict("records")
+
+
+def test_sigterm_ends_the_run_as_ctrl_c_and_stops_the_processes_it_started(tmp_path, slow_sim):
+    """``kill`` (SIGTERM) mid-step: ``rare run`` exits at once, sends nothing more, and the Prefect
+    server it started for itself (no PREFECT_API_URL) stops with it instead of being left behind."""
+    import psutil
+
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL="CRITICAL")
+    before = slow_sim.stats().completions_served
+    proc = rare_run(tmp_path, slow_sim.base_url, env=env)
+    wait_until(lambda: slow_sim.stats().completions_served - before >= 3 or proc.poll() is not None, 120,
+               "the run to be answering Doc2Query")
+    started = psutil.Process(proc.pid).children(recursive=True)
+    assert proc.poll() is None and started, "the run should be going, with its Prefect server"
+    proc.send_signal(signal.SIGTERM)
+    code, _ = finish(proc, 60)
+    assert code != 0
+    _, alive = psutil.wait_procs(started, timeout=30)
+    assert not alive, [p.cmdline()[:4] for p in alive]
+    served = slow_sim.stats().completions_served
+    time.sleep(1.0)
+    assert slow_sim.stats().completions_served == served < before + DOCS
