@@ -26,6 +26,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager, nullcontext
 
 from prefect.context import FlowRunContext
+from prefect.task_runners import TaskRunner
 
 from rare_core.config import PipelineConfig
 from rare_core.pipeline import StepSpec
@@ -34,12 +35,18 @@ from rare_core.pipeline import StepSpec
 _CHOSEN: dict[str, list[str]] = {}  # flow run id -> its Dask workers' addresses, as first seen
 
 
+def flow_task_runner() -> TaskRunner | None:
+    """The task runner of the flow run this code is in (None outside a flow run)."""
+    context = FlowRunContext.get()
+    return context.task_runner if context else None
+
+
 def _dask_workers(config: PipelineConfig) -> list[str] | None:
     """The addresses of the flow's Dask workers, sorted; None when its runner is not Dask."""
-    context = FlowRunContext.get()
-    runner = context.task_runner if context else None
+    runner = flow_task_runner()
     if runner is None or type(runner).__name__ != "DaskTaskRunner":  # importing prefect_dask would import distributed
         return None
+    context = FlowRunContext.get()
     run = str(context.flow_run.id) if context.flow_run else ""
     if run not in _CHOSEN:
         if config.dask.workers:  # a local cluster: all its workers, not the first ones to register

@@ -47,7 +47,7 @@ from tasks.artifacts import (
     write_step_artifact,
 )
 from tasks.llm import LLMEndpoints, clients_for
-from tasks.placement import placed
+from tasks.placement import flow_task_runner, placed
 from tasks.progress import step_progress
 
 
@@ -273,15 +273,7 @@ def _stop(futures: list[PrefectFuture]) -> None:
     for future in wrapped:
         future.cancel()
     deadline = time.monotonic() + STOP_TIMEOUT
-    while isinstance(_runner(), ThreadPoolTaskRunner) and not all(f.done() for f in wrapped) \
+    while isinstance(flow_task_runner(), ThreadPoolTaskRunner) and not all(f.done() for f in wrapped) \
             and time.monotonic() < deadline:
         cancel_running_batches()
         time.sleep(0.05)
-
-
-def _runner():
-    from prefect.context import FlowRunContext
-
-    context = FlowRunContext.get()
-    return context.task_runner if context else None
-
