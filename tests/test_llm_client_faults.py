@@ -364,7 +364,7 @@ def test_request_max_tokens_is_sent_and_keyed(sim, tmp_path, monkeypatch):
     create = AsyncCompletions.create
 
     async def spy(self, **kwargs):
-        sent_budgets.append(kwargs.get("max_tokens"))
+        sent_budgets.append(kwargs["extra_body"].get("max_tokens"))  # the body travels as extra_body
         return await create(self, **kwargs)
 
     monkeypatch.setattr(AsyncCompletions, "create", spy)

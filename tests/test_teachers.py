@@ -94,6 +94,50 @@ def test_structured_output_is_asked_for_where_supported(sim, tmp_path, questions
     assert schema["strict"] is True and schema["schema"]["required"] == ["questions"]
 
 
+def test_the_endpoint_receives_exactly_the_request_body(tmp_path):
+    """The client hands its body to the SDK as extra_body (to skip the SDK's request transform):
+    what goes over the wire must still be request_body(req), every field of it."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from rare_core.llm.client import LLMRequest
+
+    received: list[dict] = []
+    completion = {"id": "c1", "object": "chat.completion", "created": 0, "model": "m",
+                  "choices": [{"index": 0, "finish_reason": "stop",
+                               "message": {"role": "assistant", "content": "an answer"}}],
+                  "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}
+
+    class Capture(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            body = json.dumps(completion).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Capture)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        llm = APILLMServing_request(api_url=f"http://127.0.0.1:{server.server_port}/v1", model_name="m",
+                                    cache_mode="off", seed=7, top_p=0.9)
+        req = LLMRequest(messages=[{"role": "system", "content": "sys"}, {"role": "user", "content": "caf\u00e9 ?"}],
+                         max_tokens=99, temperature=0.3, sample_index=2,
+                         response_format={"type": "json_schema", "json_schema": {"name": "q", "strict": True,
+                                                                                 "schema": {"type": "object"}}})
+        answer = llm.converse([req]).responses[0]
+    finally:
+        server.shutdown()
+    assert answer.ok and answer.text == "an answer"
+    assert received == [llm.request_body(req)]
+    assert received[0]["messages"][1]["content"] == "caf\u00e9 ?" and received[0]["seed"] == 9
+
+
 def test_a_capped_endpoint_loses_no_row_and_refuses_few(sim, tmp_path, questions):
     sim.configure(latency=0.2, max_in_flight=4)
     docs = pd.concat([questions[["id", "text"]]] * 4, ignore_index=True)
