@@ -38,6 +38,7 @@ from pydantic import BaseModel
 
 from rare_core.config import PipelineConfig
 from rare_core.llm.client import cancel_running_batches
+from rare_core.memory import release_free_memory
 from rare_core.operators.base import StepSummary, merge_summaries
 from rare_core.pipeline import STEPS, StepSpec
 from rare_core.report import StepRecord
@@ -86,6 +87,8 @@ def _row_task(spec: StepSpec) -> Task:
             shard: Shard | None = None) -> StepResult:
         out, summary = _compute(spec, source.load(), config, endpoints, shard)
         ref = write_step_artifact(spec, cache_key(spec, source, config, shard), out, spec_path(config, spec, shard))
+        del out
+        release_free_memory()  # a worker runs shard after shard: it holds its live data, not the last shard's peak
         _log_written(spec, summary, [ref])
         return StepResult(artifact=ref, summary=summary)
 
@@ -106,6 +109,8 @@ def _corpus_task(spec: StepSpec) -> Task:
         for size, path in zip(sizes, output_paths(spec, source, config)):
             refs.append(write_step_artifact(spec, key, out.iloc[start:start + size].reset_index(drop=True), path))
             start += size
+        del out
+        release_free_memory()
         _log_written(spec, summary, refs)
         return ShardsResult(artifacts=refs, summary=summary)
 
