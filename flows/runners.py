@@ -2,7 +2,7 @@
 
 * no Dask settings: Prefect's thread pool with one worker. The shards of a step then run one
   after another in this process, each with the LLM client's whole concurrency: the client's
-  CPU (1-2 ms per request) is the limit in one process, so a second thread would add nothing
+  CPU (~1.6 ms per request) is the limit in one process, so a second thread would add nothing
   but a second event loop contending for it;
 * ``dask.workers=W``: a ``distributed.LocalCluster`` of W single-threaded worker processes
   on loopback, started for the run and closed at its end (``prefect_dask.DaskTaskRunner``);
