@@ -354,6 +354,26 @@ def test_chat_inside_a_running_loop_returns_the_batch(sim, tmp_path):
     assert all(r.ok for r in asyncio.run(cell()).responses)
 
 
+
+def test_a_call_from_the_main_thread_never_formats_the_batch(sim, tmp_path, monkeypatch):
+    """asyncio.run's SIGINT handover formats the main task's repr, which would include the
+    Batch with every answer (client.run_here keeps the result off the task)."""
+    import threading
+
+    from rare_core.llm.client import Batch
+
+    formatted = []
+
+    def count(self):  # not raising: reprlib swallows a repr's exception
+        formatted.append(len(self.responses))
+        return "<Batch>"
+
+    monkeypatch.setattr(Batch, "__repr__", count)
+    assert threading.current_thread() is threading.main_thread()
+    batch = client(sim, tmp_path).chat(requests_for(3))
+    assert all(r.ok for r in batch.responses) and formatted == []
+
+
 # ------------------------------------------------------------------ 8. token budgets
 
 
