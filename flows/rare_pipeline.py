@@ -65,7 +65,8 @@ def rare_pipeline(config: PipelineConfig) -> PipelineResult:
     steps = [spec for spec in STEPS if spec.enabled(config)]
     with llm_endpoints(config, logger) as llm:
         # A sharded run has a corpus file: the steps that search it get their index now, built
-        # while the steps before them run.
+        # while the steps before them run. Each index future is handed to its step (popped):
+        # once the step is done nothing may hold it (tasks/placement.py restarts the searchers).
         searching = {spec.name: spec.corpus_config(config, source.corpus.path)
                      for spec in steps if spec.shared_index and source.corpus}
         indexes = {spec.name: prepare_index(spec, searching[spec.name]) for spec in steps if spec.name in searching}
@@ -74,7 +75,7 @@ def rare_pipeline(config: PipelineConfig) -> PipelineResult:
                 outcome = run_step(spec, artifacts[0], config, llm)
             else:
                 outcome = run_shards(spec, artifacts, searching.get(spec.name, config), llm,
-                                     wait_for=[indexes[spec.name]] if spec.name in indexes else None,
+                                     wait_for=[indexes.pop(spec.name)] if spec.name in indexes else None,
                                      on_shard=ShardProgress(spec.name, spec.label))
             artifacts = outcome.artifacts
             records.append(outcome.record)

@@ -48,7 +48,7 @@ from tasks.artifacts import (
     write_step_artifact,
 )
 from tasks.llm import LLMEndpoints, clients_for
-from tasks.placement import flow_task_runner, placed
+from tasks.placement import flow_task_runner, placed, restart_search_workers
 from tasks.progress import step_progress
 
 
@@ -252,6 +252,16 @@ def run_shards(spec: StepSpec, sources: list[ArtifactRef], config: PipelineConfi
             shard = Shard(index=i, count=count)
             results[i], cached[i] = _shard_task(spec, config, shard, True)(sources[i], config, endpoints, shard), False
     summary = merge_summaries([r.summary for r in results])
+    if spec.shared_index:
+        # Drop every future of the step before its search workers restart (tasks/placement.py):
+        # the scheduler would compute again a task whose future is still held.
+        keys = [key for f in [*futures, *(wait_for or [])]
+                if (key := getattr(getattr(f, "wrapped_future", None), "key", None)) is not None]  # Dask's
+        futures.clear()
+        wait_for = future = None
+        restarted = restart_search_workers(spec, config, keys)
+        if restarted:
+            summary.extra["search_workers_restarted"] = restarted
     served = sum(cached)
     if served:
         logger.info("%s: %d of %d shards Cached", spec.name, served, count)

@@ -155,7 +155,7 @@ def test_dask_local_cluster_run_equals_single_process_run(tmp_path, sim):
     started for the run (no PREFECT_API_URL); the rows equal a single-file run's in this process."""
     _, single, _ = _run(_config(tmp_path / "one", sim, shards=1))
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "CRITICAL"
+    env["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "INFO"  # the index task logs once
     tmp = tmp_path / "dask"
     args = [sys.executable, "-m", "deployments.cli", "run", "--input", str(SAMPLE), "--limit", str(ROWS),
             "--cache-path", str(tmp / "cache"), "--output", str(tmp / "out"), "--base-url", sim.base_url,
@@ -172,6 +172,9 @@ def test_dask_local_cluster_run_equals_single_process_run(tmp_path, sim):
     # no shard had to open it, so only one worker started a JVM.
     hardneg = next(s for s in json.loads((tmp / "out" / "summary.json").read_text())["steps"] if s["step"] == "hardneg")
     assert hardneg["extra"]["index_opens"] == 0 and hardneg["rows_in"] == ROWS
+    # Then that worker was restarted, its JVM with it, and the index task was not run again.
+    assert hardneg["extra"]["search_workers_restarted"] == 1
+    assert done.stderr.count(f"index of {ROWS} documents") == 1
 
 
 @pytest.mark.usefixtures("prefect_harness")
