@@ -354,7 +354,6 @@ def test_chat_inside_a_running_loop_returns_the_batch(sim, tmp_path):
     assert all(r.ok for r in asyncio.run(cell()).responses)
 
 
-
 def test_a_call_from_the_main_thread_never_formats_the_batch(sim, tmp_path, monkeypatch):
     """asyncio.run's SIGINT handover formats the main task's repr, which would include the
     Batch with every answer (client.run_here keeps the result off the task)."""

@@ -427,9 +427,10 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
         """The response-cache key of ``req`` (model, messages, params sent, prompt version, scope)."""
         return cache_key(self.model_name, req.messages, self._params(req), req.prompt_version, scope=self.scope)
 
-    def request_body(self, req: LLMRequest) -> dict[str, Any]:
-        """The JSON body ``req`` is sent as to ``/chat/completions``."""
-        return {"model": self.model_name, "messages": req.messages, **self._params(req)}
+    def request_body(self, req: LLMRequest, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The JSON body ``req`` is sent as to ``/chat/completions`` (``params``: its
+        :meth:`_params`, when the caller has them already)."""
+        return {"model": self.model_name, "messages": req.messages, **(self._params(req) if params is None else params)}
 
     def response_cache(self) -> ResponseCache | None:
         """The response cache this client reads and writes (None when caching is off)."""
@@ -569,7 +570,7 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
             # in a chat body of plain JSON like ours (no request field has an alias) yet was about
             # a third of this client's CPU per request in a profile (openai-python 2.x).
             raw = await client.chat.completions.with_raw_response.create(
-                model=self.model_name, messages=[], extra_body={"messages": req.messages, **params})
+                model=self.model_name, messages=[], extra_body=self.request_body(req, params))
             completion = raw.parse()
         except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
             env = self.config.api_key_env
