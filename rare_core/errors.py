@@ -29,3 +29,8 @@ class LLMConfigError(LLMError, ValueError):
 
 class RetrievalError(RareError):
     """The BM25 index cannot be built, opened or searched."""
+
+
+class LLMEndpointError(LLMError):
+    """The endpoint cannot be used at all (nothing listens, unknown host, TLS, not an
+    OpenAI-compatible API) and never answered. Stops the run at once, naming the URL."""

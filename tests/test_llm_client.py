@@ -12,6 +12,7 @@ import pytest
 from rare_core.errors import LLMAuthError, LLMConfigError
 from rare_core.llm import APILLMServing_request, LLMConfig, LLMRequest
 from rare_core.llm.cache import ResponseCache
+from rare_core.llm.failures import FailureKind
 from rare_core.llm.simulator import FaultSpec
 
 CHAT = "/v1/chat/completions"
@@ -90,7 +91,8 @@ def test_client_errors_are_not_retried(sim, tmp_path):
 def test_bad_body_is_a_row_error(sim, tmp_path):
     sim.inject([FaultSpec(kind="bad_body", count=1)])
     resp = client(sim, tmp_path).chat(requests_for(1)).responses[0]
-    assert not resp.ok and "invalid response" in resp.error
+    assert not resp.ok and resp.failure.kind == FailureKind.NOT_COMPLETION
+    assert resp.error == "the endpoint answered application/json, not a chat completion: '<html><body>502 Bad Gateway (simulated)</body></html>'"
 
 
 def test_auth_failure_stops_the_run_and_names_the_variable(sim, tmp_path, monkeypatch):

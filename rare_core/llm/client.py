@@ -43,17 +43,23 @@ import httpx
 import openai
 from pydantic import BaseModel, Field
 
-from rare_core.errors import LLMAuthError, LLMConfigError
+from rare_core.errors import LLMAuthError, LLMConfigError, LLMEndpointError, RareError
 from rare_core.llm.cache import ResponseCache, cache_key
 from rare_core.llm.concurrency import AdaptiveConcurrency, parse_reset
 from rare_core.llm.config import DEFAULT_MODEL, GenerationParams, LLMConfig, endpoint_scope, redact_url
+from rare_core.llm.failures import (
+    UNREACHABLE, FailureKind, RequestFailure, not_completion, status_failure, transport_failure, unexpected,
+)
 from rare_core.llm.ratelimit import RateLimiter
 
 log = logging.getLogger("rare_core.llm")
 
 # The simulator stamps this into ``system_fingerprint``; answers carrying it are marked simulated.
 SIMULATED_FINGERPRINT = "rare-simulator"
-RETRYABLE_STATUS = {408, 409, 429}
+# A client that has never had an answer stops the batch (LLMEndpointError) after this many
+# failures saying the endpoint is not there (refused, unknown host, TLS, not an API): retrying
+# every row of a dead address would only take time.
+UNREACHABLE_ATTEMPTS = 3
 _MISSING_KEY = "no-key-set"
 _CACHED_FIELDS = {"text", "reasoning", "reasoning_field", "finish_reason", "prompt_tokens", "completion_tokens",
                   "model", "simulated"}
@@ -101,7 +107,8 @@ class LLMResponse(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency: float = 0.0
-    error: str | None = None
+    error: str | None = None  # one line: why no usable answer came (``failure.message`` and what was done)
+    failure: RequestFailure | None = None  # the same, typed (kind, status, retryable); None for batch errors
     model: str | None = None
     simulated: bool = False
     cached: bool = False
@@ -150,13 +157,20 @@ class Batch(BaseModel):
 
 
 class _Retry(Exception):
-    """What a retry can fix; ``kind``: ``refused`` (429), ``timeout`` or ``error`` (5xx, connection)."""
+    """What a retry can fix: its ``failure``, the server's ``retry_after``, and ``kind`` for the
+    adaptive limit: ``refused`` (429), ``timeout`` or ``error`` (5xx, connection)."""
 
-    def __init__(self, reason: str, retry_after: float | None = None, kind: str = "error") -> None:
-        super().__init__(reason)
-        self.reason = reason
+    def __init__(self, failure: RequestFailure, retry_after: float | None = None) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+        self.reason = failure.message
         self.retry_after = retry_after
-        self.kind = kind
+        self.kind = {FailureKind.RATE_LIMITED: "refused", FailureKind.TIMEOUT: "timeout"}.get(failure.kind, "error")
+
+
+def _failed(failure: RequestFailure, note: str = "", **fields: Any) -> "LLMResponse":
+    """The response of a request that failed with ``failure`` (``note``: what the client did)."""
+    return LLMResponse(error=f"{failure.message}{note}", failure=failure, **fields)
 
 
 # follow(row, request, response) -> the row's next request (a re-ask), or None: the row is done.
@@ -249,6 +263,7 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
         self.concurrency = AdaptiveConcurrency(config.max_workers)
         self.structured_output_unsupported = False  # learned from a 400 (see LLMRequest.response_format)
         self._cache: ResponseCache | None = None
+        self._unreachable = 0  # failures saying the endpoint is not there, while it never answered
 
     @property
     def model_name(self) -> str:
@@ -401,7 +416,7 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
             async with asyncio.TaskGroup() as tg:
                 for _ in range(min(conversation_window(cfg.max_workers), len(groups))):
                     tg.create_task(worker())
-        except* LLMAuthError as group:
+        except* RareError as group:  # stops the whole batch: refused key, dead endpoint, full cache...
             raise group.exceptions[0] from None
         finally:
             with _running_lock:
@@ -496,10 +511,11 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
         """:meth:`_one`, with any unexpected exception made that request's error (never the batch's)."""
         try:
             return await self._one(client, cache, req, key, priority)
-        except LLMAuthError:
+        except RareError:
             raise
         except Exception as exc:  # noqa: BLE001 - one request's bug is its row's error, not the batch's
-            return LLMResponse(error=f"unexpected error: {type(exc).__name__}: {_scrub(str(exc), key)[:500]}")
+            failure = unexpected(exc)
+            return _failed(failure.model_copy(update={"message": _scrub(failure.message, key)[:500]}))
 
     async def _one(self, client, cache, req: LLMRequest, key: str, priority: bool = False) -> LLMResponse:
         """One request: from the cache, or sent (retried where a retry can help) and cached.
@@ -530,15 +546,14 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
             except _Retry as r:
                 await self.concurrency.release(ticket, r.kind)
                 latency = time.perf_counter() - t0
+                self._check_reachable(r.failure)
                 answering = r.kind == "refused" and self.concurrency.successes > successes_before
                 if retries >= cfg.max_retries and not answering:
-                    return LLMResponse(error=f"{r.reason} (gave up after {retries} retries)",
-                                       retries=retries, latency=latency)
+                    return _failed(r.failure, f" (gave up after {retries} retries)", retries=retries, latency=latency)
                 if r.retry_after is not None and r.retry_after > cfg.max_retry_after:
-                    return LLMResponse(
-                        error=f"{r.reason} (the server asked to wait {r.retry_after:g}s before a retry, "
-                              f"more than llm.max_retry_after={cfg.max_retry_after:g}s; gave up after "
-                              f"{retries} retries)", retries=retries, latency=latency)
+                    return _failed(r.failure, f" (the server asked to wait {r.retry_after:g}s before a retry, "
+                                              f"more than llm.max_retry_after={cfg.max_retry_after:g}s; gave up after "
+                                              f"{retries} retries)", retries=retries, latency=latency)
                 await asyncio.sleep(self._delay(retries, r.retry_after))
                 retries += 0 if answering else 1
                 refused += r.kind == "refused"
@@ -547,6 +562,8 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
                 await self.concurrency.release(ticket, "error")
                 raise
             await self.concurrency.release(ticket, "ok" if resp.ok else "error", *_rate_headers(headers))
+            if resp.failure is not None:
+                self._check_reachable(resp.failure)
             if not resp.ok and _refuses_response_format(req, resp):
                 if not self.structured_output_unsupported:
                     log.warning("the endpoint %s does not support response_format (%s): sending without it",
@@ -558,6 +575,18 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
             if resp.ok and cache is not None:
                 cache.put(ckey, self._payload(resp))
             return resp
+
+    def _check_reachable(self, failure: RequestFailure) -> None:
+        """Raise :class:`LLMEndpointError` once :data:`UNREACHABLE_ATTEMPTS` failures have said the
+        endpoint is not there and it never answered in this client's life (an endpoint that
+        answered before and goes away is retried as any connection error)."""
+        if failure.kind not in UNREACHABLE or self.concurrency.successes:
+            return
+        self._unreachable += 1
+        if self._unreachable >= UNREACHABLE_ATTEMPTS:
+            raise LLMEndpointError(f"the LLM endpoint {redact_url(self.config.base_url or '')} cannot be used: "
+                                   f"{failure.message} ({self._unreachable} attempts, no answer yet); check "
+                                   f"llm.base_url (--base-url) and that the server is running")
 
     async def _send(self, client, req: LLMRequest, params: dict[str, Any],
                     key: str) -> tuple[LLMResponse, httpx.Headers | None]:
@@ -571,7 +600,6 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
             # a third of this client's CPU per request in a profile (openai-python 2.x).
             raw = await client.chat.completions.with_raw_response.create(
                 model=self.model_name, messages=[], extra_body=self.request_body(req, params))
-            completion = raw.parse()
         except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
             env = self.config.api_key_env
             state = "is set" if key else "is NOT set"
@@ -580,19 +608,23 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
                 f"(HTTP {exc.status_code}); the API key comes from the environment variable {env}, "
                 f"which {state}: {_scrub(_message(exc), key)}"
             ) from None
-        except openai.APITimeoutError:
-            raise _Retry(f"timeout after {self.config.timeout:g}s", kind="timeout") from None
-        except openai.APIConnectionError as exc:
-            raise _Retry(f"connection error: {_scrub(str(exc), key)}") from None
+        except openai.APIConnectionError as exc:  # APITimeoutError too: see rare_core/llm/failures.py
+            failure = transport_failure(exc, self.config.timeout)
+            raise _Retry(failure.model_copy(update={"message": _scrub(failure.message, key)})) from None
         except openai.APIStatusError as exc:
-            status = exc.status_code
-            text = f"HTTP {status}: {_scrub(_message(exc), key)}"
-            if status in RETRYABLE_STATUS or status >= 500:
-                raise _Retry(text, parse_retry_after(exc.response.headers),
-                             kind="refused" if status == 429 else "error") from None
-            return LLMResponse(error=text), exc.response.headers
-        except (openai.APIError, ValueError) as exc:  # a 200 whose body is not JSON or not a completion
-            return LLMResponse(error=f"invalid response: {type(exc).__name__}: {_scrub(str(exc), key)[:200]}"), None
+            failure = status_failure(exc.status_code, _scrub(_message(exc), key))
+            if failure.retryable:
+                raise _Retry(failure, parse_retry_after(exc.response.headers)) from None
+            return _failed(failure), exc.response.headers
+        try:
+            completion = raw.parse()
+        except ValueError:  # a JSON content type whose body is not JSON
+            completion = None
+        if not isinstance(completion, openai.BaseModel) or not getattr(completion, "choices", None):
+            # parse() hands back a str for a body that is not JSON (an HTML login page), and a
+            # completion without choices for JSON of another shape.
+            body = _scrub(raw.http_response.text, key)
+            return _failed(not_completion(raw.headers.get("content-type"), body)), raw.headers
         return response_from_completion(completion), raw.headers
 
     def _delay(self, retries: int, retry_after: float | None) -> float:
@@ -625,10 +657,12 @@ _UNSUPPORTED_FORMAT = ("response_format", "json_schema", "structured output", "g
 
 
 def _refuses_response_format(req: LLMRequest, resp: LLMResponse) -> bool:
-    """A 400 that says the endpoint cannot do the request's (optional) response_format."""
+    """A 400 that says the endpoint cannot do the request's (optional) response_format. Servers
+    answer it with no code of their own, so the endpoint's message is read for the words."""
     return (req.response_format is not None and not req.response_format_required
-            and (resp.error or "").startswith("HTTP 400")
-            and any(word in resp.error.lower() for word in _UNSUPPORTED_FORMAT))
+            and resp.failure is not None and resp.failure.status == 400
+            and any(word in resp.failure.message.lower() for word in _UNSUPPORTED_FORMAT))
+
 
 
 def _rate_headers(headers: httpx.Headers | None) -> tuple[int | None, float | None]:
@@ -655,7 +689,8 @@ def response_from_completion(completion: Any) -> LLMResponse:
 
         completion = ChatCompletion.model_validate(completion)
     if not completion.choices:
-        return LLMResponse(error="response has no choices", model=completion.model)
+        return _failed(RequestFailure(kind=FailureKind.NOT_COMPLETION, message="response has no choices"),
+                       model=completion.model)
     choice = completion.choices[0]
     message, usage = choice.message, completion.usage
     reasoning = field = None

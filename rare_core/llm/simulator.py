@@ -82,7 +82,7 @@ _BATCH_TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 
 FaultKind = Literal[
     "rate_limit", "server_error", "hang", "malformed_json", "bad_body", "length", "empty", "unauthorized",
-    "odd_shape",
+    "odd_shape", "html_page",
 ]
 
 
@@ -99,7 +99,8 @@ class FaultSpec(BaseModel):
     content is the unterminated first half of the answer), ``bad_body`` (200 whose HTTP body is
     not JSON), ``length`` (``finish_reason="length"``, content cut short), ``empty`` (content
     ``""``), ``unauthorized`` (401) and ``odd_shape`` (200 whose JSON body is not a chat
-    completion: ``choices`` holds strings). ``retry_after_header`` sends that raw text as the
+    completion: ``choices`` holds strings), ``html_page`` (200 whose body is a proxy's HTML
+    login page, ``text/html``). ``retry_after_header`` sends that raw text as the
     429's ``Retry-After`` instead (e.g. an unparseable ``"soon"``).
     """
 
@@ -755,7 +756,8 @@ class _Simulator:
             self.stats.completions_served += 1
         reply = self.reply(body, texts, fault)
         if isinstance(reply.body, bytes):
-            return Response(reply.body, status_code=reply.status, media_type="application/json")
+            media = (reply.headers or {}).get("Content-Type", "application/json")
+            return Response(reply.body, status_code=reply.status, media_type=media)
         return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers or None)
 
     def _with_limits(self, response: Response, *, counted: bool) -> Response:
@@ -807,6 +809,10 @@ class _Simulator:
                                 "choices": ["[simulated] not a choice object"]})
         if kind == "bad_body":
             return _Reply(200, b"<html><body>502 Bad Gateway (simulated)</body></html>")
+        if kind == "html_page":
+            return _Reply(200, b"<!DOCTYPE html><html><head><title>Sign in (simulated proxy)</title></head>"
+                               b"<body><form action=/login>Please sign in to continue</form></body></html>",
+                          {"Content-Type": "text/html; charset=utf-8"})
         out = generate(self.config, body, texts)
         if kind is not None and kind != "hang":
             if kind == "malformed_json":  # an unterminated prefix: never valid JSON
