@@ -578,10 +578,12 @@ class FrameWriter:
         self._empty: pd.DataFrame | None = None  # the first frame without rows
 
     def __enter__(self) -> "FrameWriter":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = _temp_beside(self.path)
+        with writing(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._tmp = _temp_beside(self.path)
         try:
-            self._sink = _SINKS[self.format](self.path, self._tmp)
+            with writing(self.path):
+                self._sink = _SINKS[self.format](self.path, self._tmp)
         except BaseException:
             Path(self._tmp).unlink(missing_ok=True)
             raise
@@ -595,16 +597,18 @@ class FrameWriter:
             if self._empty is None:
                 self._empty = df
             return
-        self._sink.write(df, self.rows)
+        with writing(self.path):
+            self._sink.write(df, self.rows)
         self.rows += len(df)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         sink, self._sink = self._sink, None
         try:
             if exc_type is None:
-                if self.rows == 0:
-                    sink.write(self._empty if self._empty is not None else pd.DataFrame(), 0)
-                sink.commit()
+                with writing(self.path):
+                    if self.rows == 0:
+                        sink.write(self._empty if self._empty is not None else pd.DataFrame(), 0)
+                    sink.commit()
             else:
                 sink.abort()
         except BaseException:
@@ -627,6 +631,16 @@ def current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Around writing ``path``: an ``OSError`` (a full disk, a read-only folder, a path under a
+    file) becomes a one-line ``StorageError`` naming the file and its folder."""
+    try:
+        yield
+    except OSError as exc:
+        raise StorageError(f"cannot write {path}: {exc.strerror or exc} (in the folder {path.parent})") from exc
 
 
 def _temp_beside(path: Path) -> str:
@@ -1057,8 +1071,9 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically: temp file in the same folder, then rename
     -> ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return path
 
 
