@@ -9,10 +9,19 @@ live)`` each time: that is how ``rare run`` draws its progress bar while the flo
 same process. Inside a shard ``live`` also has ``shard`` ("3/10") and ``done``/``total`` count
 that shard's rows; :class:`ShardProgress` (in the flow) reports a sharded step's shards as they
 finish, whichever process ran them.
+
+Nothing here may slow the work it reports on: the artifacts are written by one publisher
+thread per process (:class:`_Publisher`), never from the LLM client's event loop. A Prefect
+API call is synchronous and retried by Prefect's client for up to a minute when the API is
+away (a server restart); meanwhile only the latest state of each artifact waits (older ones
+are dropped), one warning says the API does not answer, and the requests go on. A step's end
+waits for its last update at most :data:`FINISH_WAIT` seconds.
 """
 
 from __future__ import annotations
 
+import contextvars
+import logging
 import threading
 import time
 from contextlib import contextmanager
@@ -25,6 +34,75 @@ LiveState = Callable[[], dict[str, Any]]
 
 _listeners: list[ProgressListener] = []
 _lock = threading.Lock()
+FINISH_WAIT = 2.0  # seconds a step's end waits for its progress artifact's last update
+log = logging.getLogger("rare.progress")
+
+
+class _Artifact:
+    """One progress artifact: made by the publisher on its first update, in the context
+    (flow or task run) of the code that reports it, so Prefect links it to that run."""
+
+    def __init__(self, key: str, label: str) -> None:
+        self.key, self.label = key, label
+        self.context = contextvars.copy_context()
+        self.id = None
+        self.pending: tuple[float, str] | None = None  # the latest (progress, description) not yet sent
+        self.sent = threading.Event()  # set while nothing is pending
+
+    def publish(self, progress: float, description: str) -> None:
+        if self.id is None:
+            self.id = self.context.run(create_progress_artifact, progress=0.0, key=self.key,
+                                       description=self.label, _sync=True)
+        self.context.run(update_progress_artifact, artifact_id=self.id, progress=progress,
+                         description=description, _sync=True)
+
+
+class _Publisher:
+    """The thread that writes every progress artifact of this process (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._queue: list[_Artifact] = []
+        self._thread: threading.Thread | None = None
+        self._failing = False
+
+    def submit(self, artifact: _Artifact, progress: float, description: str) -> None:
+        """Queue the artifact's new state (replacing one not sent yet); never blocks on the API."""
+        with self._cond:
+            artifact.sent.clear()
+            if artifact.pending is None:
+                self._queue.append(artifact)
+            artifact.pending = (progress, description)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="rare-progress", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue:
+                    self._cond.wait()
+                artifact = self._queue.pop(0)
+                progress, description = artifact.pending
+                artifact.pending = None
+            try:
+                artifact.publish(progress, description)
+            except Exception as exc:  # noqa: BLE001 - reporting must never fail the work
+                if not self._failing:
+                    self._failing = True
+                    log.warning("progress updates to the Prefect API are dropped while it does not answer (%s: %s); "
+                                "the run goes on", type(exc).__name__, " ".join(str(exc).split())[:200])
+            else:
+                if self._failing:
+                    self._failing = False
+                    log.warning("the Prefect API answers again: progress updates resume")
+            with self._cond:
+                if artifact.pending is None:
+                    artifact.sent.set()
+
+
+_publisher = _Publisher()
 
 
 @contextmanager
@@ -54,19 +132,19 @@ class ShardProgress:
 
     def __init__(self, step: str, label: str) -> None:
         self.step, self.label = step, label
-        self.artifact_id = None  # made on the first shard: a step run over all shards at once has none
+        # made on the first shard: a step run over all shards at once has none. Artifact keys
+        # take lowercase letters, digits and dashes only.
+        self.artifact: _Artifact | None = None
 
     def __call__(self, shards_done: int, shards: int, rows_done: int, rows: int) -> None:
         with _lock:
             listeners = list(_listeners)
         for listener in listeners:
             listener(self.step, rows_done, rows, {"shards_done": shards_done, "shards": shards})
-        if self.artifact_id is None:  # artifact keys take lowercase letters, digits and dashes only
-            self.artifact_id = create_progress_artifact(
-                progress=0.0, key=f"rare-{self.step.replace('_', '-')}-shards", description=self.label, _sync=True)
-        update_progress_artifact(
-            artifact_id=self.artifact_id, progress=100.0 * shards_done / max(shards, 1),
-            description=f"{self.label}: {shards_done}/{shards} shards, {rows_done:,}/{rows:,} rows", _sync=True)
+        if self.artifact is None:
+            self.artifact = _Artifact(f"rare-{self.step.replace('_', '-')}-shards", self.label)
+        _publisher.submit(self.artifact, 100.0 * shards_done / max(shards, 1),
+                          f"{self.label}: {shards_done}/{shards} shards, {rows_done:,}/{rows:,} rows")
 
 
 class StepProgress:
@@ -76,8 +154,7 @@ class StepProgress:
         self.step, self.label, self.min_interval, self.live = step, label, min_interval, live
         self._last_update = time.monotonic()
         self._done = self._total = 0
-        self.artifact_id = create_progress_artifact(
-            progress=0.0, key=f"rare-{step}-progress", description=f"{label}: starting", _sync=True)
+        self.artifact = _Artifact(f"rare-{step}-progress", f"{label}: starting")
 
     def __call__(self, done: int, total: int) -> None:
         self._done, self._total = done, total
@@ -92,16 +169,15 @@ class StepProgress:
             self._publish(done, total)
 
     def finish(self) -> None:
-        """Set the artifact to 100% (a step with nothing to ask never calls back)."""
+        """Set the artifact to 100% (a step with nothing to ask never calls back); waits for it
+        at most :data:`FINISH_WAIT` seconds."""
         self._publish(self._total, self._total)
+        self.artifact.sent.wait(FINISH_WAIT)
 
     def _publish(self, done: int, total: int) -> None:
         percent = 100.0 if total == 0 else 100.0 * done / total
-        # _sync: the client calls back from inside its event loop, where Prefect's
-        # async-dispatching helpers would otherwise return an un-awaited coroutine.
         state = self.live() if self.live else {}
         endpoint = (f"; {state['in_flight']} in flight (limit {state['limit']}), {state['refused_429']} 429s"
                     if state else "")
         shard = f" of shard {state['shard']}" if state.get("shard") else ""
-        update_progress_artifact(artifact_id=self.artifact_id, progress=percent,
-                                 description=f"{self.label}: {done}/{total} rows{shard} answered{endpoint}", _sync=True)
+        _publisher.submit(self.artifact, percent, f"{self.label}: {done}/{total} rows{shard} answered{endpoint}")
