@@ -270,6 +270,16 @@ def _shards(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected a number of shards or 'auto', got {text!r}") from None
 
 
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a share between 0 (excluded) and 1, got {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rare", description="RARE training-data pipeline (Prefect).")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -283,6 +293,9 @@ def _parser() -> argparse.ArgumentParser:
     export_parser.add_argument("--to", required=True, metavar="DIR", help="folder of the exports (one subfolder each)")
     estimate_parser = commands.add_parser("estimate", help="requests, tokens and cost of a run, sending nothing")
     _add_config_options(estimate_parser)
+    estimate_parser.add_argument("--acceptance-rate", type=_rate, metavar="P",
+                                 help="share of checked answers expected to pass verification (default 0.5); a trial "
+                                      "run's report gives it as verify_accepted / samples_drawn")
     estimate_parser.add_argument("-v", "--verbose", action="store_true", help="tracebacks on stderr")
     serve_parser = commands.add_parser("serve", help="serve the flow as a scheduled deployment (Ctrl-C stops)")
     _add_config_options(serve_parser)
@@ -322,7 +335,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "estimate":
         from rare_core.estimate import build_estimate, render_estimate
 
-        print(render_estimate(build_estimate(config)))
+        rate = {} if args.acceptance_rate is None else {"acceptance_rate": args.acceptance_rate}
+        print(render_estimate(build_estimate(config, **rate)))
         return EXIT_OK
     from deployments.serve import ServeOptions, serve
 

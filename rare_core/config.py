@@ -72,6 +72,7 @@ class Prices(BaseModel):
     output_per_million: float = Field(0.0, ge=0)
     batch_input_per_million: float | None = Field(None, ge=0, description="Batch API price; default: half of input_per_million.")
     batch_output_per_million: float | None = Field(None, ge=0, description="Batch API price; default: half of output_per_million.")
+    currency: str = Field("USD", min_length=1, max_length=8, description="Currency of these prices, shown with every cost.")
 
 
 def _overrides(model: type[BaseModel], name: str, doc: str, nested: dict[str, type[BaseModel]]) -> type[BaseModel]:

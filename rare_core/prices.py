@@ -1,8 +1,9 @@
 """Token prices for `rare estimate`: a small built-in table, overridable from the config.
 
 In: a model name and, optionally, the config's :class:`rare_core.config.Prices`. Out:
-:func:`price_for` -> :class:`ModelPrice` (USD per million tokens, list and batch), or None when
-the model is not in the table and the config gives no prices.
+:func:`price_for` -> :class:`ModelPrice` (per million tokens, list and batch, with their
+currency: USD for the table, the config's ``prices.currency`` for its own), or None when the
+model is not in the table and the config gives no prices.
 
 The table (:data:`PRICE_TABLE`) holds list prices in USD per million tokens, standard tier,
 input without prompt-cache discounts:
@@ -25,13 +26,14 @@ from pydantic import BaseModel
 from rare_core.config import Prices
 
 PRICES_AS_OF = "2025-12"
+PRICES_CURRENCY = "USD"  # of every figure in PRICE_TABLE
 PRICES_SOURCE = (f"built-in table ({PRICES_AS_OF}; OpenAI API pricing page, DeepSeek API docs); "
                  "set `prices` in the config to override")
 BATCH_DISCOUNT = 0.5  # OpenAI's Batch API: half the list price, input and output
 
 
 class ModelPrice(BaseModel):
-    """USD (or the config's currency) per million tokens for one model."""
+    """Prices per million tokens for one model, in ``currency``."""
 
     model: str  # the table entry that matched, or the configured model name for an override
     input_per_million: float
@@ -39,6 +41,7 @@ class ModelPrice(BaseModel):
     batch_input_per_million: float | None = None  # None: no batch API for this model
     batch_output_per_million: float | None = None
     source: str  # where the figures come from (the table and its date, or the config)
+    currency: str = PRICES_CURRENCY
 
     @property
     def has_batch(self) -> bool:
@@ -103,7 +106,8 @@ def price_for(model: str | None, prices_override: Prices | None = None) -> Model
                           batch_input_per_million=inp * BATCH_DISCOUNT if b_in is None else b_in,
                           batch_output_per_million=out * BATCH_DISCOUNT if b_out is None else b_out,
                           source="config `prices`" + ("" if b_in is not None and b_out is not None
-                                                      else " (batch: half of them)"))
+                                                      else " (batch: half of them)"),
+                          currency=prices_override.currency)
     key = table_entry(model)
     if key is None:
         return None

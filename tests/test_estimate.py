@@ -1,9 +1,11 @@
-"""`rare estimate`'s engine (rare_core.estimate, rare_core.prices): counts, prices, no request."""
+"""`rare estimate`'s engine (rare_core.estimate, rare_core.prices): counts, prices, verification's
+re-samples and judge calls, no request; and the estimate against a real run on the simulator."""
 
 from __future__ import annotations
 
 import json
 import math
+import random
 import socket
 from pathlib import Path
 
@@ -13,9 +15,9 @@ import pytest
 from rare_core import estimate as est_mod
 from rare_core.config import PipelineConfig, Prices
 from rare_core.estimate import (
-    CHARS4, DISTILL_TOKENS, DISTILL_TOKENS_REASONING, DOC2QUERY_TOKENS_PER_QUESTION, TYPICAL_QUESTION_CHARS,
-    TYPICAL_SCENARIO_CHARS, build_estimate, compare, is_reasoning_model, render_comparison, render_estimate,
-    token_counter_for,
+    CHARS4, DEFAULT_ACCEPTANCE_RATE, DISTILL_TOKENS, DISTILL_TOKENS_REASONING, DOC2QUERY_TOKENS_PER_QUESTION,
+    JUDGE_TOKENS, TYPICAL_ANSWER_CHARS, TYPICAL_QUESTION_CHARS, TYPICAL_SCENARIO_CHARS, build_estimate, compare,
+    expected_samples, is_reasoning_model, render_comparison, render_estimate, token_counter_for,
 )
 from rare_core.inputs import load_documents
 from rare_core.operators.base import StepSummary
@@ -23,18 +25,20 @@ from rare_core.prices import PRICE_TABLE, price_for
 from rare_core.prompts import doc2query as d2q_prompt
 from rare_core.prompts import reason_distill as distill_prompt
 from rare_core.report import StepRecord
+from rare_core.verify import judge_messages
 
 SAMPLE = str(Path(__file__).resolve().parents[1] / "data" / "pubmedqa_sample.jsonl")
 ENDPOINT = "http://127.0.0.1:9/v1"  # never contacted: the tests forbid any connection
 
 
 def config(model: str = "gpt-4o-mini", **kw) -> PipelineConfig:
+    """The sample at a (never contacted) endpoint; verification off unless ``verify`` is given, so
+    that the token and price tests count one sample per question."""
     llm = {"base_url": ENDPOINT, "model": model, **kw.pop("llm", {})}
-    return PipelineConfig(input_path=SAMPLE, llm=llm, **kw)
+    return PipelineConfig(input_path=SAMPLE, llm=llm, **{"verify": {"method": "none"}, **kw})
 
 
-@pytest.fixture(autouse=True)
-def no_requests(monkeypatch):
+def refuse_requests(monkeypatch) -> None:
     """Any LLM client, OpenAI client or socket connection fails the test."""
     def refuse(*_a, **_k):
         raise AssertionError("the estimate must not build a client or open a connection")
@@ -47,6 +51,14 @@ def no_requests(monkeypatch):
     monkeypatch.setattr(openai.OpenAI, "__init__", refuse)
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+
+
+@pytest.fixture(autouse=True)
+def no_requests(request, monkeypatch):
+    """Every test but those that run the operator against the simulator (``sim``), which guard
+    their estimate with :func:`refuse_requests` themselves."""
+    if "sim" not in request.fixturenames:
+        refuse_requests(monkeypatch)
 
 
 @pytest.fixture(scope="module")
@@ -333,3 +345,186 @@ def test_questions_given_skips_doc2query_and_says_so(tmp_path):
     assert not any(note.startswith("verify") for note in est.notes)
     checked = build_estimate(config.model_copy(update={"verify": config.verify.model_copy(update={"method": "auto"})}))
     assert any(note.startswith("verify (auto)") for note in checked.notes)
+
+
+# --- Verification: re-samples, judge calls, currency ------------------------------------------
+def test_expected_samples_against_a_simulation():
+    assert expected_samples(1.0, 8) == 1 and expected_samples(1.0, 8, wanted=3) == 3
+    assert expected_samples(1.0, 2, wanted=3) == 2  # max_samples below num_samples: the ceiling
+    assert expected_samples(0.0, 8) == 8
+    assert expected_samples(1 / 3, 8) == pytest.approx(3 * (1 - (2 / 3) ** 8))
+    rng = random.Random(0)
+    for p, limit, wanted in ((0.3, 8, 1), (0.5, 8, 2), (0.8, 4, 3)):
+        draws = []
+        for _ in range(20_000):
+            accepted = drawn = 0
+            while drawn < limit and accepted < wanted:
+                drawn += 1
+                accepted += rng.random() < p
+            draws.append(drawn)
+        assert expected_samples(p, limit, wanted) == pytest.approx(sum(draws) / len(draws), rel=0.02)
+    with pytest.raises(ValueError, match="acceptance_rate"):
+        expected_samples(1.5, 8)
+
+
+def test_verification_adds_re_samples_and_judge_calls(docs):
+    """The default check (auto) on generated references: the judge is called once per sample, and
+    rejected answers are sampled again; neither was in the figures before."""
+    est = build_estimate(config(verify={"method": "auto", "max_samples": 8}), docs)
+    per_row = expected_samples(DEFAULT_ACCEPTANCE_RATE, 8)
+    assert est.acceptance_rate == DEFAULT_ACCEPTANCE_RATE
+    assert est.distill.requests == round(40 * per_row) > 40 and est.distill.requests_max == 40 * 8
+    assert est.distill.samples_per_row_expected == pytest.approx(per_row, abs=1e-3)
+    assert est.distill.prompt_tokens_max == 8 * 40 * est.distill.prompt_tokens_per_request
+    assert est.distill.prompt_tokens == pytest.approx(per_row * 40 * est.distill.prompt_tokens_per_request, abs=1)
+    judge = est.judge
+    assert judge is not None and judge.rows == 40
+    assert judge.requests == est.distill.requests and judge.requests_max == 320
+    assert judge.completion_tokens_expected_per_request == JUDGE_TOKENS
+    assert judge.cost_list is not None and judge.cost_list_max > judge.cost_list
+    assert est.totals.requests == 40 + 2 * est.distill.requests
+    assert est.totals.requests_max == 40 + 320 + 320
+    assert est.totals.cost_list == pytest.approx(est.doc2query.cost_list + est.distill.cost_list + judge.cost_list)
+    assert not any("neither is in these figures" in note for note in est.notes)
+    assert any("every sample is judged" in note for note in est.notes)
+
+
+def test_judge_prompt_tokens_match_a_direct_count(tmp_path):
+    """Given questions: the judge's prompt is rendered with each row's question and gold answer."""
+    frame = pd.DataFrame({"id": [str(i) for i in range(6)],
+                          "question": [f"Which mechanism explains finding {i} in the trial of drug {i}?" for i in range(6)],
+                          "text": [f"Drug {i} lowered the rate of relapse through receptor blockade." for i in range(6)],
+                          "gold_answer": ["yes", "no", "Receptor blockade lowers the relapse rate", "2.5",
+                                          "Blockade of the receptor", "(B)"]})
+    est = build_estimate(config(questions_given=True, verify={"method": "auto", "max_samples": 4}), frame,
+                         acceptance_rate=1.0)
+    judge = est.judge
+    assert judge.rows == 2 and judge.requests == 2 and judge.requests_max == 8  # only the open gold answers
+    enc = o200k()
+    judged = frame.iloc[[2, 4]]
+    bare = sum(chat_tokens(enc, judge_messages(q, g, "")) for q, g in zip(judged["question"], judged["gold_answer"]))
+    # plus a stand-in answer of TYPICAL_ANSWER_CHARS (about 4 characters a token) and the chat framing
+    assert bare + 2 * TYPICAL_ANSWER_CHARS / 6 < judge.prompt_tokens < bare + 2 * (TYPICAL_ANSWER_CHARS / 3 + 16)
+    assert est.distill.requests == 6 and est.distill.requests_max == 24
+    assert any("2 of 6 given question(s)" in note for note in est.notes)
+
+
+def test_acceptance_rate_is_settable(docs):
+    cfg = config(verify={"method": "exact", "max_samples": 8})
+    sure, even, never = (build_estimate(cfg, docs, acceptance_rate=p) for p in (1.0, 0.5, 0.0))
+    assert sure.distill.requests == 40 < even.distill.requests < never.distill.requests == 320
+    assert {e.distill.requests_max for e in (sure, even, never)} == {320}
+    assert sure.judge is None  # exact checks call no judge
+    assert any("acceptance rate of 50%" in note for note in even.notes)
+    with pytest.raises(ValueError, match="acceptance_rate"):
+        build_estimate(cfg, docs, acceptance_rate=-0.1)
+
+
+def test_num_samples_without_check_multiplies_the_teacher_requests(docs):
+    est = build_estimate(config(distill={"num_samples": 3}), docs)
+    assert est.distill.requests == est.distill.requests_max == 120 and est.judge is None
+    assert est.acceptance_rate is None
+
+
+def test_currency_is_shown(docs):
+    table = render_estimate(build_estimate(config(verify={"method": "auto"}), docs))
+    assert "Costs in USD" in table and "| Cost (USD) |" in table
+    assert price_for("gpt-4o").currency == "USD"
+    eur = build_estimate(config(prices=Prices(input_per_million=1, output_per_million=2, currency="EUR")), docs)
+    assert eur.currency == "EUR" and "Cost (EUR)" in render_estimate(eur)
+    unknown = build_estimate(config("my-finetune-7b"), docs)
+    assert unknown.currency is None and "no price known" in render_estimate(unknown)
+
+
+def test_render_shows_expected_and_upper_bound(docs):
+    est = build_estimate(config(verify={"method": "auto", "max_samples": 8}), docs)
+    text = render_estimate(est)
+    assert f"| distill | gpt-4o-mini | online | {est.distill.requests} / 320 |" in text
+    assert f"| judge | gpt-4o-mini | online | {est.judge.requests} / 320 |" in text
+    assert f"| **total** |  |  | {est.totals.requests} / 680 |" in text
+    assert len(text.splitlines()) < 30
+
+
+def test_compare_reads_the_judge_counters_from_reason_distill(docs):
+    est = build_estimate(config(verify={"method": "judge"}), docs)
+    actual = [StepRecord(summary=StepSummary(step="distill", extra={
+        "requests": 100, "prompt_tokens": 1, "completion_tokens": 1, "judge_requests": 90,
+        "judge_prompt_tokens": 9000, "judge_completion_tokens": 3600}))]
+    rows = {(r.step, r.metric): r for r in compare(est, actual)}
+    assert rows["judge", "requests"].actual == 90 and rows["judge", "requests"].estimated_max == 320
+    assert rows["judge", "completion_tokens"].actual == 3600
+    no_judge_calls = [StepRecord(summary=StepSummary(step="distill", extra={"requests": 40}))]
+    assert {(r.metric, r.actual) for r in compare(est, no_judge_calls) if r.step == "judge"} == {
+        ("requests", 0), ("prompt_tokens", 0), ("completion_tokens", 0)}
+    assert "| judge | requests |" in render_comparison(compare(est, actual))
+
+
+# --- The estimate against a run (issue 16's case) ---------------------------------------------
+def given_questions(path: Path, open_gold: int = 0) -> pd.DataFrame:
+    """12 of the sample's documents with their title as the given question (closed: no wh-word,
+    so the simulator answers yes, no or maybe at random, a new draw per sample) and a gold
+    answer: yes/no/maybe, or for the last ``open_gold`` rows the document's first sentence."""
+    rows = [json.loads(line) for line in Path(SAMPLE).read_text(encoding="utf-8").splitlines()]
+    open_words = ("what", "why", "how", "which", "who", "when", "where", "in what", "to what")
+    rows = [r for r in rows if not r["title"].lower().startswith(open_words)][:12]
+    frame = pd.DataFrame({"id": [r["id"] for r in rows], "question": [r["title"] for r in rows],
+                          "text": [r["text"] for r in rows],
+                          "gold_answer": [("yes", "no", "maybe")[i % 3] if i < 12 - open_gold else
+                                          r["text"].split(". ")[0] for i, r in enumerate(rows)]})
+    path.write_text(frame.to_json(orient="records", lines=True), encoding="utf-8")
+    return frame
+
+
+def run_distill(sim, tmp_path, frame: pd.DataFrame, verify: dict) -> dict:
+    """The real ReasonDistill on ``frame`` (three other documents as negatives) against the
+    simulator; its summary's counters."""
+    from rare_core import APILLMServing_request, ReasonDistill
+    from rare_core.verify import VerifyConfig
+
+    texts = frame["text"].tolist()
+    df = frame.assign(hard_negatives=[[texts[(i + k) % len(texts)] for k in (1, 2, 3)] for i in range(len(texts))])
+    llm = APILLMServing_request(api_url=sim.base_url, model_name="teacher", max_workers=4,
+                                cache_path=str(tmp_path / "responses.sqlite"), backoff_base=0.01)
+    op = ReasonDistill(llm_serving=llm, verify=VerifyConfig(**verify))
+    op.process(df, input_reference_key="gold_answer")
+    extra = op.last_summary.extra
+    assert sim.stats().completions_served == extra["requests"] + extra.get("judge_requests", 0)
+    return extra
+
+
+def estimate_without_sending(path: Path, sim, verify: dict, acceptance_rate: float):
+    cfg = PipelineConfig(input_path=str(path), questions_given=True, verify=verify,
+                         llm={"base_url": sim.base_url, "model": "teacher"})
+    with pytest.MonkeyPatch.context() as mp:
+        refuse_requests(mp)
+        return build_estimate(cfg, acceptance_rate=acceptance_rate)
+
+
+def test_issue_case_exact_check_estimate_brackets_the_run(sim, tmp_path):
+    """12 given questions, exact checking: the run re-samples rejected answers (issue 16: 39
+    requests against an estimate of 12). The simulator accepts one sample in three (yes, no or
+    maybe at random), so the estimate at that rate expects what the run makes."""
+    frame = given_questions(tmp_path / "q.jsonl")
+    verify = {"method": "exact", "max_samples": 8}
+    est = estimate_without_sending(tmp_path / "q.jsonl", sim, verify, acceptance_rate=1 / 3)
+    actual = run_distill(sim, tmp_path, frame, verify)["requests"]
+    assert est.judge is None and est.distill.rows == 12
+    assert est.distill.requests == round(12 * expected_samples(1 / 3, 8))
+    assert 12 < actual <= est.distill.requests_max == 96 == est.totals.requests_max
+    assert 0.7 * est.distill.requests <= actual <= 1.4 * est.distill.requests, (actual, est.distill.requests)
+
+
+def test_judge_calls_and_re_samples_bracket_the_run(sim, tmp_path):
+    """auto: 4 of 12 gold answers are open, so those rows are judged once per sample; the
+    estimate's upper bound holds the run's teacher and judge requests, its rows the least."""
+    frame = given_questions(tmp_path / "q.jsonl", open_gold=4)
+    verify = {"method": "auto", "max_samples": 8}
+    est = estimate_without_sending(tmp_path / "q.jsonl", sim, verify, acceptance_rate=DEFAULT_ACCEPTANCE_RATE)
+    extra = run_distill(sim, tmp_path, frame, verify)
+    assert est.judge.rows == 4 and est.judge.requests_max == 32
+    assert 4 <= extra["judge_requests"] <= est.judge.requests_max
+    assert 12 <= extra["requests"] <= est.distill.requests_max
+    assert extra["requests"] + extra["judge_requests"] <= est.totals.requests_max
+    # chars/4 for the simulator's model; the simulator bills 1.3 tokens a word: the same scale
+    per_call = extra["judge_prompt_tokens"] / extra["judge_requests"]
+    assert 0.6 * est.judge.prompt_tokens_per_request <= per_call <= 1.6 * est.judge.prompt_tokens_per_request
