@@ -42,7 +42,7 @@ from pydantic import ValidationError
 from rare_core.config import PipelineConfig
 from rare_core.errors import RareError
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 STEP_LABELS = {"doc2query": "Doc2Query", "distill": "ReasonDistill"}
 SIMULATED_NOTICE = (
     "NO LLM ENDPOINT CONFIGURED: this run uses the built-in SIMULATOR.\n"
@@ -115,8 +115,55 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as exc:
-        problems = "\n".join(f"  {'.'.join(map(str, e['loc'])) or '(config)'}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"invalid configuration:\n{problems}") from None
+        problems = [_problem(e) for e in exc.errors()]
+        if len(problems) == 1:
+            raise ConfigError(problems[0]) from None
+        raise ConfigError("invalid configuration:\n" + "\n".join(f"  {p}" for p in problems)) from None
+
+
+_OPTION_OF = {"input_path": "--input"}
+
+
+def _problem(error: dict) -> str:
+    """One pydantic error as a line: a missing required option by its flag, an unknown key with
+    the setting it most likely means."""
+    loc = tuple(str(part) for part in error["loc"])
+    dotted = ".".join(loc) or "(config)"
+    if error["type"] == "missing" and loc and loc[0] in _OPTION_OF and len(loc) == 1:
+        return f"{_OPTION_OF[loc[0]]} is required ({loc[0]} in a --config file)"
+    if error["type"] == "extra_forbidden":
+        guess = _closest_setting(loc)
+        return f"{dotted}: unknown setting" + (f"; did you mean {guess}?" if guess else "")
+    return f"{dotted}: {error['msg']}"
+
+
+def _settings_of(model: type, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every dotted path of ``model``'s fields, nested sections included."""
+    from pydantic import BaseModel
+
+    out = []
+    for name, field in model.model_fields.items():
+        out.append((*prefix, name))
+        kind = field.annotation
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            out.extend(_settings_of(kind, (*prefix, name)))
+    return out
+
+
+def _closest_setting(loc: tuple[str, ...]) -> str | None:
+    """The setting an unknown key most likely means: a close name in the same section, else the
+    same (or a close) name in any section (``num_neg`` -> ``hardneg.num_neg``)."""
+    import difflib
+
+    settings = _settings_of(PipelineConfig)
+    section, leaf = loc[:-1], loc[-1]
+    siblings = [path[-1] for path in settings if path[:-1] == section]
+    near = difflib.get_close_matches(leaf, siblings, n=1, cutoff=0.6)
+    if near:
+        return ".".join((*section, near[0]))
+    anywhere = {path[-1]: path for path in settings if len(path) > 1}
+    near = difflib.get_close_matches(leaf, list(anywhere), n=1, cutoff=0.75)
+    return ".".join(anywhere[near[0]]) if near else None
 
 
 # -- rare run ---------------------------------------------------------------------------------
@@ -184,8 +231,11 @@ def run(config: PipelineConfig, verbose: bool = False) -> int:
         _notice(err, SIMULATED_NOTICE, "bold yellow")
     started = time.time()
     bars = _ProgressBars(err)
-    with (run_api() if config.dask.enabled else nullcontext()), bars.progress, progress_listener(bars):
-        state = run_pipeline(config, return_state=True)
+    try:
+        with run_api(), bars.progress, progress_listener(bars):
+            state = run_pipeline(config, return_state=True)
+    except KeyboardInterrupt:
+        return interrupted(config, started)
     report_file = Path(config.output_path).resolve() / REPORT_FILE
     if state.is_completed():
         result = state.result()
@@ -203,6 +253,21 @@ def run(config: PipelineConfig, verbose: bool = False) -> int:
     reason = _one_line(exc) if isinstance(exc, BaseException) else (state.message or state.name)
     err.print(f"[bold red]rare: the run failed:[/] {escape(reason)}", soft_wrap=True, highlight=False)
     return EXIT_FAILED
+
+
+def interrupted(config: PipelineConfig | None, started: float) -> int:
+    """The one line of a run stopped by Ctrl-C or SIGTERM -> its exit status (130)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while we print must not add a traceback
+    answers = ""
+    if config is not None:
+        from rare_core.llm.cache import answers_since
+        from tasks.artifacts import resolve_paths
+
+        path = resolve_paths(config).llm.cache_path
+        if path:
+            answers = f"{answers_since(path, started):,} answers of this run are cached; "
+    print(f"rare: interrupted: {answers}run the same command again to resume", file=sys.stderr)
+    return EXIT_INTERRUPTED
 
 
 # -- rare export ------------------------------------------------------------------------------
@@ -261,6 +326,15 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
                        help="any config field by dotted path, e.g. hardneg.num_neg=5 (repeatable)")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rare-pipeline")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def _shards(text: str) -> int | str:
     if text == "auto":
         return text
@@ -268,6 +342,39 @@ def _shards(text: str) -> int | str:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of shards or 'auto', got {text!r}") from None
+
+
+def check_prefect_api(serving: bool) -> None:
+    """The configured Prefect API answers (``APIUnreachableError`` naming it); ``rare serve``
+    also needs one to be configured (``ConfigError`` saying how)."""
+    from prefect.settings import PREFECT_API_URL
+
+    from deployments.local_server import check_api
+
+    configured = PREFECT_API_URL.value()
+    if configured:
+        check_api(configured)
+    elif serving:
+        raise ConfigError("rare serve needs a Prefect server that outlives it: start one (`prefect server start`, "
+                          "http://127.0.0.1:4200) and set PREFECT_API_URL=http://127.0.0.1:4200/api")
+
+
+def repair_cache(path: str) -> int:
+    """``rare repair-cache PATH``: check a response cache; a damaged one is moved aside and every
+    answer that can still be read is kept in a fresh file at PATH."""
+    from rare_core.llm.cache import check, salvage
+
+    if not Path(path).is_file():
+        print(f"rare: {path} is not a file", file=sys.stderr)
+        return EXIT_USAGE
+    problem = check(path)
+    if problem is None:
+        print(f"{path}: sound, nothing to repair")
+        return EXIT_OK
+    result = salvage(path)
+    print(f"{path}: damaged ({problem}); moved to {result.moved_to}; {result.kept:,} answers kept in a fresh "
+          f"{path}" + ("; some could not be read" if result.unreadable else ""))
+    return EXIT_OK
 
 
 def _rate(text: str) -> float:
@@ -282,6 +389,7 @@ def _rate(text: str) -> float:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rare", description="RARE training-data pipeline (Prefect).")
+    parser.add_argument("--version", action="version", version=f"rare {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     run_parser = commands.add_parser("run", help="run the pipeline once, here, with a progress bar")
     _add_config_options(run_parser)
@@ -297,6 +405,10 @@ def _parser() -> argparse.ArgumentParser:
                                  help="share of checked answers expected to pass verification (default 0.5); a trial "
                                       "run's report gives it as verify_accepted / samples_drawn")
     estimate_parser.add_argument("-v", "--verbose", action="store_true", help="tracebacks on stderr")
+    repair_parser = commands.add_parser("repair-cache", help="check a response cache; move a damaged one aside, "
+                                        "keeping every answer that can still be read")
+    repair_parser.add_argument("path", metavar="PATH", help="the response cache (default place: "
+                               "CACHE_PATH/llm_responses.sqlite)")
     serve_parser = commands.add_parser("serve", help="serve the flow as a scheduled deployment (Ctrl-C stops)")
     _add_config_options(serve_parser)
     serve_parser.add_argument("--name", help="deployment name (default rare-served)")
@@ -313,23 +425,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         # server, the simulator, a Dask cluster) are stopped. By default Python would die at once
         # and leave them running, with no cleanup code run.
         signal.signal(signal.SIGTERM, signal.default_int_handler)
+    started = time.time()
     parser = _parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.argv = argv
-    verbose = getattr(args, "verbose", False)
-    if args.command == "export":
-        return export_run(args.out_dir, args.format, args.to)
+    config = None
     try:
-        config = build_config(args)
-        from rare_core.inputs import preflight
+        if args.command == "export":
+            return export_run(args.out_dir, args.format, args.to)
+        if args.command == "repair-cache":
+            return repair_cache(args.path)
+        verbose = getattr(args, "verbose", False)
+        try:
+            config = build_config(args)
+            from rare_core.inputs import preflight
 
-        preflight(config)
-    except (ConfigError, RareError, OSError) as exc:
-        if verbose:
-            traceback.print_exc()
-        print(f"rare: {exc if isinstance(exc, ConfigError) else _one_line(exc)}", file=sys.stderr)
-        return EXIT_USAGE
+            preflight(config)
+            if args.command in ("run", "serve"):
+                check_prefect_api(serving=args.command == "serve")
+        except (ConfigError, RareError, OSError) as exc:
+            if verbose:
+                traceback.print_exc()
+            print(f"rare: {exc if isinstance(exc, ConfigError) else _one_line(exc)}", file=sys.stderr)
+            return EXIT_USAGE
+        return _command(args, config, verbose)
+    except KeyboardInterrupt:
+        return interrupted(config if args.command == "run" else None, started)
+
+
+def _command(args: argparse.Namespace, config: PipelineConfig, verbose: bool) -> int:
     if args.command == "run":
         return run(config, verbose=verbose)
     if args.command == "estimate":

@@ -1,14 +1,17 @@
-"""A Prefect server of our own on loopback: for a run whose tasks run in other processes.
+"""The Prefect API a run reports to, and Prefect servers of our own on loopback.
 
-In: a folder to be the server's PREFECT_HOME (its SQLite database and logs) and optional
-environment on top (``PREFECT_API_DATABASE_CONNECTION_URL`` for PostgreSQL). Out (context
-manager): the API URL, once ``/api/health`` answers; the server is stopped on exit.
-
-Why: without ``PREFECT_API_URL`` Prefect starts an ephemeral API inside the process that runs
-the flow, which Dask worker processes cannot reach; each would start one of its own and the
-task runs would be recorded in databases nobody reads. ``rare run --dask-workers`` therefore
-starts this server for the run (:func:`run_api`) when none is configured, and the workers it
-spawns inherit its URL. The tests start it the same way.
+* :func:`run_api` (context manager) -> the API URL of a ``rare run``: the configured one
+  (``PREFECT_API_URL``, from the environment or the profile), checked to answer
+  (:class:`APIUnreachableError` naming it, before anything is paid), else a local API started
+  for the run (:func:`local_api`) and stopped at its end.
+* :func:`local_api` -> the API Prefect would start on its own for a run without a server (its
+  ephemeral API, on the profile's database, so the runs are kept), but in a process of its own
+  session. Why: Prefect starts its ephemeral server as a child in the terminal's process group,
+  so Ctrl-C killed it first and the interrupted run then spent minutes retrying calls to it
+  (and printed a hundred lines of "Error logging to API"). Dask worker processes, which could
+  not reach an API inside the flow's process, report there too.
+* :func:`prefect_server` -> ``prefect server start`` with its own PREFECT_HOME (the tests', and
+  PostgreSQL's through ``PREFECT_API_DATABASE_CONNECTION_URL``).
 """
 
 from __future__ import annotations
@@ -26,11 +29,32 @@ from typing import Iterator
 
 import httpx
 
+from rare_core.errors import RareError
+
 STARTUP_TIMEOUT = 120.0  # seconds: the first start migrates a fresh database
+HEALTH_TIMEOUT = 5.0  # seconds a configured API has to answer /health before a run starts
+DRAIN_TIMEOUT = 2.0  # seconds the logs and events still queued get to reach the local API at the end
 
 
 class ServerError(RuntimeError):
     """The Prefect server exited or did not answer in time; the message ends with its log's tail."""
+
+
+class APIUnreachableError(RareError):
+    """The configured Prefect API does not answer; nothing was run."""
+
+
+def check_api(api_url: str, timeout: float = HEALTH_TIMEOUT) -> None:
+    """Raise :class:`APIUnreachableError` (one line naming ``api_url``) unless ``/health`` answers 200."""
+    try:
+        status = httpx.get(f"{api_url.rstrip('/')}/health", timeout=timeout).status_code
+        why = None if status == 200 else f"/health answered HTTP {status}"
+    except httpx.HTTPError as exc:
+        why = f"{type(exc).__name__}: {' '.join(str(exc).split()) or 'no answer'}"
+    if why:
+        raise APIUnreachableError(
+            f"the Prefect API at {api_url} (PREFECT_API_URL) does not answer ({why}): start the server "
+            "(`prefect server start`) or unset PREFECT_API_URL to run without one")
 
 
 def free_port() -> int:
@@ -95,29 +119,58 @@ def _drain_queued() -> None:
     from prefect.logging.handlers import APILogWorker
 
     for worker in (APILogWorker, EventsWorker):
-        worker.drain_all(timeout=10)
+        worker.drain_all(timeout=DRAIN_TIMEOUT)
 
 
 @contextmanager
-def run_api() -> Iterator[str | None]:
-    """The Prefect API a multi-process run reports to: ``PREFECT_API_URL`` when set (yields it),
-    else a server started here on a temporary SQLite database, removed on exit. While inside,
-    ``PREFECT_API_URL`` is set in this process's settings and environment, so that processes
-    started meanwhile (Dask workers) report there too."""
-    configured = os.environ.get("PREFECT_API_URL")
-    if configured:
-        yield configured
-        return
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+def local_api(timeout: float = STARTUP_TIMEOUT) -> Iterator[str]:
+    """Prefect's ephemeral API app on a free loopback port, in a new session (see the module
+    docstring), its output in a log file; yields the API URL once healthy; stopped on exit."""
+    import prefect
+    from prefect.settings import get_current_settings
 
-    home = Path(tempfile.mkdtemp(prefix="rare-prefect-"))
+    port = free_port()
+    # The environment Prefect gives its own ephemeral server (prefect.server.api.server.
+    # SubprocessASGIServer): the profile's settings, no UI, ephemeral mode (no scheduler services).
+    env = {**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True),
+           "PREFECT_UI_ENABLED": "0", "PREFECT_SERVER_UI_ENABLED": "false", "PREFECT__SERVER_EPHEMERAL": "1",
+           "PREFECT__SERVER_FINAL": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    log_dir = Path(tempfile.mkdtemp(prefix="rare-prefect-api-"))
+    log_path = log_dir / "server.log"
     try:
-        with prefect_server(home) as api_url, temporary_settings(updates={PREFECT_API_URL: api_url}):
-            os.environ["PREFECT_API_URL"] = api_url
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(prefect.__file__).parent.parent), "--factory",
+                 "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
+                 "--log-level", "error", "--lifespan", "on"],
+                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            api_url = f"http://127.0.0.1:{port}/api"
             try:
+                _wait_healthy(proc, api_url, timeout, log_path)
                 yield api_url
             finally:
-                os.environ.pop("PREFECT_API_URL", None)
-                _drain_queued()
+                stop_process(proc, timeout=5)
     finally:
-        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(log_dir, ignore_errors=True)
+
+
+@contextmanager
+def run_api() -> Iterator[str]:
+    """The Prefect API of a ``rare run`` (see the module docstring). While inside, a local API's
+    URL is set in this process's settings and environment, so that processes started
+    meanwhile (Dask workers) report there too."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    configured = PREFECT_API_URL.value()
+    if configured:
+        check_api(configured)
+        yield configured
+        return
+    with local_api() as api_url, temporary_settings(updates={PREFECT_API_URL: api_url}):
+        os.environ["PREFECT_API_URL"] = api_url
+        try:
+            yield api_url
+        finally:
+            os.environ.pop("PREFECT_API_URL", None)
+            _drain_queued()

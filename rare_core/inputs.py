@@ -21,12 +21,15 @@ column or the row:
 * a column whose name starts with ``rare_`` (the pipeline's bookkeeping namespace);
 * a column some step would write (``document_order``, ``hard_negatives_ids``...), which the
   run would otherwise refuse only when it reaches that step, after paying for the earlier ones;
-* an id column with missing ids, or one id naming two different texts.
+* an id column with missing ids, ids of different types (numbers and strings: the parquet
+  dataset and the ``hf`` export could not store them after the run paid), or one id naming
+  two different texts.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -65,6 +68,7 @@ class _Checks:
         self.rows = 0
         self.has_ids: bool | None = None  # decided by the first chunk
         self._ids: list[pa.Array] = []
+        self._id_types: dict[str, int] = {}  # type of the ids -> its first row (1-based)
         self._text_keys: list[np.ndarray] = []
         self._writes: dict[str, str] = {}  # column -> label of the first step that writes it
         for spec in (spec for spec in STEPS if spec.enabled(config)):
@@ -124,9 +128,19 @@ class _Checks:
             raise InputError(f"{self.path}: column {id_col!r} (columns.id) is empty in {len(rows)} row(s), "
                              f"first row {self.rows + rows[0] + 1}: give every document an id, or drop the column to use "
                              "content hashes")
+        self._check_id_types(ids)
         self._ids.append(pa.array(ids.astype(str).tolist(), type=pa.string()))
         self._text_keys.append(np.fromiter((_text_key(t) for t in df[self.k.text].tolist()), dtype=np.uint64,
                                            count=len(df)))
+
+    def _check_id_types(self, ids: pd.Series) -> None:
+        kinds = ids.map(_id_type) if ids.dtype == object else pd.Series(_id_type(ids.iloc[0]), index=ids.index)
+        for row, kind in kinds.drop_duplicates().items():
+            self._id_types.setdefault(kind, self.rows + int(row) + 1)
+        if len(self._id_types) > 1:
+            seen = " and ".join(f"{kind} (first at row {row})" for kind, row in self._id_types.items())
+            raise InputError(f"{self.path}: column {self.k.id!r} (columns.id) mixes ids of types {seen}: the dataset "
+                             "and its exports need one type; write every id as a string (or every one as a number)")
 
     def finish(self) -> None:
         """The checks that need the whole input: documents at all, the text (and question) columns, unique ids."""
@@ -161,6 +175,14 @@ class _Checks:
                              f"documents (rows {', '.join(map(str, rows))}); ids must be unique per document")
 
 
+def _id_type(value: object) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return "boolean"
+    if isinstance(value, (int, np.integer, float, np.floating)):
+        return "number"
+    return "string" if isinstance(value, str) else type(value).__name__
+
+
 def iter_documents(config: PipelineConfig, chunk_rows: int | None = None) -> Iterator[pd.DataFrame]:
     """The run's documents, checked, in order, in frames of at most ``chunk_rows`` rows (default
     :data:`CHUNK_ROWS`; see the module docstring). The checks across rows raise when the stream
@@ -187,10 +209,39 @@ def count_documents(config: PipelineConfig) -> int:
     return rows if config.limit is None else min(rows, config.limit)
 
 
+def writable_folder(path: str | Path, setting: str) -> None:
+    """Raise :class:`InputError` unless ``path`` is, or can be made, a folder this process may
+    write to: its nearest existing ancestor must be a writable folder (not a file, not on a
+    read-only mount). Creates nothing."""
+    folder = Path(path).absolute()
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"{setting} {path} cannot be a folder: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        why = "is on a read-only file system" if _read_only(existing) else "is not writable by this user"
+        raise InputError(f"{setting} {path} cannot be written: {existing} {why}")
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 def preflight(config: PipelineConfig) -> int:
-    """The whole input checked (:func:`iter_documents`, chunk by chunk), plus the BM25 engine
-    (``RetrievalError`` saying how to install it) and a separate corpus file checked to be there,
-    in a supported format -> the number of documents."""
+    """The whole input checked (:func:`iter_documents`, chunk by chunk), the output, cache and
+    export folders checked to be writable, plus the BM25 engine (``RetrievalError`` saying how
+    to install it) and a separate corpus file checked to be there, in a supported format -> the
+    number of documents."""
+    writable_folder(config.output_path, "output_path (--output)")
+    writable_folder(config.cache_path, "cache_path (--cache-path)")
+    if config.export and config.export_path:
+        writable_folder(config.export_path, "export_path")
+    if config.llm.cache_path:
+        writable_folder(Path(config.llm.cache_path).parent, "llm.cache_path's folder")
     rows = sum(len(chunk) for chunk in iter_documents(config))
     from rare_core.retrieval.jvm import anserini_jar  # finds the jar without starting Java
 

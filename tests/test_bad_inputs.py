@@ -8,6 +8,8 @@ flagged rows (each recorded in ``failed_rows`` with its reason): never a traceba
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -56,6 +58,14 @@ REFUSED = [
     ("credentials-in-url", "docs.jsonl", jsonl(GOOD), ["--base-url", "https://u:hunter2@example.invalid/v1",
                                                        "--model", "m"], "credentials"),
     ("endpoint-without-model", "docs.jsonl", jsonl(GOOD), ["--base-url", "http://127.0.0.1:9/v1"], "llm.model"),
+    ("mixed-id-types", "docs.jsonl", jsonl([{**GOOD[0], "id": 7}, GOOD[1], {**GOOD[2], "id": 9}]), [],
+     "mixes ids of types number (first at row 1) and string (first at row 2)"),
+    ("mixed-id-types-parquet-output", "docs.jsonl", jsonl([GOOD[0], {**GOOD[1], "id": 8}]),
+     ["--output-format", "parquet", "--export", "hf"], "mixes ids of types string (first at row 1) and number"),
+    ("misspelt-setting", "docs.jsonl", jsonl(GOOD), ["--set", "hardneg.numneg=5"], "did you mean hardneg.num_neg?"),
+    ("setting-without-section", "docs.jsonl", jsonl(GOOD), ["--set", "num_neg=5"], "did you mean hardneg.num_neg?"),
+    ("output-under-a-file", "docs.jsonl", jsonl(GOOD), ["--set", "output_path=docs.jsonl/out"], "is a file"),
+    ("cache-under-a-file", "docs.jsonl", jsonl(GOOD), ["--set", "cache_path=docs.jsonl/cache"], "is a file"),
 ]
 
 
@@ -68,6 +78,7 @@ def test_rare_run_refuses_in_one_line(tmp_path, capsys, case, name, content, ext
         path.mkdir()
     elif content is not None:
         path.write_bytes(content)
+    extra = [e.replace("docs.jsonl/", f"{path}/") for e in extra]
     code = main(["run", "--input", str(path), "--output", str(tmp_path / "out"),
                  "--cache-path", str(tmp_path / "cache"), *extra])
     err = capsys.readouterr().err
@@ -79,7 +90,7 @@ def test_rare_run_refuses_in_one_line(tmp_path, capsys, case, name, content, ext
 
 
 OPERATOR_CASES = [c for c in REFUSED if not c[3] and c[0] not in
-                  ("reserved-column", "output-column-present", "missing-id", "id-names-two-documents")]
+                  ("reserved-column", "output-column-present", "missing-id", "id-names-two-documents", "mixed-id-types")]
 
 
 @pytest.mark.parametrize("case, name, content, extra, expected", OPERATOR_CASES, ids=[c[0] for c in OPERATOR_CASES])
@@ -154,3 +165,39 @@ def test_without_pyserini_rare_run_says_how_to_install_it(tmp_path, capsys, monk
     assert code == EXIT_USAGE and err.count("\n") == 0
     assert "pyserini is not installed: pip install --no-deps pyserini==1.6.0" in err
     assert not (tmp_path / "c").exists()
+
+
+def test_rare_run_without_input_names_the_option(tmp_path, capsys):
+    from deployments.cli import EXIT_USAGE, main
+
+    assert main(["run", "--output", str(tmp_path / "out")]) == EXIT_USAGE
+    assert capsys.readouterr().err.strip() == "rare: --input is required (input_path in a --config file)"
+
+
+def test_a_read_only_output_folder_is_refused_before_anything_runs(tmp_path, capsys):
+    from deployments.cli import EXIT_USAGE, main
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (tmp_path / "docs.jsonl").write_bytes(jsonl(GOOD))
+    if os.geteuid() == 0:  # root writes through permission bits: a read-only bind mount it is
+        subprocess.run(["mount", "--bind", "-o", "ro", str(locked), str(locked)], check=True)
+    else:
+        locked.chmod(0o555)
+    try:
+        code = main(["run", "--input", str(tmp_path / "docs.jsonl"), "--output", str(locked / "out"),
+                     "--cache-path", str(tmp_path / "cache")])
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["umount", str(locked)], check=False)
+    err = capsys.readouterr().err
+    assert code == EXIT_USAGE and f"output_path (--output) {locked / 'out'} cannot be written" in err
+    assert not (tmp_path / "cache").exists()
+
+
+def test_rare_version(capsys):
+    from deployments.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.startswith("rare 0.")

@@ -253,3 +253,18 @@ def _is_json(text: str) -> bool:
         return True
     except (TypeError, ValueError):
         return False
+
+
+def answers_since(path: str | Path, since: float) -> int:
+    """How many answers ``path`` stored at or after ``since`` (a Unix time); 0 when it cannot be read."""
+    if not Path(path).is_file():
+        return 0
+    try:
+        conn = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True, timeout=2)
+        try:
+            return conn.execute("SELECT COUNT(*) FROM responses WHERE created >= julianday(?, 'unixepoch')",
+                                (since,)).fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return 0

@@ -1268,7 +1268,8 @@ class SimulatorProcess:
         ]
         stderr = tempfile.TemporaryFile()
         self._proc = proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=env, text=True
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=env, text=True,
+            start_new_session=True,  # a Ctrl-C to the terminal reaches us, not the server we stop ourselves
         )
         atexit.register(self.stop)
         ready = threading.Event()
