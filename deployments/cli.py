@@ -239,9 +239,8 @@ def run(config: PipelineConfig, verbose: bool = False) -> int:
     report_file = Path(config.output_path).resolve() / REPORT_FILE
     if state.is_completed():
         result = state.result()
-        print(result.report.markdown)
-        err.print(f"Dataset: {result.exported.dataset.path} ({result.exported.dataset.rows} rows); "
-                  f"report: {report_file}", soft_wrap=True, highlight=False)
+        print(result.report.markdown if verbose or not result.report.brief else result.report.brief)
+        err.print(_where_things_are(config, result, report_file), soft_wrap=True, highlight=False)
         if result.simulated:
             _notice(err, "The answers of this run are SIMULATED (built-in simulator), not model output.", "bold yellow")
         return EXIT_OK
@@ -253,6 +252,24 @@ def run(config: PipelineConfig, verbose: bool = False) -> int:
     reason = _one_line(exc) if isinstance(exc, BaseException) else (state.message or state.name)
     err.print(f"[bold red]rare: the run failed:[/] {escape(reason)}", soft_wrap=True, highlight=False)
     return EXIT_FAILED
+
+
+def _where_things_are(config: PipelineConfig, result, report_file: Path) -> str:
+    """The end of a run on stderr: the files it wrote, and what to do next."""
+    out = Path(config.output_path).resolve()
+    lines = [f"Dataset: {result.exported.dataset.path} ({result.exported.dataset.rows:,} rows)"]
+    if result.exported.failed is not None:
+        lines.append(f"Failed rows: {result.exported.failed.path} ({result.exported.failed.rows:,}, with reasons)")
+    lines.append(f"Report: {report_file.with_suffix('.html')} (charts; also {report_file.name})")
+    exports = Path(config.export_path or out / "exports").resolve()
+    for name in config.export:
+        lines.append(f"Export {name}: {exports / name}")
+    if result.simulated:
+        lines.append("Next: a real endpoint (--base-url URL --model NAME, key in $DF_API_KEY); "
+                     "`rare estimate` prices it first")
+    elif not config.export:
+        lines.append(f"Next: `rare export {config.output_path} --format messages --to exports/` for your trainer")
+    return "\n".join(lines)
 
 
 def interrupted(config: PipelineConfig | None, started: float) -> int:

@@ -58,6 +58,7 @@ class Report(BaseModel):
 
     markdown: str
     summary: dict[str, Any]
+    brief: str = ""  # the markdown without the step details (internal counters): what a terminal shows
 
 
 StepPrices = Mapping[str, ModelPrice | None]
@@ -131,10 +132,9 @@ def build_report(
         "steps": rows,
         "totals": totals,
     }
-    markdown = _render(title, summary, prices)
-    for name, text in (sections or {}).items():
-        markdown += f"\n## {name}\n\n{text.rstrip()}\n"
-    return Report(markdown=markdown, summary=summary)
+    more = "".join(f"\n## {name}\n\n{text.rstrip()}\n" for name, text in (sections or {}).items())
+    return Report(markdown=_render(title, summary, prices) + more, summary=summary,
+                  brief=_render(title, summary, prices, details=False) + more)
 
 
 def _num(value: int | float) -> str:
@@ -145,7 +145,7 @@ def _cost(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def _render(title: str, summary: dict[str, Any], prices: Prices | None) -> str:
+def _render(title: str, summary: dict[str, Any], prices: Prices | None, details: bool = True) -> str:
     lines = [f"# {title}", ""]
     if summary["simulated"]:
         lines += [f"> {SIMULATED_BANNER if summary['builtin_simulator'] else SIMULATED_ENDPOINT_BANNER}", ""]
@@ -193,10 +193,10 @@ def _render(title: str, summary: dict[str, Any], prices: Prices | None) -> str:
         lines += ["", "## Shortfall of hard negatives", ""]
         lines += [f"- {step}: {_num(int(n))} row(s) got fewer negatives than asked (kept, marked `short`)"
                   for step, n in short]
-    details = [(r["step"], k, v) for r in summary["steps"] for k, v in r["extra"].items() if k != "short_rows"]
-    if details:
+    counters = [(r["step"], k, v) for r in summary["steps"] for k, v in r["extra"].items() if k != "short_rows"]
+    if counters and details:
         lines += ["", "## Step details", ""]
-        lines += [f"- {step}: {key} = {value}" for step, key, value in details]
+        lines += [f"- {step}: {key} = {value}" for step, key, value in counters]
     lines += ["", "## Cost", ""]
     priced = [(r["step"], _price_of(r["step"], prices)) for r in summary["steps"] if r["requests"] or r["cost"]]
     if t["cost"] is None:

@@ -315,16 +315,21 @@ def cli_env(monkeypatch):
 
 
 @pytest.mark.usefixtures("cli_env")
-def test_cli_run_without_endpoint_uses_and_stops_the_simulator(tmp_path, capsys):
+def test_cli_run_without_endpoint_uses_and_stops_the_simulator(tmp_path, capfd):
     from deployments.cli import main
 
     before = _simulator_children()
     code = main(["run", "--input", str(SAMPLE), "--output", str(tmp_path / "out"),
                  "--cache-path", str(tmp_path / "cache"), "--limit", "4"])
-    captured = capsys.readouterr()
+    captured = capfd.readouterr()  # the file descriptors: the JVM writes to fd 2 itself
     assert code == 0, captured.err
     assert "SIMULATOR" in captured.err and "SIMULATED" in captured.out
     assert "| distill | ran | 4 | 4 | 0 |" in captured.out
+    # The end names every file a user looks at next, and what to do next; the internal
+    # counters stay in report.md; Lucene's INFO line is silenced.
+    assert f"Report: {tmp_path / 'out' / 'report.html'}" in captured.err and "Next: a real endpoint" in captured.err
+    assert "index_opens" not in captured.out and "index_opens" in (tmp_path / "out" / "report.md").read_text()
+    assert "MemorySegmentIndexInput" not in captured.err
     dataset = read_frame(tmp_path / "out" / "dataset.jsonl")
     assert len(dataset) == 4 and dataset["rare_simulated"].all()
     assert _simulator_children() <= before  # the run's own simulator was stopped

@@ -60,6 +60,12 @@ JVM_OPTIONS = ("-XX:+UseSerialGC", "-Xms32m", "-XX:MinHeapFreeRatio=10", "-XX:Ma
 MAX_CLAUSE_COUNT = 16_384  # Lucene 9: IndexSearcher.setMaxClauseCount (BooleanQuery's is a deprecated alias)
 _LOCK = threading.Lock()
 _STARTED = False
+# Lucene announces through java.util.logging, on stderr, which index input it uses ("INFO: Using
+# MemorySegmentIndexInput with Java 21") on every run: a line that means nothing to a user. Its
+# logger is set to WARNING once the JVM runs and kept referenced here: JUL holds loggers weakly,
+# and a collected logger would come back with the default level.
+_QUIET_LOGGERS = ("org.apache.lucene.store.MemorySegmentIndexInputProvider",)
+_quieted: list = []
 
 
 def anserini_jar() -> Path:
@@ -123,6 +129,10 @@ def start_jvm() -> None:
             raise RetrievalError(f"the JVM was started elsewhere without {jar.name} on its class path")
         from jnius import autoclass  # starts the JVM with the options above
 
+        logger, level = autoclass("java.util.logging.Logger"), autoclass("java.util.logging.Level")
+        for name in _QUIET_LOGGERS:
+            _quieted.append(logger.getLogger(name))
+            _quieted[-1].setLevel(level.WARNING)
         searcher = autoclass("org.apache.lucene.search.IndexSearcher")
         if searcher.getMaxClauseCount() < MAX_CLAUSE_COUNT:
             searcher.setMaxClauseCount(MAX_CLAUSE_COUNT)
