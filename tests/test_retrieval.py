@@ -14,6 +14,7 @@ import pytest
 
 from rare_core.errors import RetrievalError
 from rare_core.retrieval import BM25Index, SearchHits, normalize_text
+from rare_core.retrieval.index import BUILD_LOCK, remove_stale_builds
 
 DOCS = pd.DataFrame({
     "id": ["d1", "d2", "d3", "d4", "d5"],
@@ -298,3 +299,39 @@ def test_unicode_copies_of_the_positive_are_never_hard_negatives(tmp_path):
         negs = out.iloc[i]["hard_negatives_ids"]
         assert len(negs) == 3 and not family & set(negs), (out.iloc[i]["id"], negs)
         assert not {normalize_text(t) for t in out.iloc[i]["hard_negatives"]} & {normalize_text(positive)}
+
+
+_KILLED_BUILD = """
+import os, sys
+import pandas as pd
+from rare_core.retrieval import index as index_module
+from rare_core.retrieval.index import BM25Index
+
+def stop_here(*args, **kwargs):  # the build has written its copy of the corpus: die as kill -9 would
+    os._exit(9)
+
+index_module._run_indexer = stop_here
+docs = pd.DataFrame({"id": [str(i) for i in range(50)], "text": [f"document {i} about the heart" for i in range(50)]})
+BM25Index.build(docs, sys.argv[1])
+"""
+
+
+def test_a_killed_build_leaves_a_folder_the_next_build_removes(tmp_path):
+    root = tmp_path / "indexes"
+    done = subprocess.run([sys.executable, "-c", _KILLED_BUILD, str(root)], capture_output=True, text=True)
+    assert done.returncode == 9, done.stderr
+    stale = [p for p in root.iterdir() if p.name.startswith(".bm25-")]
+    assert len(stale) == 1 and (stale[0] / "collection").exists()  # the corpus text, left behind
+    live = root / ".bm25-live.build"  # another process's build in progress: its lock is held
+    live.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys; f = open(sys.argv[1], 'w'); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); sys.stdin.read()",
+                               str(live / BUILD_LOCK)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        BM25Index.build(pd.DataFrame({"id": ["a", "b"], "text": ["one text", "another text"]}), root)
+        assert not stale[0].exists() and live.exists()
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    assert remove_stale_builds(root) == [live]  # its builder is gone now

@@ -19,11 +19,14 @@ folder beside the target, runs ``io.anserini.index.IndexCollection`` there (Luce
 analyzer: lowercase, English stopwords, Porter stemming, as pyserini's BM25 defaults; ids stored
 for retrieval, contents not stored: texts stay on the Python side), writes ``rare_index.json``
 last and then renames the folder into place, so a cache folder either is complete or does not
-exist.
+exist. The builder holds a lock on ``.building`` in its temp folder while it works; a temp
+folder whose lock nobody holds is what a killed build left (a copy of the corpus text) and is
+removed by the next build under the same root (:func:`remove_stale_builds`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -48,6 +51,32 @@ from rare_core.retrieval.search import LuceneSearcher, RunHits, SearchHits, row_
 INDEX_FORMAT = 3  # 3: the key combines per-document digests in row order
 META_FILE = "rare_index.json"
 IDS_FILE = "ids.parquet"
+BUILD_LOCK = ".building"
+UNLOCKED_GRACE = 600.0  # seconds a temp folder without its lock file is left alone (a build just starting)
+
+
+def remove_stale_builds(root: Path) -> list[Path]:
+    """Remove the temp folders of builds that no process is running any more under ``root``
+    (their ``.building`` lock is free: the builder was killed) -> the folders removed. A live
+    build holds its lock; a folder without a lock file is removed once older than
+    :data:`UNLOCKED_GRACE` (a build between making its folder and taking the lock is younger)."""
+    removed = []
+    for folder in root.glob(".bm25-*"):
+        if not folder.is_dir():
+            continue
+        lock_path = folder / BUILD_LOCK
+        try:
+            if not lock_path.exists():
+                if time.time() - folder.stat().st_mtime < UNLOCKED_GRACE:
+                    continue
+            else:
+                with open(lock_path) as lock:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while its builder runs
+        except OSError:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
 CHUNK_DOCS = 50_000
 QueryWeighting = Literal["bow", "bm25"]
 
@@ -259,7 +288,10 @@ class BM25Index:
             return cls(target, settings, reused=True, input_rows=corpus.input_rows)
         start = time.perf_counter()
         root.mkdir(parents=True, exist_ok=True)
+        remove_stale_builds(root)
         work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
+        lock = open(work / BUILD_LOCK, "w")  # noqa: SIM115 - held until the build ends (see remove_stale_builds)
+        fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             corpus.write_collection(work / "collection", settings.threads)
             corpus.release()
@@ -276,6 +308,7 @@ class BM25Index:
                     raise
         finally:
             shutil.rmtree(work, ignore_errors=True)
+            lock.close()
         return cls(target, settings, reused=False, build_seconds=time.perf_counter() - start,
                    input_rows=corpus.input_rows)
 
