@@ -1,6 +1,6 @@
 """Parsing what real models emit into validated pydantic objects.
 
-* :func:`parse_json_object` — the last JSON object in a reply that validates against a model,
+* :func:`parse_json_object` — the JSON object in a reply that validates against a model,
   tolerating prose around it, code fences, braces in reasoning before it, smart quotes,
   unescaped LaTeX backslashes and trailing commas; valid JSON is read as JSON first ("\\nu"
   is a newline and "u"), unless strict reading leaves LaTeX damage (``\\frac`` as a form feed).
@@ -9,11 +9,19 @@
 * :func:`source_reference` — the words by which a question points at its source document
   ("according to the passage", "the study found"), or None for a standalone question.
 
+A reply may quote a document that holds markup of the reply's own shape (``</think><answer>X
+</answer>``, a JSON object with a ``question``). Which text is quoted cannot be told from its place
+(a quote may come before the model's own answer or after it), so where a reply holds two
+candidates that differ (top-level JSON objects that validate, ``<answer>`` blocks outside the
+thinking), the parsers raise "conflicting ..." and the caller asks again, as for any unusable
+reply. Equal candidates are one.
+
 All parsers raise :class:`ParseError` with a short reason (which becomes the row's failure reason).
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 from typing import Literal, TypeVar, Union
@@ -206,6 +214,7 @@ _LATEX_ESCAPE = re.compile(
     r"right|rm|nabla|neq|nu|not|newline|forall|flat)(?![A-Za-z]))"
 )
 _TRAILING_COMMA = re.compile(r",\s*([}\]])")
+_LEADING_THINK = re.compile(r"\s*<think>.*?</think>", re.DOTALL | re.IGNORECASE)
 
 
 def _variants(text: str) -> list[str]:
@@ -223,22 +232,41 @@ def _variants(text: str) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def _objects(text: str) -> list[dict]:
-    """Every JSON object that decodes starting at some '{', the one ending last first.
+def _decoded(text: str) -> list[list[tuple[int, int, dict]]]:
+    """For each of :func:`_variants` (in order), every JSON object that decodes starting at some
+    '{', as ``(start, end, object)``, ``start``/``end`` being its span in ``text`` itself.
 
-    By end, not start: an object comes before the objects nested in it (``{"questions": [{...}]}``
-    is tried before its items), and both before any object in the prose before it.
+    The repairs add and remove only backslashes, commas and whitespace and swap quotes, so the
+    k-th '{' (and '}') of a variant is the k-th of ``text``: a span maps back by brace ordinals.
     """
+    opens = [m.start() for m in re.finditer(r"\{", text)]
+    closes = [m.start() for m in re.finditer(r"\}", text)]
     decoder = json.JSONDecoder()
-    found = []
-    for m in re.finditer(r"\{", text):
-        try:
-            obj, end = decoder.raw_decode(text, m.start())
-        except json.JSONDecodeError:
-            continue
-        if isinstance(obj, dict):
-            found.append((-end, m.start(), obj))
-    return [obj for *_, obj in sorted(found, key=lambda f: f[:2])]
+    out = []
+    for variant in _variants(text):
+        variant_closes = [m.start() for m in re.finditer(r"\}", variant)]
+        found = []
+        for k, m in enumerate(re.finditer(r"\{", variant)):
+            try:
+                obj, end = decoder.raw_decode(variant, m.start())
+            except json.JSONDecodeError:
+                continue
+            if isinstance(obj, dict):
+                found.append((opens[k], closes[bisect.bisect_left(variant_closes, end - 1)] + 1, obj))
+        out.append(found)
+    return out
+
+
+def _regions(spans: list[tuple[int, int]]) -> list[int]:
+    """The start of each top-level region: overlapping spans merged, an object with the objects
+    nested in it (and any reading that overlaps them) being one region."""
+    starts: list[int] = []
+    reach = -1
+    for start, end in sorted(spans):
+        if start >= reach:
+            starts.append(start)
+        reach = max(reach, end)
+    return starts
 
 
 # Backspace, form feed and carriage return: what strict JSON makes of unescaped LaTeX (\beta,
@@ -260,35 +288,56 @@ def _damaged(value: object) -> bool:
 
 
 def parse_json_object(text: str | None, model: type[T]) -> T:
-    """The last JSON object in ``text`` that validates as ``model``; ParseError otherwise.
+    """The reply's JSON object that validates as ``model``; ParseError otherwise.
 
-    The reply is read strictly first; the repaired variants (:func:`_variants`) are tried when
-    that finds no valid object, or when the valid one it finds holds a backspace, form feed or
-    carriage return (unescaped LaTeX, :data:`_LATEX_DAMAGE`). If no variant gives an object
-    free of those, the first valid object found is returned as it is.
+    Each top-level object of the reply (with the objects nested in it) is read on its own:
+    strictly first, the repaired variants (:func:`_variants`) when that finds no valid object in
+    it or only one holding a backspace, form feed or carriage return (unescaped LaTeX,
+    :data:`_LATEX_DAMAGE`), the damaged one as it is when no variant gives better; the object
+    itself before the objects nested in it, of those the one ending last first.
+    Two top-level objects that validate and differ are a conflict (ParseError): the reply then
+    also holds an object it quotes (a document's, a draft's), and which one is its own cannot
+    be told. Equal ones are one. Objects in a ``<think>…</think>`` block that opens the reply
+    (a reasoning model's thinking, drafts included) are no candidates; without the opening tag
+    the thinking cannot be told from quoted text, and its drafts conflict like any object.
     """
     if text is None or not text.strip():
         raise ParseError("empty response")
+    if leading := _LEADING_THINK.match(text):  # the model's own thinking: its drafts are no candidates
+        text = text[leading.end():]
+    readings = _decoded(text)
+    region_starts = _regions([(start, end) for found in readings for start, end, _ in found])
+    chosen: dict[int, T] = {}
+    damaged: dict[int, T] = {}
     last_error: str | None = None
-    seen_any = False
-    fallback: T | None = None
-    for variant in _variants(text):
-        for obj in _objects(variant):
-            seen_any = True
+    for found in readings:
+        for start, _end, obj in sorted(found, key=lambda f: (-f[1], f[0])):
+            region = bisect.bisect_right(region_starts, start) - 1
+            if region in chosen:
+                continue
             try:
                 parsed = model.model_validate(obj)
             except ValidationError as exc:
                 err = exc.errors()[0]
                 last_error = f"{'.'.join(str(p) for p in err['loc']) or 'object'} {err['msg']}"
                 continue
-            if not _damaged(obj):
-                return parsed
-            fallback = fallback or parsed
-    if fallback is not None:
-        return fallback
-    if not seen_any:
-        raise ParseError("no JSON object found in the response")
-    raise ParseError(f"JSON does not match the expected fields: {last_error}")
+            if _damaged(obj):
+                damaged.setdefault(region, parsed)
+            else:
+                chosen[region] = parsed
+    valid = [parsed for _, parsed in sorted({**damaged, **chosen}.items())]
+    if not valid:
+        if not region_starts:
+            raise ParseError("no JSON object found in the response")
+        raise ParseError(f"JSON does not match the expected fields: {last_error}")
+    different = []
+    for parsed in valid:
+        if (dump := parsed.model_dump()) not in different:
+            different.append(dump)
+    if len(different) > 1:
+        raise ParseError(f"conflicting objects: the reply holds {len(different)} different JSON objects "
+                         f"with the expected fields")
+    return valid[0]
 
 
 def _question_key(question: str) -> str:
@@ -334,19 +383,40 @@ def parse_questions(text: str | None, n: int) -> list[GeneratedQuestion]:
 
 _THINK_OPEN = re.compile(r"<think>", re.IGNORECASE)
 _THINK_CLOSE = re.compile(r"</think>", re.IGNORECASE)
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
+# A whole answer block holds none of the four tags: in "<answer> …quoted… <answer>A</answer>" the
+# block is the second one, and an "<answer>" before a "</think>" opens no block.
+_ANSWER = re.compile(r"<answer>((?:(?!</?(?:think|answer)>).)*)</answer>", re.DOTALL | re.IGNORECASE)
+_TAG = re.compile(r"</?(?:think|answer)>", re.IGNORECASE)
+_THINK_BLOCK = re.compile(r"<think>.*?(?:</think>|\Z)", re.DOTALL | re.IGNORECASE)  # the last one runs on to the end
 
 
 def _thinking(head: str) -> str:
-    """The reasoning in ``head``, the text before the last ``</think>``: each block's text after
-    its ``<think>`` (a block without one is kept whole: an opening tag swallowed, or a
-    ``</think>`` mentioned in the reasoning), blocks joined by newlines, stray ``<think>`` removed."""
+    """The reasoning in ``head``, the text before the ``</think>`` that ends the thinking: each
+    block's text after its ``<think>`` (a block without one is kept whole: an opening tag
+    swallowed, or a ``</think>`` mentioned in the reasoning), blocks joined by newlines, stray
+    ``<think>`` removed."""
     blocks = []
     for block in _THINK_CLOSE.split(head):
         block = _THINK_OPEN.split(block, maxsplit=1)[-1]
         if block := _THINK_OPEN.sub("", block).strip():
             blocks.append(block)
     return "\n".join(blocks)
+
+
+def _end_of_thinking(text: str) -> re.Match[str] | None:
+    """The ``</think>`` that ends the model's own thinking: the first one that an answer follows
+    (text without think/answer tags, then a whole ``<answer>…</answer>``), else the last one;
+    None without a ``</think>``.
+
+    The first, not the last: a document quoted after the answer may hold ``</think><answer>…``
+    of its own. One quoted inside the thinking ends it early instead, and its answer then
+    conflicts with the model's own (:func:`_answer_block`)."""
+    closes = list(_THINK_CLOSE.finditer(text))
+    for close in closes:
+        tag = _TAG.search(text, close.end())
+        if tag and _ANSWER.match(text, tag.start()):
+            return close
+    return closes[-1] if closes else None
 
 
 def parse_reasoning(text: str | None, reasoning: str | None = None, reasoning_field: str | None = None) -> Reasoning:
@@ -357,53 +427,77 @@ def parse_reasoning(text: str | None, reasoning: str | None = None, reasoning_fi
     the answer, as ``<answer>…</answer>`` or as plain text, and both are accepted (a
     ``<think>`` block in the content as well is added to the reasoning).
 
-    Otherwise, with a ``</think>``, only the text after the LAST ``</think>`` holds the answer
-    block (an ``<answer>`` mentioned while thinking is part of the reasoning) and the reasoning
-    is the text before it, from the first ``<think>`` on (the whole of it when the opening tag
-    was swallowed, as some reasoning models do). Without ``</think>``, the reasoning is the text
-    before the first ``<answer>`` and the answer the last ``<answer>…</answer>`` block.
-    The answer block is required; both parts are stripped and must not be empty.
+    Otherwise, with a ``</think>``, the thinking ends at the first ``</think>`` that an answer
+    follows (:func:`_end_of_thinking`): an ``<answer>`` mentioned while thinking is part of the
+    reasoning, which is the text before that ``</think>``, from the first ``<think>`` on (the
+    whole of it when the opening tag was swallowed, as some reasoning models do). Without
+    ``</think>``, the reasoning is the text before the first ``<answer>``.
+    The answer is the reply's ``<answer>…</answer>`` block after the thinking; several that differ
+    (a quoted document's among them) are a conflict (:func:`_answer_block`). The answer block
+    is required; both parts are stripped and must not be empty.
     """
     if reasoning is not None and reasoning.strip():
         return _with_separate_reasoning(text, reasoning.strip(), reasoning_field or "reasoning")
     if text is None or not text.strip():
         raise ParseError("empty response")
-    closes = list(_THINK_CLOSE.finditer(text))
-    if closes:
-        head, tail = text[:closes[-1].start()], text[closes[-1].end():]
+    end = _end_of_thinking(text)
+    if end is not None:
+        head, tail = text[:end.start()], text[end.end():]
         thinking = _thinking(head)
         form: ReasoningForm = "inline" if _THINK_OPEN.search(head) else "swallowed"
+        answer = _answer_block(tail, head, " after </think>")
     else:
-        tail = text
         thinking = _THINK_OPEN.sub("", re.split(r"<answer>", text, maxsplit=1, flags=re.IGNORECASE)[0]).strip()
         form = "untagged"
-    answer = _answer_block(tail, " after </think>" if closes else "")
+        answer = _answer_block(text)
     if not thinking:
         raise ParseError("no reasoning before the answer")
     return Reasoning(reasoning=thinking, answer=answer, form=form)
 
 
-def _answer_block(tail: str, where: str = "") -> str:
-    """The last ``<answer>…</answer>`` of ``tail``, stripped; ParseError when there is none or it is empty."""
-    answers = _ANSWER.findall(tail)
-    if not answers:
+def _answer_block(tail: str, head: str = "", where: str = "") -> str:
+    """The ``<answer>…</answer>`` of ``tail`` (the text after the thinking), stripped; ParseError
+    when there is none, it is empty, or the reply holds several that differ.
+
+    Beside the whole blocks of ``tail``, those of ``head`` (the text before the ``</think>``
+    that ended the thinking) outside its ``<think>…</think>`` blocks are candidates too (all of
+    them when it has no ``<think>``): such a block may be the model's untagged answer, and the
+    ``</think>`` after it a quoted document's. Blocks equal once their whitespace is collapsed
+    are one.
+    """
+    blocks = _ANSWER.findall(tail)
+    if not blocks:
         if re.search(r"<answer>", tail, re.IGNORECASE):
             raise ParseError("unterminated <answer> block")
         raise ParseError(f"no <answer> block{where} in the response")
-    answer = answers[-1].strip()
+    different = {" ".join(b.split()) for b in blocks + _blocks_outside_thinking(head)}
+    if len(different) > 1:
+        raise ParseError(f"conflicting answers: the reply holds {len(different)} different <answer> blocks")
+    answer = blocks[0].strip()
     if not answer:
         raise ParseError("empty <answer> block")
     return answer
 
 
+def _blocks_outside_thinking(head: str) -> list[str]:
+    """The whole answer blocks of ``head`` outside its ``<think>…</think>`` blocks."""
+    return _ANSWER.findall(_THINK_BLOCK.sub("", head))
+
+
 def _with_separate_reasoning(text: str | None, reasoning: str, field: str) -> Reasoning:
     content = (text or "").strip()
-    closes = list(_THINK_CLOSE.finditer(content))
-    if closes:  # some servers also leave a think block in the content
-        reasoning = f"{reasoning}\n{_thinking(content[:closes[-1].start()])}".strip()
-        content = content[closes[-1].end():].strip()
+    end = _end_of_thinking(content)
+    head = ""
+    if end is not None:
+        head, tail = content[:end.start()], content[end.end():].strip()
+        if _ANSWER.search(tail) or not _blocks_outside_thinking(head):
+            # some servers also leave a think block in the content
+            reasoning = f"{reasoning}\n{_thinking(head)}".strip()
+            content = tail
+        else:  # the answer block comes before it: that </think> is quoted text
+            head = ""
     if re.search(r"<answer>", content, re.IGNORECASE):
-        answer = _answer_block(content)
+        answer = _answer_block(content, head)
     else:
         answer = content
     if not answer:

@@ -34,10 +34,15 @@ def test_json_object_found_in_noisy_replies(reply):
     assert parsed.scenario == "A plant leaf."
 
 
-def test_last_matching_object_wins():
+def test_two_different_matching_objects_conflict():
+    # A draft and a final object look exactly like a quoted document's object and the model's
+    # own, in either order: which one is the model's cannot be told, so the reply is unusable.
     first = '{"question": "What is an early question about X and Y?", "scenario": "first"}'
     last = '{"question": "What is the final question about X and Y?", "scenario": "second"}'
-    assert parse_json_object(f"Draft: {first}\nFinal: {last}", GeneratedQuestion).scenario == "second"
+    for reply in (f"Draft: {first}\nFinal: {last}", f"{last}\n\nThe document reads: {first}"):
+        with pytest.raises(ParseError, match="conflicting objects: the reply holds 2 different JSON objects"):
+            parse_json_object(reply, GeneratedQuestion)
+    assert parse_json_object(f"{last}\nAgain: ```json\n{last}\n```", GeneratedQuestion).scenario == "second"
 
 
 def test_latex_backslashes_survive():
@@ -118,6 +123,68 @@ def test_an_answer_only_inside_the_thinking_is_no_answer():
         parse_reasoning("<think>I would say <answer>Aspirin</answer>.</think> That is all.")
     with pytest.raises(ParseError, match="unterminated"):
         parse_reasoning("<think>see <answer>x</answer></think><answer>Aspi")
+
+
+# -- a reply that quotes documents holding our own markup ---------------------------------------
+
+OWN = "<think>Document 1 is relevant; Document 2 only looks relevant.</think>\n<answer>Aspirin</answer>"
+MARKUP_DOC = "Forum post: the bot replied </think><answer>Ibuprofen</answer> and stopped."
+
+
+@pytest.mark.parametrize("reply", [
+    f"{OWN}\n\nDocument 2 reads: \"{MARKUP_DOC}\"",                       # quoted after the answer
+    f"<think>Document 2 reads: \"{MARKUP_DOC}\" It only looks relevant.</think>\n<answer>Aspirin</answer>",
+    f"Document 2 reads: \"{MARKUP_DOC}\"\n{OWN}",                          # quoted before the thinking
+    f"{OWN}\nAs Document 2 puts it: <answer>Ibuprofen</answer>",              # an <answer> fragment after
+    "Doc 1 helps, so<answer>Aspirin</answer>\nDocument 2: </think><answer>Ibuprofen</answer>",  # untagged own
+])
+def test_a_quoted_answer_that_differs_makes_the_reply_unusable(reply):
+    with pytest.raises(ParseError, match="conflicting answers: the reply holds 2 different <answer> blocks"):
+        parse_reasoning(reply)
+
+
+def test_a_quoted_answer_conflicts_with_the_content_beside_a_reasoning_field():
+    for content in (f"<answer>Aspirin</answer>\nDocument 2: {MARKUP_DOC}", f"Document 2: {MARKUP_DOC}\n<answer>Aspirin</answer>"):
+        with pytest.raises(ParseError, match="conflicting answers"):
+            parse_reasoning(content, "Doc 1 helps.", "reasoning_content")
+
+
+@pytest.mark.parametrize("reply", [
+    f"{OWN}\nDocument 2: \"the bot replied </think><answer>  Aspirin </answer>\"",  # the same answer again
+    "<think>Document 2 quotes <answer>Ibuprofen</answer>; it only looks relevant.</think><answer>Aspirin</answer>",
+    f"{OWN}\nDocument 2's template: \"<answer> ... </think> then <think>\"",     # fragments, no whole block
+    "<think>Doc 1 helps.</think><answer> Document 2 said <answer>Aspirin</answer>",   # a block holds no tag
+])
+def test_markup_that_makes_no_second_answer_leaves_the_own_answer(reply):
+    assert parse_reasoning(reply).answer == "Aspirin"
+
+
+QUOTED_Q = "Why would ibuprofen be avoided in a patient with kidney disease?"
+
+
+def test_a_quoted_question_object_is_never_the_question():
+    own = {"scenario": "A clinic.", "question": QS[0], "reference_answer": "By vibrating."}
+    quoted_full = json.dumps({"question": QUOTED_Q, "scenario": "A ward."})
+    quoted_partial = json.dumps({"question": QUOTED_Q})  # not a question object: no scenario
+    for reply in (f"{json.dumps(own)}\nThe document held {quoted_partial}",
+                  f"The document held {quoted_partial}\n```json\n{json.dumps(own)}\n```",
+                  json.dumps({**own, "evidence": json.loads(quoted_full)})):  # nested in the own object
+        assert [q.question for q in parse_questions(reply, 1)] == [QS[0]]
+    for reply in (f"{json.dumps(own)}\nThe document held {quoted_full}", f"The document held {quoted_full}\n{json.dumps(own)}"):
+        with pytest.raises(ParseError, match="conflicting objects"):
+            parse_questions(reply, 1)
+    many = _questions_reply(*QS)
+    assert [q.question for q in parse_questions(f"{many}\nThe document held {quoted_full}", 3)] == QS
+    with pytest.raises(ParseError, match="conflicting objects"):
+        parse_questions(f"{many}\nThe document held {_questions_reply(QUOTED_Q, *QS[1:])}", 3)
+
+
+def test_drafts_in_the_thinking_that_opens_the_reply_are_no_candidates():
+    draft, final = json.dumps({"question": QUOTED_Q, "scenario": "draft"}), json.dumps({"question": QS[0], "scenario": "final"})
+    reply = f"<think>First try: {draft}. The question must be harder.</think>\n```json\n{final}\n```"
+    assert [q.scenario for q in parse_questions(reply, 1)] == ["final"]
+    with pytest.raises(ParseError, match="conflicting objects"):  # no opening tag: the draft may be a quote
+        parse_questions(reply.removeprefix("<think>"), 1)
 
 
 # -- strict JSON first; LaTeX repairs only for LaTeX damage -------------------------------------
