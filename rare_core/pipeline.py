@@ -145,7 +145,8 @@ DOC2QUERY = StepSpec(
     name="doc2query", index=1, label="Doc2Query", task_name="doc2query", section="doc2query", operator=Doc2Query,
     keys=lambda c: {"input_key": c.columns.text, "output_question_key": c.columns.question,
                     "output_scenario_key": c.columns.scenario, "output_reference_key": c.columns.reference_answer},
-    role="question_writer", enabled=lambda c: not c.questions_given)
+    role="question_writer", enabled=lambda c: not c.questions_given,
+    cache_exclude=frozenset({"role_guard"}))  # the guard stops a step; it never changes a finished step's rows
 HARDNEG = StepSpec(
     name="hardneg", index=2, label="BM25HardNeg", task_name="bm25-hardneg", section="hardneg", operator=BM25HardNeg,
     keys=lambda c: {"input_question_key": c.columns.question, "input_text_key": c.columns.text,
@@ -158,7 +159,8 @@ DISTILL = StepSpec(
                     "input_scenario_key": c.columns.scenario, "input_hardneg_key": c.columns.hard_negatives,
                     "output_key": c.columns.reasoning, "output_answer_key": c.columns.answer,
                     "input_reference_key": _reference_key(c)},
-    role="teacher", more_roles=_judged, extra_args=_distill_args, cache_inputs=_distill_cache_inputs)
+    role="teacher", more_roles=_judged, extra_args=_distill_args, cache_inputs=_distill_cache_inputs,
+    cache_exclude=frozenset({"role_guard"}))
 
 def _filter(name: str, after: int, operator: type[Operator], section: str,
             keys: Callable[[PipelineConfig], dict[str, str]], scope: Literal["row", "corpus"] = "row") -> StepSpec:

@@ -402,20 +402,30 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
 
         pending = iter(groups.values())  # shared: each group goes to the worker that is free first
 
+        workers: list[asyncio.Task] = []
+
         async def worker() -> None:
-            for rows in pending:
-                await conversation(rows)
-                # An answer from the cache comes without a suspension: yield to the loop between
-                # rows, or a run of cached rows holds off the other workers' answers and Ctrl-C.
-                await asyncio.sleep(0)
+            try:
+                for rows in pending:
+                    await conversation(rows)
+                    # An answer from the cache comes without a suspension: yield to the loop between
+                    # rows, or a run of cached rows holds off the other workers' answers and Ctrl-C.
+                    await asyncio.sleep(0)
+            except BaseException:
+                # Stop the other workers now: the task group cancels them only from this task's
+                # done callback, after a worker woken for the slot this one freed has sent its request.
+                for task in workers:
+                    if task is not asyncio.current_task():
+                        task.cancel()
+                raise
 
         running = (asyncio.get_running_loop(), asyncio.current_task())
         with _running_lock:
             _running.add(running)
         try:
             async with asyncio.TaskGroup() as tg:
-                for _ in range(min(conversation_window(cfg.max_workers), len(groups))):
-                    tg.create_task(worker())
+                workers.extend(tg.create_task(worker())
+                               for _ in range(min(conversation_window(cfg.max_workers), len(groups))))
         except* RareError as group:  # stops the whole batch: refused key, dead endpoint, full cache...
             raise group.exceptions[0] from None
         finally:

@@ -5,7 +5,9 @@ adds the question and scenario columns (None, never "", for a failed row) and th
 columns ``rare_doc2query_{status,model,prompt_version,prompt_tokens,completion_tokens,attempts,
 simulated,raw}``. With ``num_questions > 1`` each document yields that many rows, numbered in
 ``question_index`` (a reply with fewer, or repeated, questions is re-asked). A failed row keeps
-its raw reply in ``rare_doc2query_raw`` and its reason in ``rare_error``.
+its raw reply in ``rare_doc2query_raw`` and its reason in ``rare_error``. A question writer
+whose replies keep failing to parse stops the step (``role_guard``, :class:`RoleUnusableError`
+of :mod:`rare_core.operators.llm_step`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from rare_core.operators.base import (
     INPUT_ERROR, OK, SKIPPED, active_mask, as_nullable_int, distinct_keys, failed_fields, guard_outputs,
     frame_from_rows, init_status, is_blank, mark_failed, require_columns, step_column, summarize,
 )
-from rare_core.operators.llm_step import PROVENANCE_INTS, LLMOperator, ask_and_parse, provenance
+from rare_core.operators.llm_step import (
+    PROVENANCE_INTS, LLMOperator, RoleGuardConfig, ask_and_parse, provenance,
+)
 from rare_core.parsing import parse_questions
 from rare_core.prompts import doc2query as prompt
 
@@ -42,6 +46,9 @@ class Doc2QueryConfig(BaseModel):
         "auto", description="Ask for the reply's JSON schema (response_format json_schema, strict): vLLM and SGLang "
                             "enforce it by guided decoding. auto: fall back once, for the run, when the endpoint "
                             "answers 400; on: always (a 400 fails the row); off: never.")
+    role_guard: RoleGuardConfig = Field(default_factory=RoleGuardConfig,
+                                        description="When a question writer whose replies keep failing to parse "
+                                                    "is stopped, before the rest is paid.")
 
 
 def response_format(num_questions: int) -> dict:
@@ -57,6 +64,7 @@ def response_format(num_questions: int) -> dict:
 
 class Doc2Query(LLMOperator):
     step_name = STEP
+    role = "question_writer"
     prompt_version = prompt.VERSION
     config_class = Doc2QueryConfig
     config: Doc2QueryConfig
@@ -96,7 +104,8 @@ class Doc2Query(LLMOperator):
                                prompt_version=prompt.VERSION, **fmt) for i in todo]
         outcomes, totals = ask_and_parse(
             self.llm, requests, lambda resp: parse_questions(resp.text, n), attempts, self.on_progress,
-            retry_unusable_cached=self.retry_failed)
+            retry_unusable_cached=self.retry_failed,
+            guard=self.role_guard())
 
         by_pos = dict(zip(todo, outcomes))
         status_col, raw_col = step_column(STEP, "status"), step_column(STEP, "raw")

@@ -15,15 +15,21 @@ In: one :class:`LLMRequest` per row and a parse function. Out: one :class:`Outco
   whatever a retry can fix): the row fails as ``request``, and a rerun asks again.
 * With ``retry_unusable_cached``, an unusable answer that came from the response cache (a
   rerun of rows that failed for content) is first asked again bypassing the cache.
+* A :class:`RoleGuard` watches one role's replies (usable, or arrived but unparseable): when
+  they keep failing (:class:`RoleGuardConfig`), it raises :class:`RoleUnusableError` from
+  the batch's follow-up, which cancels the batch: nothing more is sent for that role, and the
+  step raises in one line naming the role, its model and one of its replies.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, replace
 from typing import Callable, Generic, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
+from rare_core.errors import LLMError
 from rare_core.llm.client import APILLMServing_request, LLMRequest, LLMResponse, ProgressCallback, RunTotals, next_budget
 from rare_core.operators.base import CONTENT_ERROR, REQUEST_ERROR, ErrorKind, Operator, step_column
 from rare_core.parsing import ParseError
@@ -35,15 +41,74 @@ _REASK = (
     "required output format exactly and completely."
 )
 _MAX_ECHO_CHARS = 4000
+_SAMPLE_CHARS = 200  # of a reply quoted in a RoleUnusableError
+
+
+class RoleUnusableError(LLMError):
+    """A role's replies keep failing to parse (:class:`RoleGuard`): the step stops, sending no more."""
+
+
+class RoleGuardConfig(BaseModel):
+    """When a role whose replies keep failing to parse is stopped (:class:`RoleGuard`). Counted
+    per step run and role: every reply that arrived, re-asks included; a request that failed
+    at the HTTP level or a reply cut at its token budget counts neither way."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    first: int = Field(20, ge=0, description="Stop the role when its first this many replies are all unusable "
+                                             "(0: off).")
+    window: int = Field(50, ge=0, description="Stop the role when, among its last this many replies, the share "
+                                              "max_unusable_share could not be used (0: off).")
+    max_unusable_share: float = Field(0.8, gt=0, le=1, description="See window.")
+
+
+class RoleGuard:
+    """Counts one role's replies, usable or not; :meth:`record` raises :class:`RoleUnusableError`
+    once the first ``first`` replies were all unusable, or ``max_unusable_share`` of the last
+    ``window``, and again on every later call. ``setting``: where the thresholds are set (named
+    in the error)."""
+
+    def __init__(self, role: str, config: RoleGuardConfig | None = None, setting: str = "role_guard") -> None:
+        self.role, self.config, self.setting = role, config or RoleGuardConfig(), setting
+        self.replies = 0
+        self.usable = 0
+        self._recent: deque[bool] = deque(maxlen=self.config.window)  # True: unusable
+        self.tripped: RoleUnusableError | None = None
+
+    def record(self, usable: bool, model: str | None, reply: str | None, reason: str | None = None) -> None:
+        """One reply of the role; raises :class:`RoleUnusableError` when the role is to stop."""
+        if self.tripped is not None:
+            raise self.tripped
+        self.replies += 1
+        self.usable += usable
+        self._recent.append(not usable)
+        cfg = self.config
+        if cfg.first and self.replies == cfg.first and not self.usable:
+            what = f"its first {cfg.first} replies could not be used"
+        elif (cfg.window and len(self._recent) == cfg.window
+              and (unusable := sum(self._recent)) / cfg.window >= cfg.max_unusable_share):
+            what = f"{unusable} of its last {cfg.window} replies could not be used"
+        else:
+            return
+        sample = " ".join((reply or "").split())
+        sample = sample if len(sample) <= _SAMPLE_CHARS else sample[:_SAMPLE_CHARS] + "..."
+        why = " ".join((reason or "").split())[:_SAMPLE_CHARS]
+        self.tripped = RoleUnusableError(
+            f"the {self.role} role (model {model}) is stopped: {what} (last: {why}); nothing more is sent "
+            f"for it (thresholds: {self.setting}). A reply: {sample!r}")
+        raise self.tripped
 
 
 class LLMOperator(Operator):
     """Base of the operators that call an LLM: the client, the step's settings and a progress
     callback ``on_progress(done, total)``. Settings come as ``config=`` or as keywords.
-    ``retry_failed``: ask again rows whose cached answers could not be used (see module doc)."""
+    ``retry_failed``: ask again rows whose cached answers could not be used (see module doc).
+    ``role``: the LLM role the step calls (:class:`rare_core.config.LLMRoles`); its settings
+    hold ``role_guard`` (:class:`RoleGuardConfig`)."""
 
     config_class: type[BaseModel]
     prompt_version: str
+    role: str
 
     def __init__(self, llm_serving: APILLMServing_request, config: BaseModel | None = None,
                  on_progress: ProgressCallback | None = None, retry_failed: bool = False, **settings) -> None:
@@ -52,6 +117,10 @@ class LLMOperator(Operator):
         self.config = config or self.config_class(**settings)
         self.on_progress = on_progress
         self.retry_failed = retry_failed
+
+    def role_guard(self, role: str | None = None) -> RoleGuard:
+        """A fresh :class:`RoleGuard` for ``role`` (default: the step's own) on this step's thresholds."""
+        return RoleGuard(role or self.role, self.config.role_guard, f"{self.step_name}.role_guard")
 
 
 @dataclass
@@ -75,10 +144,12 @@ def ask_and_parse(
     max_attempts: int = 3,
     on_progress: ProgressCallback | None = None,
     retry_unusable_cached: bool = False,
+    guard: RoleGuard | None = None,
 ) -> tuple[list[Outcome[T]], RunTotals]:
     """One :class:`Outcome` per request, and the totals; ``parse(response)`` raises ParseError
     for an unusable answer. Re-asks are pipelined: a row is asked again the moment its
-    unusable answer arrives (:meth:`APILLMServing_request.converse`), not after the batch."""
+    unusable answer arrives (:meth:`APILLMServing_request.converse`), not after the batch.
+    ``guard`` sees every reply; when it raises :class:`RoleUnusableError`, so does this."""
     if max_attempts < 1:
         raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
     outcomes: list[Outcome[T]] = [Outcome() for _ in requests]
@@ -96,6 +167,8 @@ def ask_and_parse(
         out.simulated = out.simulated or resp.simulated
         out.raw = resp.text
         out.error, out.kind = _judge(resp, parse, out)
+        if guard is not None and resp.ok and resp.finish_reason != "length":
+            guard.record(out.error is None, out.model, resp.text, out.error)
         if out.error is None or out.kind == REQUEST_ERROR or out.attempts >= max_attempts:
             return None
         if resp.finish_reason == "length":

@@ -13,6 +13,13 @@ input_hardneg_key="hard_negatives", output_key="reasoning", output_answer_key="a
   ``reasoning``: a message field of its own, as reasoning models behind vLLM's reasoning parser,
   DeepSeek, Ollama or OpenRouter return it; ``inline`` ``<think>``; ``swallowed``: inline without
   the opening tag; ``untagged``).
+
+With verification (``verify``), a row whose answer the judge gave no verdict on (its reply
+unparseable after the re-ask, or its request failed) is the judge's failure, not a wrong
+answer: the teacher is not asked again for it; the row fails as ``judge: ...`` and keeps the
+teacher's reasoning and answer (and the judge's reply in ``rare_verify_raw``). A teacher or a
+judge whose replies keep failing to parse stops the step (``role_guard``,
+:class:`RoleUnusableError` of :mod:`rare_core.operators.llm_step`).
 """
 
 from __future__ import annotations
@@ -31,14 +38,17 @@ from rare_core.operators.base import (
     as_nullable_int, distinct_keys, failed_fields, failure_counts, guard_outputs,
     frame_from_rows, init_status, is_blank, mark_failed, require_columns, step_column, summarize,
 )
-from rare_core.operators.llm_step import PROVENANCE_INTS, LLMOperator, Outcome, ask_and_parse, provenance
+from rare_core.operators.llm_step import (
+    PROVENANCE_INTS, LLMOperator, Outcome, RoleGuard, RoleGuardConfig, ask_and_parse, provenance,
+)
 from rare_core.parsing import Reasoning, parse_reasoning
 from rare_core.prompts import reason_distill as prompt
 from rare_core.verify import PROMPT_VERSION as JUDGE_VERSION
 from rare_core.verify import Verdict, VerifyConfig, exact_verdict, judge_messages, needs_judge, parse_judgement
 
 STEP = "distill"
-VERIFY = "verify"  # the bookkeeping of the check: rare_verify_{status,verdict,method,reason,samples}
+VERIFY = "verify"  # the bookkeeping of the check: rare_verify_{status,verdict,method,reason,samples,raw}
+JUDGE = "judge"  # the role that checks open answers; its failures are reported under its name
 SAMPLE_INDEX = "sample_index"
 DOCUMENT_ORDER = "document_order"
 POSITIVE_DOC_NUMBER = "positive_doc_number"
@@ -55,6 +65,9 @@ class ReasonDistillConfig(BaseModel):
                                                          "(sample_index) when more than one.")
     require_positive_citation: bool = Field(
         False, description="Fail rows whose reasoning cites a negative's [Document i] but never the positive's.")
+    role_guard: RoleGuardConfig = Field(default_factory=RoleGuardConfig,
+                                        description="When a teacher or judge whose replies keep failing to parse "
+                                                    "is stopped, before the rest is paid (each role counted apart).")
 
 
 _CITED = re.compile(r"\bDocument\s+(\d+)\b", re.IGNORECASE)
@@ -89,6 +102,7 @@ class ReasonDistill(LLMOperator):
     pipeline passes its ``verify`` section)."""
 
     step_name = STEP
+    role = "teacher"
     prompt_version = prompt.VERSION
     config_class = ReasonDistillConfig
     config: ReasonDistillConfig
@@ -144,7 +158,8 @@ class ReasonDistill(LLMOperator):
                 prompt_version=prompt.VERSION))
         references = {pos: df.at[pos, input_reference_key] for pos in todo} if checking else {}
         questions = {pos: df.at[pos, input_question_key] for pos in todo}
-        runs, totals, judged = self._sample(todo, requests, references, questions, max_attempts)
+        guards = {role: self.role_guard(role) for role in (self.role, JUDGE)}
+        runs, totals, judged = self._sample(todo, requests, references, questions, max_attempts, guards)
 
         status_col, raw_col = step_column(STEP, "status"), step_column(STEP, "raw")
         empty = {output_key: None, output_answer_key: None, DOCUMENT_ORDER: None, POSITIVE_DOC_NUMBER: None}
@@ -160,8 +175,13 @@ class ReasonDistill(LLMOperator):
             shown = {DOCUMENT_ORDER: order, POSITIVE_DOC_NUMBER: order.index(0) + 1}
             prov = {**provenance(STEP, run.total, prompt.VERSION), **run.verify_columns(checking, self.verify.method)}
             if not run.kept:
-                failure = run.failure(checking, self.verify.max_samples)
-                out_rows.append({**base, **prov, **empty, **shown, **failure, raw_col: run.last.raw})
+                row = {**base, **prov, **empty, **shown, **run.failure(checking, self.verify.max_samples),
+                       raw_col: run.last.raw}
+                if run.unjudged is not None:  # the teacher's answer stays with the row the judge failed
+                    row.update({output_key: run.unjudged.reasoning, output_answer_key: run.unjudged.answer,
+                                raw_col: None, step_column(STEP, "reasoning_form"): run.unjudged.form,
+                                step_column(VERIFY, "raw"): run.judge_failure.raw})
+                out_rows.append(row)
                 continue
             for k, (sample, parsed) in enumerate(run.kept):
                 cites = citation(parsed.reasoning, shown[POSITIVE_DOC_NUMBER])
@@ -184,7 +204,9 @@ class ReasonDistill(LLMOperator):
                  "cites_no_document": int((citations == "none").sum())}
         if checking:
             extra.update(verify_accepted=sum(1 for r in runs.values() if r.kept),
-                         verify_rejected=sum(1 for r in runs.values() if not r.kept and r.rejected),
+                         verify_rejected=sum(1 for r in runs.values()
+                                             if not r.kept and r.rejected and r.judge_failure is None),
+                         verify_no_verdict=sum(1 for r in runs.values() if not r.kept and r.judge_failure is not None),
                          samples_drawn=sum(r.samples for r in runs.values()))
         self.last_summary = summarize(STEP, df, out, active, started, totals.simulated, extra)
         verify_status = step_column(VERIFY, "status")
@@ -195,10 +217,11 @@ class ReasonDistill(LLMOperator):
         return out
 
     def _sample(self, todo: list[int], requests: list[LLMRequest], references: dict, questions: dict,
-                max_attempts: int | None) -> tuple[dict[int, "_Run"], RunTotals, dict]:
+                max_attempts: int | None, guards: dict[str, RoleGuard]) -> tuple[dict[int, "_Run"], RunTotals, dict]:
         """Rounds of samples: every row not yet done draws one more (its own seed and cache key,
         at ``resample_temperature`` after the first) until it has ``num_samples`` accepted or
-        ``max_samples`` drawn. Round k is one pipelined batch; its checks, one judge batch."""
+        ``max_samples`` drawn, or the judge gave no verdict on its answer. Round k is one
+        pipelined batch; its checks, one judge batch. ``guards``: per role (teacher, judge)."""
         runs = {pos: _Run() for pos in todo}
         totals, judge_totals = RunTotals(), RunTotals()
         wanted = self.config.num_samples
@@ -211,16 +234,18 @@ class ReasonDistill(LLMOperator):
                 update={"sample_index": k, "temperature": self.verify.resample_temperature}) for i in pending]
             outcomes, batch_totals = ask_and_parse(
                 self.llm, round_requests, _parse, max_attempts or self.config.max_attempts,
-                self.on_progress if k == 0 else None, retry_unusable_cached=self.retry_failed)
+                self.on_progress if k == 0 else None, retry_unusable_cached=self.retry_failed,
+                guard=guards[self.role])
             totals = totals.add(batch_totals)
-            verdicts, judged = self._check([todo[i] for i in pending], outcomes, references, questions)
+            verdicts, unjudged, judged = self._check([todo[i] for i in pending], outcomes, references, questions,
+                                                     guards[JUDGE])
             judge_totals = judge_totals.add(judged)
             still = []
-            for i, outcome, verdict in zip(pending, outcomes, verdicts):
+            for i, outcome, verdict, judge_failure in zip(pending, outcomes, verdicts, unjudged):
                 run = runs[todo[i]]
-                run.add(k, outcome, verdict)
-                if outcome.kind == REQUEST_ERROR:
-                    continue  # the endpoint did not answer: the next run asks again
+                run.add(k, outcome, verdict, judge_failure)
+                if outcome.kind == REQUEST_ERROR or judge_failure is not None:
+                    continue  # the endpoint or the judge did not answer: another sample would not help
                 if len(run.kept) < wanted:
                     still.append(i)
             pending = still
@@ -229,12 +254,16 @@ class ReasonDistill(LLMOperator):
             "judge_completion_tokens": judge_totals.completion_tokens}
         return runs, totals.model_copy(update={"simulated": totals.simulated or judge_totals.simulated}), extra
 
-    def _check(self, rows: list[int], outcomes: list[Outcome], references: dict,
-               questions: dict) -> tuple[list[Verdict | None], RunTotals]:
-        """A verdict per parsed answer (None: unparsed, or no check); judge calls in one batch."""
+    def _check(self, rows: list[int], outcomes: list[Outcome], references: dict, questions: dict,
+               guard: RoleGuard) -> tuple[list[Verdict | None], list[Outcome | None], RunTotals]:
+        """A verdict per parsed answer (None: unparsed, no check, or no verdict), the judge's
+        outcome where it gave no verdict (its reply unusable, or its request failed), and the
+        judge's totals; judge calls in one batch."""
         verdicts: list[Verdict | None] = [None] * len(rows)
+        unjudged: list[Outcome | None] = [None] * len(rows)
         if not references:
-            return [Verdict(accepted=True, method="none") if o.parsed else None for o in outcomes], RunTotals()
+            return ([Verdict(accepted=True, method="none") if o.parsed else None for o in outcomes], unjudged,
+                    RunTotals())
         to_judge = []
         for j, (pos, outcome) in enumerate(zip(rows, outcomes)):
             if outcome.parsed is None:
@@ -244,20 +273,24 @@ class ReasonDistill(LLMOperator):
             else:
                 verdicts[j] = exact_verdict(outcome.parsed.answer, references[pos])
         if not to_judge:
-            return verdicts, RunTotals()
+            return verdicts, unjudged, RunTotals()
         judge_requests = [LLMRequest(messages=judge_messages(
             str(questions[rows[j]]), str(references[rows[j]]), outcomes[j].parsed.answer), prompt_version=JUDGE_VERSION)
             for j in to_judge]
-        judged, totals = ask_and_parse(self.judge, judge_requests, lambda r: parse_judgement(r.text), 2)
+        judged, totals = ask_and_parse(self.judge, judge_requests, lambda r: parse_judgement(r.text), 2,
+                                       retry_unusable_cached=self.retry_failed, guard=guard)
         for j, outcome in zip(to_judge, judged):
-            verdicts[j] = outcome.parsed if outcome.parsed is not None else Verdict(
-                accepted=False, method="judge", reason=f"no verdict: {outcome.error}")
-        return verdicts, totals
+            if outcome.parsed is not None:
+                verdicts[j] = outcome.parsed
+            else:
+                unjudged[j] = outcome
+        return verdicts, unjudged, totals
 
 
 @dataclass
 class _Run:
-    """The samples of one row: the accepted ones, the last outcome, and the totals."""
+    """The samples of one row: the accepted ones, the last outcome, and the totals; where the
+    judge gave no verdict (which ends the row's sampling), its outcome and the answer it was shown."""
 
     kept: list = field(default_factory=list)  # (sample index, Reasoning)
     samples: int = 0
@@ -266,8 +299,10 @@ class _Run:
     last: Outcome | None = None
     last_verdict: Verdict | None = None
     total: Outcome = field(default_factory=Outcome)
+    judge_failure: Outcome | None = None
+    unjudged: Reasoning | None = None
 
-    def add(self, k: int, outcome: Outcome, verdict: Verdict | None) -> None:
+    def add(self, k: int, outcome: Outcome, verdict: Verdict | None, judge_failure: Outcome | None = None) -> None:
         self.samples += 1
         self.truncations += outcome.truncations
         self.last, self.last_verdict = outcome, verdict
@@ -276,7 +311,9 @@ class _Run:
         t.prompt_tokens += outcome.prompt_tokens
         t.completion_tokens += outcome.completion_tokens
         t.model, t.simulated = outcome.model or t.model, t.simulated or outcome.simulated
-        if outcome.parsed is not None and verdict is not None and verdict.accepted:
+        if judge_failure is not None:
+            self.judge_failure, self.unjudged = judge_failure, outcome.parsed
+        elif outcome.parsed is not None and verdict is not None and verdict.accepted:
             self.kept.append((k, outcome.parsed))
         elif outcome.parsed is not None:
             self.rejected += 1
@@ -285,13 +322,21 @@ class _Run:
         if not checking:
             return {}
         verdict = self.last_verdict
-        return {step_column(VERIFY, "method"): verdict.method if verdict else method,
-                step_column(VERIFY, "verdict"): "accepted" if self.kept else "rejected",
-                step_column(VERIFY, "reason"): verdict.reason if verdict else None,
-                step_column(VERIFY, "samples"): self.samples,
-                step_column(VERIFY, "status"): OK if self.kept else FAILED}
+        columns = {step_column(VERIFY, "method"): verdict.method if verdict else method,
+                   step_column(VERIFY, "verdict"): "accepted" if self.kept else "rejected",
+                   step_column(VERIFY, "reason"): verdict.reason if verdict else None,
+                   step_column(VERIFY, "samples"): self.samples,
+                   step_column(VERIFY, "status"): OK if self.kept else FAILED}
+        if self.judge_failure is not None and not self.kept:  # no verdict: neither accepted nor rejected
+            columns.update({step_column(VERIFY, "method"): JUDGE, step_column(VERIFY, "verdict"): None,
+                            step_column(VERIFY, "reason"): self.judge_failure.error})
+        return columns
 
     def failure(self, checking: bool, max_samples: int) -> dict:
+        judge = self.judge_failure
+        if judge is not None:  # the judge's failure, not the teacher's: reported under the judge's name
+            reason = judge.error if judge.kind == REQUEST_ERROR else f"no verdict in the judge's reply: {judge.error}"
+            return {**failed_fields(STEP, reason, judge.kind or CONTENT_ERROR), ERROR: f"{JUDGE}: {reason}"}
         last = self.last
         if last.kind == REQUEST_ERROR or not checking or self.rejected == 0:
             return failed_fields(STEP, last.error or "no usable answer", last.kind or CONTENT_ERROR)
