@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 RARE = ROOT / ".venv" / "bin" / "rare"
 SAMPLE_SECONDS = 0.25
-STEP_ENTRY = re.compile(r"^.*_(?P<step>step\d+)(\.shards|\.[a-z]+(\.meta\.json)?)$")  # a step's file or shard folder
+STEP_ENTRY = re.compile(r"^.*_(?P<step>step\d+)(\.shards|(-[0-9a-f]{16})?\.[a-z]+(\.meta\.json)?)$")  # step file or shard folder
 MIB = 1024 * 1024
 ROOT_LABEL = "rare (Python + JVM)"
 LOG_LABELS = (ROOT_LABEL, "simulator", "prefect server", "dask")  # the columns of rss.csv beside the total
@@ -355,7 +355,7 @@ def add_summary(result: RunResult, summary: dict[str, Any]) -> None:
 
 def file_phases(folder: Path, started: float, ended: float) -> dict[str, float]:
     """Where the wall time went, from the files' modification times. Each step's output is a
-    file ``{prefix}_step{N}.{ext}`` or, in a sharded run, a folder ``{prefix}_step{N}.shards/``;
+    file ``{prefix}_step{N}-{key}.{ext}`` or, in a sharded run, a folder ``{prefix}_step{N}.shards/``;
     a step ends when its last file is written. Phases: ``startup + load`` (process start to the
     end of step 0, the input's copy: imports, Prefect server, reading and splitting the input),
     each step from the end of the one before it to its own end (named by its ``.meta.json``

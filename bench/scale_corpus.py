@@ -300,7 +300,7 @@ def main() -> None:
     from rare_core.inputs import count_documents, iter_documents
     from rare_core.operators.bm25_hardneg import BM25HardNeg, BM25HardNegConfig
     from rare_core.shards import shard_bounds, shard_count
-    from tasks.artifacts import step_path
+    from tasks.artifacts import input_key, input_paths
     from tasks.io import CorpusWriter, _write_shards
 
     scratch = args.scratch.resolve()
@@ -319,8 +319,9 @@ def main() -> None:
     count = shard_count(total, config.shards, config.dask.workers)
     bounds = shard_bounds(total, count)
     with phase(sampler, "load (stream -> shards + corpus)", shards=count) as row:
-        corpus_writer = CorpusWriter(config)
-        shards = _write_shards(config, step_path(config, 0), bounds, iter_documents(config), corpus_writer)
+        key = input_key(config, count)
+        corpus_writer = CorpusWriter(config, key)
+        shards = _write_shards(config, input_paths(config, key, count), bounds, iter_documents(config), corpus_writer)
         corpus = corpus_writer.close(shards)
         row["rows"] = sum(s.rows for s in shards)
     row["corpus_mib"] = file_mib(Path(corpus.path))

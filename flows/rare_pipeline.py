@@ -23,7 +23,7 @@ from rare_core.config import PipelineConfig
 from rare_core.errors import RareError
 from rare_core.report import Report
 from rare_core.pipeline import STEPS
-from tasks.artifacts import resolve_paths
+from tasks.artifacts import StepLocks, resolve_paths
 from tasks.io import ExportResult, export_dataset, export_training_formats, load_input, publish_report
 from tasks.llm import llm_endpoints
 from tasks.progress import ShardProgress
@@ -63,7 +63,9 @@ def rare_pipeline(config: PipelineConfig) -> PipelineResult:
     source = load_input(config)
     artifacts, records = source.shards, []
     steps = [spec for spec in STEPS if spec.enabled(config)]
-    with llm_endpoints(config, logger) as llm:
+    # The run's cache keys stay locked until it ends: no other run on the cache folder replaces
+    # a step file this run still reads (tasks.artifacts.StepLocks).
+    with StepLocks(config.cache_path) as locks, llm_endpoints(config, logger) as llm:
         # A sharded run has a corpus file: the steps that search it get their index now, built
         # while the steps before them run. Each index future is handed to its step (popped):
         # once the step is done nothing may hold it (tasks/placement.py restarts the searchers).
@@ -72,15 +74,15 @@ def rare_pipeline(config: PipelineConfig) -> PipelineResult:
         indexes = {spec.name: prepare_index(spec, searching[spec.name]) for spec in steps if spec.name in searching}
         for spec in steps:
             if len(artifacts) == 1:
-                outcome = run_step(spec, artifacts[0], config, llm)
+                outcome = run_step(spec, artifacts[0], config, llm, locks=locks)
             else:
                 outcome = run_shards(spec, artifacts, searching.get(spec.name, config), llm,
                                      wait_for=[indexes.pop(spec.name)] if spec.name in indexes else None,
-                                     on_shard=ShardProgress(spec.name, spec.label))
+                                     on_shard=ShardProgress(spec.name, spec.label), locks=locks)
             artifacts = outcome.artifacts
             records.append(outcome.record)
-    exported = export_dataset(artifacts, config)
-    report = publish_report(records, config, source, artifacts, exported, llm.simulated_roles)
+        exported = export_dataset(artifacts, config)
+        report = publish_report(records, config, source, artifacts, exported, llm.simulated_roles)
     if config.export and exported.dataset.rows:
         export_training_formats(exported.dataset, config, report)
     if exported.dataset.rows == 0:

@@ -1,4 +1,4 @@
-"""Step artifacts and the one cache policy of the pipeline.
+"""Step artifacts, the one cache policy of the pipeline, and the locks of runs sharing a cache folder.
 
 * :class:`ArtifactRef` - what tasks pass to each other instead of DataFrames: a file's path,
   the sha256 of its bytes and its row count. ``ArtifactRef.write(df, path)`` writes a frame
@@ -9,23 +9,36 @@
 * :func:`cache_key` / :class:`StepCachePolicy` - a step's cache key: the input artifact's
   content hash (every shard's, in order, for a step over all shards) +
   :meth:`rare_core.pipeline.StepSpec.cache_settings` (settings, columns, and for LLM steps the
-  prompt version, model, generation parameters and endpoint scope) + its output file(s), so
-  each shard of a step has a key of its own. Never a modification time, never the API key (the config only holds the NAME of the
-  key's environment variable, and that name is not part of the key either).
+  prompt version, model, generation parameters and endpoint scope) + its file(s) in the layout,
+  so each shard of a step has a key of its own. Never a modification time, never the API key
+  (the config only holds the NAME of the key's environment variable, and that name is not part
+  of the key either). :func:`input_key`: the same for step 0, from the input file's content hash
+  and the settings that shape the loaded rows.
+* :func:`keyed` - where a flow run writes a file of the layout: its name with the first 16 hex
+  digits of its cache key before the extension (``dataflow_cache_step_step1-3fa9c1d2e4b5a6f7.jsonl``,
+  ``..._step1.shards/00003-of-00010-<key>.jsonl``), so that runs with other inputs or settings
+  on the same cache folder never write each other's files (:func:`output_paths`). The operator
+  API (``FileStorage``) keeps the plain layout.
 * :func:`recompute_reason` - why a cached result must not be served: the step file is gone or
   not the one it describes, rows of it failed at the HTTP level (a rerun retries them), rows
   failed for their content and ``retry_failed`` is set, or ``llm.cache_mode`` is ``refresh``.
   The caller then reruns the step with ``refresh_cache``; the response cache makes the rows
   already answered free.
+* :class:`StepLocks` / :func:`claim` - runs that reach the same cache key at once: one computes
+  it, the others wait and are then served its file; a run never replaces a file that another
+  running run still reads.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 from prefect.cache_policies import CachePolicy
@@ -34,11 +47,11 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from rare_core.config import PipelineConfig
 from rare_core.errors import RareError
-from rare_core.hashing import file_sha256
+from rare_core.hashing import file_sha256, file_sha256_memo
 from rare_core.operators.base import CONTENT_ERROR, ERROR_KIND, FAILED, REQUEST_ERROR, StepSummary, step_column
-from rare_core.pipeline import STEP_BY_NAME, StepSpec
+from rare_core.pipeline import INPUT_STEP_INDEX, STEP_BY_NAME, StepSpec
 from rare_core.shards import Shard, shard_file
-from rare_core.storage import FileStorage, read_frame, write_frame, write_text_atomic
+from rare_core.storage import FileStorage, format_of, read_frame, write_frame, write_text_atomic
 
 RESULTS_DIRNAME = "prefect_results"
 RESPONSE_CACHE_NAME = "llm_responses.sqlite"
@@ -130,15 +143,30 @@ def spec_path(config: PipelineConfig, spec: StepSpec, shard: Shard | None = None
     return shard_file(path, shard) if shard else path
 
 
+KEY_DIGITS = 16  # hex digits of a cache key in a file's name: 64 bits, no two keys of one folder alike
+
+
+def keyed(path: Path, key: str) -> Path:
+    """``path`` with the first :data:`KEY_DIGITS` hex digits of ``key`` before its extension:
+    the file a flow run writes for that key (``..._step1.jsonl`` -> ``..._step1-3fa9c1d2e4b5a6f7.jsonl``)."""
+    return path.with_name(f"{path.stem}-{key.rsplit('-', 1)[-1][:KEY_DIGITS]}{path.suffix}")
+
+
 # What a step reads: one file, or (a corpus-scoped step of a sharded run) every shard's file, in order.
 Source = ArtifactRef | list[ArtifactRef]
 
 
-def output_paths(spec: StepSpec, source: Source, config: PipelineConfig, shard: Shard | None = None) -> list[Path]:
-    """The files a step writes for ``source``: one per input shard of a list, else one."""
+def _layout_paths(spec: StepSpec, source: Source, config: PipelineConfig, shard: Shard | None = None) -> list[Path]:
     if isinstance(source, list):
         return [spec_path(config, spec, Shard(index=i, count=len(source))) for i in range(len(source))]
     return [spec_path(config, spec, shard)]
+
+
+def output_paths(spec: StepSpec, source: Source, config: PipelineConfig, shard: Shard | None = None) -> list[Path]:
+    """The files a step writes for ``source``: one per input shard of a list, else one; each
+    its file of the layout named by the step's cache key (:func:`keyed`)."""
+    key = cache_key(spec, source, config, shard)
+    return [keyed(path, key) for path in _layout_paths(spec, source, config, shard)]
 
 
 def _source_sha(source: Source) -> str:
@@ -163,20 +191,45 @@ def results_dir(config: PipelineConfig) -> Path:
 
 def step_settings(spec: StepSpec, config: PipelineConfig, outputs: list[Path]) -> dict[str, Any]:
     """Everything the output of ``spec`` depends on besides its input artifact: its
-    :meth:`~rare_core.pipeline.StepSpec.cache_settings` and its output file. Endpoint
+    :meth:`~rare_core.pipeline.StepSpec.cache_settings` and its file(s) in the layout. Endpoint
     credentials, concurrency, rate limits and timeouts are left out, and so are the BM25 index
     folder and thread count: they change how results are computed, not what they are."""
     output = [str(p) for p in outputs]
     return {**spec.cache_settings(config), "output": output[0] if len(output) == 1 else output}
 
 
+def _digest(blob: dict[str, Any]) -> str:
+    text = json.dumps(blob, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def cache_key(spec: StepSpec, source: Source, config: PipelineConfig, shard: Shard | None = None) -> str:
-    """``{step}-{sha256}`` of the input's content hash(es) and :func:`step_settings` (its output
-    file: the shard's file for a shard)."""
-    blob = json.dumps({"input_sha256": _source_sha(source),
-                       **step_settings(spec, config, output_paths(spec, source, config, shard))},
-                      sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return f"{spec.name}-{hashlib.sha256(blob.encode('utf-8')).hexdigest()}"
+    """``{step}-{sha256}`` of the input's content hash(es) and :func:`step_settings` (its file
+    in the layout: the shard's file for a shard)."""
+    layout = _layout_paths(spec, source, config, shard)
+    return f"{spec.name}-{_digest({'input_sha256': _source_sha(source), **step_settings(spec, config, layout)})}"
+
+
+INPUT_KEY = "input"
+
+
+def input_key(config: PipelineConfig, shards: int) -> str:
+    """``input-{sha256}``: the cache key of step 0 as ``shards`` files, from the input file's
+    content hash and format and what shapes the rows loaded from it (``limit``, the column
+    names, which columns are required, the title column of a sharded run's corpus file)."""
+    blob = {"input_sha256": file_sha256_memo(config.input_path), "format": format_of(config.input_path),
+            "limit": config.limit, "shards": shards, "columns": config.columns.model_dump(mode="json"),
+            "questions_given": config.questions_given, "verify": config.verify.method,
+            "title_key": config.hardneg.title_key, "output": str(step_path(config, INPUT_STEP_INDEX))}
+    return f"{INPUT_KEY}-{_digest(blob)}"
+
+
+def input_paths(config: PipelineConfig, key: str, shards: int) -> list[Path]:
+    """Where step 0 is written for ``key`` (:func:`input_key`): one file, or one per shard."""
+    base = step_path(config, INPUT_STEP_INDEX)
+    if shards == 1:
+        return [keyed(base, key)]
+    return [keyed(shard_file(base, Shard(index=i, count=shards)), key) for i in range(shards)]
 
 
 @dataclass
@@ -223,10 +276,10 @@ def write_step_artifact(spec: StepSpec, key: str, df: pd.DataFrame, path: Path) 
 def recompute_reason(spec: StepSpec, source: Source, config: PipelineConfig, shard: Shard | None = None) -> str | None:
     """Why this step must run even if Prefect holds a cached result for it; None: serve the cache.
 
-    Prefect's cache record of a step holds an :class:`ArtifactRef`, not the data, and every
-    setting of a step writes the same file of the layout. So before a step runs we check the
-    file against its sidecar: the file must exist, have the bytes recorded, and have been
-    written for this very cache key. And a result is not final while rows of it failed for a
+    Prefect's cache record of a step holds an :class:`ArtifactRef`, not the data, and the file
+    is named by the key, not by its content. So before a step runs we check the file against
+    its sidecar: the file must exist, have the bytes recorded, and have been written for this
+    very cache key. And a result is not final while rows of it failed for a
     reason a rerun may remove: at the HTTP level (always retried), or for their content when
     ``retry_failed`` is set; ``llm.cache_mode=refresh`` asks every row again.
     """
@@ -255,3 +308,107 @@ def _file_reason(path: Path, key: str, config: PipelineConfig) -> str | None:
     if config.retry_failed and meta.failed_by_kind.get(CONTENT_ERROR):
         return f"retry_failed: asking again the {meta.failed_by_kind[CONTENT_ERROR]} row(s) whose answers were unusable"
     return None
+
+
+LOCKS_NAME = "step_files.lock"  # {cache_path}/step_files.lock: the byte ranges of StepLocks
+
+
+def _offset(key: str) -> int:
+    """The byte of :data:`LOCKS_NAME` that stands for ``key`` (56 bits of its hash: never two keys of one folder)."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:7], "big")
+
+
+_LOCK_FILES: dict[Path, int] = {}
+
+
+def _lock_file(path: Path) -> int:
+    """One descriptor per lock file for the whole process: a POSIX lock belongs to the process,
+    and closing any descriptor of its file would drop every lock the process holds on it."""
+    if path not in _LOCK_FILES:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _LOCK_FILES[path] = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    return _LOCK_FILES[path]
+
+
+class StepLocks:
+    """The cache keys one flow run uses, locked against the other runs on its cache folder until
+    the run ends (:meth:`release`, or the end of a ``with`` block).
+
+    A key held exclusively is one this run is computing: a run that reaches it waits, then is
+    served the file. A key held shared is one whose file this run reads: other runs read it
+    too, but none replaces it (a run that must recompute it, say to retry failed rows, waits).
+    Locks are POSIX byte-range locks, one byte of ``{cache_path}/step_files.lock`` per key, so
+    the OS drops them when the process dies (kill -9), and they belong to the process: one run
+    at a time per process. Each :meth:`hold` takes its keys in one order, the same for every
+    run, and a run holds only keys of the steps it finished besides those of its current step,
+    so no two runs ever wait for each other (no deadlock).
+    """
+
+    def __init__(self, cache_path: str | Path) -> None:
+        self.path = Path(cache_path).resolve() / LOCKS_NAME
+        self._held: dict[str, bool] = {}  # key -> held exclusively
+
+    def hold(self, modes: dict[str, bool], on_wait: Callable[[str, bool], None] | None = None) -> None:
+        """Lock each key of ``modes`` (True: exclusively), releasing first those this run holds
+        already; ``on_wait(key, exclusive)`` is called before waiting for another run."""
+        fd = _lock_file(self.path)
+        for key in modes:
+            if self._held.pop(key, None) is not None:
+                fcntl.lockf(fd, fcntl.LOCK_UN, 1, _offset(key))
+        for key in sorted(modes, key=_offset):
+            kind = fcntl.LOCK_EX if modes[key] else fcntl.LOCK_SH
+            try:
+                fcntl.lockf(fd, kind | fcntl.LOCK_NB, 1, _offset(key))
+            except OSError as exc:
+                if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                    raise
+                if on_wait is not None:
+                    on_wait(key, modes[key])
+                fcntl.lockf(fd, kind, 1, _offset(key))
+            self._held[key] = modes[key]
+
+    def share(self, keys: list[str]) -> None:
+        """Let other runs read ``keys`` too: an exclusive lock becomes shared (at once, never waiting)."""
+        fd = _lock_file(self.path)
+        for key in keys:
+            if self._held.get(key):
+                fcntl.lockf(fd, fcntl.LOCK_SH, 1, _offset(key))
+                self._held[key] = False
+
+    def release(self) -> None:
+        """Release every key (the run is over)."""
+        if self._held:
+            fd = _lock_file(self.path)
+            for key in self._held:
+                fcntl.lockf(fd, fcntl.LOCK_UN, 1, _offset(key))
+            self._held.clear()
+
+    def __enter__(self) -> "StepLocks":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _has_record(config: PipelineConfig, key: str) -> bool:
+    """Whether Prefect holds a cache record for ``key`` (one file per key under :func:`results_dir`)."""
+    return (results_dir(config) / key).is_file()
+
+
+def claim(locks: StepLocks, spec: StepSpec, work: list[tuple[Source, Shard | None]], config: PipelineConfig,
+          on_wait: Callable[[str, bool], None] | None = None) -> list[str | None]:
+    """Lock the cache keys of a step's ``work`` (each input with its shard, None for a step run
+    once) in ``locks`` -> each one's :func:`recompute_reason`, read under the lock.
+
+    A key this run will compute (a reason, or no Prefect record to serve) is held exclusively,
+    the others shared; when the files changed while this run waited (another run computed or
+    removed them), the keys are taken again as they now need.
+    """
+    keys = [cache_key(spec, source, config, shard) for source, shard in work]
+    reasons = [recompute_reason(spec, source, config, shard) for source, shard in work]
+    while True:
+        modes = {key: reason is not None or not _has_record(config, key) for key, reason in zip(keys, reasons)}
+        locks.hold(modes, on_wait)
+        reasons = [recompute_reason(spec, source, config, shard) for source, shard in work]
+        if all(modes[key] or (reason is None and _has_record(config, key)) for key, reason in zip(keys, reasons)):
+            return reasons

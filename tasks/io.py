@@ -1,9 +1,10 @@
 """Loading the input and exporting the result, as Prefect tasks (never cached: both are cheap,
 and loading is what computes the content hash every step's cache key starts from).
 
-* :func:`load_input` - the documents file -> step 0 of the layout (checked, limit applied, an
-  id column added from the text's hash when the input has none:
-  :func:`rare_core.inputs.load_documents`) -> :class:`ArtifactRef`. It also removes the
+* :func:`load_input` - the documents file -> step 0 of the layout, named by its cache key
+  (:func:`tasks.artifacts.input_key`: the input's content hash and the settings that shape
+  the rows), checked, limit applied, an id column added from the text's hash when the input
+  has none (:func:`rare_core.inputs.load_documents`) -> :class:`ArtifactRef`. It also removes the
   previous run's dataset, failed rows and report from the output folder, so that the files
   there always describe the last run (a failed run leaves none that look fresh).
 * :func:`export_dataset` - the last step's file -> ``{output_path}/dataset.{format}`` (the
@@ -40,15 +41,16 @@ from rare_core.llm.config import redact_url
 from rare_core.operators.base import ERROR, ERROR_KIND, OK, RESERVED_PREFIX, STATUS, is_blank, step_column
 from rare_core.operators.doc2query import QUESTION_INDEX
 from rare_core.operators.reason_distill import DOCUMENT_ORDER, POSITIVE_DOC_NUMBER, SAMPLE_INDEX
-from rare_core.pipeline import INPUT_STEP_INDEX, STEPS
+from rare_core.pipeline import STEPS
 from rare_core.prices import price_for
 from rare_core.report import Report, StepRecord, build_report
 from rare_core.report_html import chart_columns, render_html
-from rare_core.shards import Shard, shard_bounds, shard_count, shard_file
+from rare_core.shards import shard_bounds, shard_count
 from rare_core.storage import (
     FORMATS, STREAMED_FORMATS, FrameWriter, format_of, frame_columns, remove_frame, write_text_atomic,
 )
-from tasks.artifacts import ArtifactRef, step_path
+from tasks.artifacts import ArtifactRef, input_key, input_paths, keyed
+from tasks.progress import FINISH_WAIT, publish
 
 DATASET_STEM = "dataset"
 FAILED_STEM = "failed_rows"
@@ -63,7 +65,7 @@ ESTIMATE_MAX_DOCS = 20_000
 SAMPLE_CHARS = 240
 
 
-CORPUS_STEM = "corpus"  # {cache_path}/{prefix}_corpus.parquet: what a sharded run's BM25 searches
+CORPUS_STEM = "corpus"  # {cache_path}/{prefix}_corpus-{key}.parquet: what a sharded run's BM25 searches
 
 
 class LoadedInput(BaseModel):
@@ -101,34 +103,38 @@ def load_input(config: PipelineConfig) -> LoadedInput:
     """The documents file -> step 0 (checked, first ``limit`` rows, ``id`` added when absent),
     as one file or, for ``shard_count(...) > 1``, one file per shard plus the corpus file. A
     sharded input is read chunk by chunk (rare_core.inputs.iter_documents): at most a shard and
-    a chunk of documents are in memory at once."""
+    a chunk of documents are in memory at once.
+
+    The files are named by the input's cache key, so runs on other inputs sharing the cache
+    folder never replace them; a run on the same input and settings writes the same bytes."""
     removed = clear_outputs(config)
     logger = get_run_logger()
     if removed:
         logger.info("Removed the previous run's %s from %s", ", ".join(removed), config.output_path)
-    base = step_path(config, INPUT_STEP_INDEX)
     # jsonl and parquet are counted without decoding a record, then streamed; json and csv can
     # only be read whole, so they are read once and split in memory.
     whole = None if format_of(config.input_path) in STREAMED_FORMATS else load_documents(config)
     total = count_documents(config) if whole is None else len(whole)
     count = shard_count(total, config.shards, config.dask.workers)
+    key = input_key(config, count)
+    files = input_paths(config, key, count)
     if count == 1:
-        loaded = LoadedInput(shards=[ArtifactRef.write(load_documents(config) if whole is None else whole, base)])
-        logger.info("Loaded %d documents from %s -> %s", loaded.rows, config.input_path, base)
+        loaded = LoadedInput(shards=[ArtifactRef.write(load_documents(config) if whole is None else whole, files[0])])
+        logger.info("Loaded %d documents from %s -> %s", loaded.rows, config.input_path, files[0])
         return loaded
-    corpus = None if config.hardneg.corpus_path else CorpusWriter(config)
+    corpus = None if config.hardneg.corpus_path else CorpusWriter(config, key)
     chunks = iter_documents(config) if whole is None else [whole]
-    shards = _write_shards(config, base, shard_bounds(total, count), chunks, corpus)
+    shards = _write_shards(config, files, shard_bounds(total, count), chunks, corpus)
     loaded = LoadedInput(shards=shards, corpus=corpus.close(shards) if corpus else None)
     logger.info("Loaded %d documents from %s -> %d shards under %s", loaded.rows, config.input_path, count,
                 Path(shards[0].path).parent)
     return loaded
 
 
-def _write_shards(config: PipelineConfig, base: Path, bounds: list[tuple[int, int]], chunks: Iterable[pd.DataFrame],
-                  corpus: "CorpusWriter | None") -> list[ArtifactRef]:
-    """Stream the checked documents (``chunks``, in order) into one step-0 file per shard
-    (``bounds``: their row ranges), and into the corpus file."""
+def _write_shards(config: PipelineConfig, files: list[Path], bounds: list[tuple[int, int]],
+                  chunks: Iterable[pd.DataFrame], corpus: "CorpusWriter | None") -> list[ArtifactRef]:
+    """Stream the checked documents (``chunks``, in order) into the step-0 file of each shard
+    (``files``; ``bounds``: their row ranges), and into the corpus file."""
     sizes = [stop - start for start, stop in bounds]
     shards: list[ArtifactRef] = []
     buffer: list[pd.DataFrame] = []
@@ -144,7 +150,7 @@ def _write_shards(config: PipelineConfig, base: Path, bounds: list[tuple[int, in
             buffered += len(part)
             if buffered == sizes[len(shards)]:
                 frame = pd.concat(buffer, ignore_index=True) if len(buffer) > 1 else buffer[0].reset_index(drop=True)
-                shards.append(ArtifactRef.write(frame, shard_file(base, Shard(index=len(shards), count=len(sizes)))))
+                shards.append(ArtifactRef.write(frame, files[len(shards)]))
                 buffer, buffered = [], 0
     if len(shards) != len(sizes):
         raise RareError(f"{config.input_path}: {sum(s.rows for s in shards) + buffered} documents read, "
@@ -155,7 +161,7 @@ def _write_shards(config: PipelineConfig, base: Path, bounds: list[tuple[int, in
 class CorpusWriter:
     """The corpus file of a sharded run, written as the documents stream by: ``id``, ``text``
     and ``title`` (when the input's first chunk has the ``hardneg.title_key`` column), from
-    which its one BM25 index is built.
+    which its one BM25 index is built; named by the cache key of the run's step 0 (``key``).
 
     Parquet, so that each process reads back only the texts of the negatives it chose: ids keep
     their type (integers stay integers). When the ids are neither all integers nor all text, or
@@ -163,9 +169,9 @@ class CorpusWriter:
     the single-file run sees it: it is then written as jsonl from the shard files instead.
     """
 
-    def __init__(self, config: PipelineConfig) -> None:
+    def __init__(self, config: PipelineConfig, key: str) -> None:
         self.config = config
-        self.path = Path(config.cache_path).resolve() / f"{config.file_name_prefix}_{CORPUS_STEM}.parquet"
+        self.path = keyed(Path(config.cache_path).resolve() / f"{config.file_name_prefix}_{CORPUS_STEM}.parquet", key)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = self.path.with_name(f".{self.path.name}.tmp")
         self._writer: pq.ParquetWriter | None = None
@@ -295,7 +301,10 @@ def export_dataset(final: list[ArtifactRef], config: PipelineConfig) -> ExportRe
     columns = trainer_columns(config, available)
     index = [QUESTION_INDEX] if QUESTION_INDEX in available else []
     statuses = [step_column(spec.name, "status") for spec in STEPS if step_column(spec.name, "status") in available]
-    failed_columns = [config.columns.id, *index, STATUS, ERROR, ERROR_KIND, *statuses]
+    # A failed row keeps what was paid for and can still be read: the teacher's answer of a row
+    # the judge could not judge, say.
+    failed_columns = [config.columns.id, *index, STATUS, ERROR, ERROR_KIND, *statuses,
+                      config.columns.reasoning, config.columns.answer]
     dataset_path, failed_path = _output_file(config, DATASET_STEM), _output_file(config, FAILED_STEM)
     sample: list[dict] = []
     simulated = False
@@ -315,7 +324,7 @@ def export_dataset(final: list[ArtifactRef], config: PipelineConfig) -> ExportRe
         result.failed = ArtifactRef(path=str(failed_path), sha256=file_sha256(failed_path), rows=failed.rows)
     else:
         remove_frame(failed_path)  # no failed rows: a file would be an empty table (or one from an earlier run)
-    create_table_artifact(
+    publish(create_table_artifact,
         table=sample, key="rare-dataset-sample",
         description=f"First {len(sample)} of {rows.rows} rows of {result.dataset.path}"
                     + (" - SIMULATED answers" if simulated else ""))
@@ -379,8 +388,9 @@ def publish_report(records: list[StepRecord], config: PipelineConfig, source: Lo
     charts, rows = chart_frame(final, config)
     write_text_atomic(out_dir / REPORT_HTML, render_html(report.summary, charts, columns=config.columns,
                                                          token_counter=counter, rows=rows))
-    create_markdown_artifact(markdown=report.markdown, key="rare-report",
-                             description="RARE pipeline report" + (" (SIMULATED answers)" if report.summary["simulated"] else ""))
+    published = publish(create_markdown_artifact, markdown=report.markdown, key="rare-report",
+                        description="RARE pipeline report" + (" (SIMULATED answers)" if report.summary["simulated"] else ""))
+    published.wait(FINISH_WAIT)  # the run's last report: a moment for it to reach the API, never more
     return report
 
 

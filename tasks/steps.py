@@ -5,8 +5,9 @@ results persisted under ``{cache_path}/prefect_results``:
 
 * the **row task** ``(source, config, endpoints, shard) -> StepResult``: read one input file ->
   build the step's operator from its spec and call it -> write its output file (the step's
-  file of the layout, ``{cache_path}/{prefix}_step{N}.{type}``, or with ``shard`` that shard's
-  file) -> its :class:`ArtifactRef` and the operator's :class:`StepSummary`;
+  file of the layout named by its cache key, ``{cache_path}/{prefix}_step{N}-{key}.{type}``, or
+  with ``shard`` that shard's file: :func:`tasks.artifacts.output_paths`) -> its
+  :class:`ArtifactRef` and the operator's :class:`StepSummary`;
 * the **corpus task** (a ``scope="corpus"`` step of a sharded run): every shard's input file
   at once -> the operator over all rows in order -> one output file per shard
   (:class:`ShardsResult`).
@@ -18,7 +19,9 @@ its shards: it builds the index of the run's corpus file (or opens it) where the
 step over the shards: the row task per shard, submitted to the flow's task runner (the thread
 pool, or Dask worker processes), each shard cached and resumed on its own. Both force a
 recompute when a cached result must not be served (:func:`~tasks.artifacts.recompute_reason`)
-and tell whether Prefect served the cache. Tasks get the run's LLM endpoints as settings and
+and tell whether Prefect served the cache. Both first claim the step's cache keys in the run's
+:class:`~tasks.artifacts.StepLocks` (:func:`~tasks.artifacts.claim`): a key another run on the
+same cache folder is computing is waited for, then served. Tasks get the run's LLM endpoints as settings and
 make their clients in the process they run in (:func:`tasks.llm.clients_for`). Tasks hold no
 prompt, parsing or BM25 logic.
 """
@@ -44,7 +47,7 @@ from rare_core.pipeline import STEPS, StepSpec
 from rare_core.report import StepRecord
 from rare_core.shards import Shard
 from tasks.artifacts import (
-    ArtifactRef, StepCachePolicy, StepResult, cache_key, output_paths, recompute_reason, results_dir, spec_path,
+    ArtifactRef, StepCachePolicy, StepLocks, StepResult, cache_key, claim, output_paths, results_dir,
     write_step_artifact,
 )
 from tasks.llm import LLMEndpoints, clients_for
@@ -86,7 +89,8 @@ def _row_task(spec: StepSpec) -> Task:
     def run(source: ArtifactRef, config: PipelineConfig, endpoints: LLMEndpoints | None = None,
             shard: Shard | None = None) -> StepResult:
         out, summary = _compute(spec, source.load(), config, endpoints, shard)
-        ref = write_step_artifact(spec, cache_key(spec, source, config, shard), out, spec_path(config, spec, shard))
+        ref = write_step_artifact(spec, cache_key(spec, source, config, shard), out,
+                                  output_paths(spec, source, config, shard)[0])
         del out
         release_free_memory()  # a worker runs shard after shard: it holds its live data, not the last shard's peak
         _log_written(spec, summary, [ref])
@@ -154,8 +158,16 @@ def _check_roles(spec: StepSpec, config: PipelineConfig, endpoints: LLMEndpoints
         raise ValueError(f"{spec.name} calls the LLM as {', '.join(missing)}: pass the run's endpoints")
 
 
+def _waiting(spec: StepSpec) -> Callable[[str, bool], None]:
+    """The log line of a step that waits for another run on the same cache folder."""
+    def log(key: str, exclusive: bool) -> None:
+        get_run_logger().info("%s: waiting for another run on this cache folder, which %s (%s)", spec.name,
+                              "reads this step's file" if exclusive else "is computing this step", key[:40])
+    return log
+
+
 def _run_cached(spec: StepSpec, step_task: Task, source: ArtifactRef | list[ArtifactRef], config: PipelineConfig,
-                endpoints: LLMEndpoints | None) -> tuple[StepResult | ShardsResult, bool]:
+                endpoints: LLMEndpoints | None, locks: StepLocks) -> tuple[StepResult | ShardsResult, bool]:
     """Call ``step_task`` in the flow's thread -> (result, served from Prefect's cache)."""
     logger = get_run_logger()
 
@@ -164,7 +176,8 @@ def _run_cached(spec: StepSpec, step_task: Task, source: ArtifactRef | list[Arti
         state = configured(source, config, endpoints, return_state=True)
         return state, state.result()
 
-    reason = recompute_reason(spec, source, config)
+    key = cache_key(spec, source, config)
+    [reason] = claim(locks, spec, [(source, None)], config, _waiting(spec))
     if reason:
         logger.info("%s: computing it (%s)", spec.name, reason)
     state, result = call(reason is not None)
@@ -174,23 +187,26 @@ def _run_cached(spec: StepSpec, step_task: Task, source: ArtifactRef | list[Arti
         # Safety net: a run stopped between writing the step file and recording its result can
         # leave a cache record describing other bytes than the file's. Recompute and re-record.
         logger.warning("%s: the cached result does not match its step file(s): recomputing", spec.name)
+        locks.hold({key: True}, _waiting(spec))
         state, result = call(True)
         cached = False
+    locks.share([key])
     if cached:
         logger.info("%s: Cached (input and settings unchanged)", spec.name)
     return result, cached
 
 
-def run_step(spec: StepSpec, source: ArtifactRef, config: PipelineConfig,
-             endpoints: LLMEndpoints | None = None) -> StepOutcome:
-    """Run ``spec`` on one file inside the current flow run (LLM steps need the run's ``endpoints``).
+def run_step(spec: StepSpec, source: ArtifactRef, config: PipelineConfig, endpoints: LLMEndpoints | None = None,
+             *, locks: StepLocks) -> StepOutcome:
+    """Run ``spec`` on one file inside the current flow run (LLM steps need the run's ``endpoints``),
+    its cache key held in the run's ``locks``.
 
     Raises the step's exception when the task failed. ``record.cached`` is True when Prefect
     served the result from its cache (the task run's state is ``Cached``).
     """
     _check_roles(spec, config, endpoints)
     started = time.perf_counter()
-    result, cached = _run_cached(spec, ROW_TASKS[spec.name], source, config, endpoints)
+    result, cached = _run_cached(spec, ROW_TASKS[spec.name], source, config, endpoints, locks)
     return StepOutcome(artifacts=[result.artifact], record=StepRecord(
         summary=result.summary, wall_seconds=time.perf_counter() - started, cached=cached))
 
@@ -203,8 +219,9 @@ def prepare_index(spec: StepSpec, config: PipelineConfig) -> PrefectFuture:
 
 def run_shards(spec: StepSpec, sources: list[ArtifactRef], config: PipelineConfig,
                endpoints: LLMEndpoints | None = None, wait_for: list[PrefectFuture] | None = None,
-               on_shard: Callable[[int, int, int, int], None] | None = None) -> StepOutcome:
-    """Run ``spec`` over ``sources`` (one file per shard, in order) -> one output file per shard.
+               on_shard: Callable[[int, int, int, int], None] | None = None, *, locks: StepLocks) -> StepOutcome:
+    """Run ``spec`` over ``sources`` (one file per shard, in order) -> one output file per shard,
+    every shard's cache key held in the run's ``locks``.
 
     A ``scope="corpus"`` step runs once over every shard (:func:`_corpus_task`). Any other step
     runs per shard on the flow's task runner; each shard is cached on its own, so a rerun after
@@ -215,20 +232,20 @@ def run_shards(spec: StepSpec, sources: list[ArtifactRef], config: PipelineConfi
     _check_roles(spec, config, endpoints)
     started = time.perf_counter()
     if spec.scope == "corpus":
-        result, cached = _run_cached(spec, CORPUS_TASKS[spec.name], sources, config, endpoints)
+        result, cached = _run_cached(spec, CORPUS_TASKS[spec.name], sources, config, endpoints, locks)
         return StepOutcome(artifacts=result.artifacts, record=StepRecord(
             summary=result.summary, wall_seconds=time.perf_counter() - started, cached=cached))
     logger = get_run_logger()
     count = len(sources)
     futures: dict[PrefectFuture, int] = {}
-    recomputed = 0
-    for i, source in enumerate(sources):
-        shard = Shard(index=i, count=count)
-        refresh = recompute_reason(spec, source, config, shard) is not None
-        recomputed += refresh
+    shards = [Shard(index=i, count=count) for i in range(count)]
+    step_keys = [cache_key(spec, source, config, shard) for source, shard in zip(sources, shards)]
+    reasons = claim(locks, spec, list(zip(sources, shards)), config, _waiting(spec))
+    recomputed = sum(reason is not None for reason in reasons)
+    for i, (source, shard, reason) in enumerate(zip(sources, shards, reasons)):
         with placed(spec, config, i):
-            futures[_shard_task(spec, config, shard, refresh).submit(source, config, endpoints, shard,
-                                                                     wait_for=wait_for)] = i
+            futures[_shard_task(spec, config, shard, reason is not None).submit(source, config, endpoints, shard,
+                                                                                wait_for=wait_for)] = i
     logger.info("%s: %d shards submitted (%d must be recomputed)", spec.name, count, recomputed)
     results: list[StepResult | None] = [None] * count
     cached = [False] * count
@@ -245,12 +262,15 @@ def run_shards(spec: StepSpec, sources: list[ArtifactRef], config: PipelineConfi
         _stop(list(futures))
         logger.warning("%s: stopped waiting for the shards; the unfinished ones were cancelled", spec.name)
         raise
-    for i, result in enumerate(results):
-        if cached[i] and not result.artifact.is_intact():  # see _run_cached's safety net
-            logger.warning("%s: the cached result of shard %d does not match %s: recomputing", spec.name, i,
-                           result.artifact.path)
-            shard = Shard(index=i, count=count)
-            results[i], cached[i] = _shard_task(spec, config, shard, True)(sources[i], config, endpoints, shard), False
+    broken = [i for i, result in enumerate(results) if cached[i] and not result.artifact.is_intact()]
+    if broken:  # see _run_cached's safety net
+        locks.hold({key: i in broken for i, key in enumerate(step_keys)}, _waiting(spec))
+    for i in broken:
+        logger.warning("%s: the cached result of shard %d does not match %s: recomputing", spec.name, i,
+                       results[i].artifact.path)
+        results[i] = _shard_task(spec, config, shards[i], True)(sources[i], config, endpoints, shards[i])
+        cached[i] = False
+    locks.share(step_keys)
     summary = merge_summaries([r.summary for r in results])
     if spec.shared_index:
         # Drop every future of the step before its search workers restart (tasks/placement.py):

@@ -37,8 +37,14 @@ def make_config(tmp_path: Path, sim, **update) -> PipelineConfig:
     return config.model_copy(update=update)
 
 
-def step_file(config: PipelineConfig, n: int) -> Path:
-    return Path(config.cache_path) / f"{config.file_name_prefix}_step{n}.{config.cache_type}"
+def step_file(config: PipelineConfig, step: int | str, exclude: set[Path] = frozenset()) -> Path:
+    """The file a run wrote for ``step`` (its number, or a filter's stem such as ``step1_dedup``)
+    in the cache folder, named by its cache key (``{prefix}_step{N}-{key}.{type}``): the only
+    one there besides ``exclude``."""
+    stem = f"step{step}" if isinstance(step, int) else step
+    files = set(Path(config.cache_path).glob(f"{config.file_name_prefix}_{stem}-*.{config.cache_type}")) - exclude
+    assert len(files) == 1, sorted(files)
+    return files.pop()
 
 
 def run_flow(config: PipelineConfig, expected_tasks=ALL_TASKS):
@@ -162,25 +168,26 @@ def test_rerun_is_cached_makes_no_requests_and_no_search(tmp_path, sim, monkeypa
 def test_changed_num_neg_reruns_only_hardneg_and_distill(tmp_path, sim):
     config = make_config(tmp_path, sim)
     assert run_flow(config)[0].is_completed()
-    three = read_frame(step_file(config, 2))["hard_negatives"]
+    step2 = step_file(config, 2)
+    three = read_frame(step2)["hard_negatives"]
     sim.reset()
 
     fewer = config.model_copy(update={"hardneg": config.hardneg.model_copy(update={"num_neg": 2})})
     state, tasks = run_flow(fewer)
     assert state.is_completed(), state.message
     assert [tasks[t] for t in STEP_TASKS] == ["Cached", "Completed", "Completed"]
-    two = read_frame(step_file(config, 2))["hard_negatives"]
+    two = read_frame(step_file(config, 2, exclude={step2}))["hard_negatives"]
     assert two.map(len).max() == 2
     # ReasonDistill only, and only for rows whose documents changed (a row that had at most two
     # negatives shows the same prompt, answered from the response cache).
     changed = int((three.map(tuple) != two.map(tuple)).sum())
     assert changed > 0 and completions(sim) == changed
 
-    # Back to num_neg=3: the step files now hold the num_neg=2 results, so the cached records of
-    # the first run may not be served as they are; both steps are recomputed, at no LLM cost.
+    # Back to num_neg=3: the num_neg=2 run wrote files of its own (named by their cache keys), so
+    # the first run's files and cached records are still there and served as they are.
     sim.reset()
     state, tasks = run_flow(config)
-    assert [tasks[t] for t in STEP_TASKS] == ["Cached", "Completed", "Completed"]
+    assert [tasks[t] for t in STEP_TASKS] == ["Cached", "Cached", "Cached"]
     assert completions(sim) == 0
     dataset = read_frame(state.result().exported.dataset.path)
     assert dataset["hard_negatives"].map(len).max() == 3
@@ -193,13 +200,15 @@ def test_prompt_version_change_reruns_from_that_step(tmp_path, sim, monkeypatch)
 
     config = make_config(tmp_path, sim)
     assert run_flow(config)[0].is_completed()
+    v1 = step_file(config, 3)
     sim.reset()
     monkeypatch.setattr(prompt, "VERSION", "reason_distill/v2-test")
     monkeypatch.setattr(ReasonDistill, "prompt_version", "reason_distill/v2-test")
     state, tasks = run_flow(config)
     assert [tasks[t] for t in STEP_TASKS] == ["Cached", "Cached", "Completed"]
     assert completions(sim) == ROWS
-    assert (read_frame(step_file(config, 3))["rare_distill_prompt_version"] == "reason_distill/v2-test").all()
+    v2 = read_frame(step_file(config, 3, exclude={v1}))
+    assert (v2["rare_distill_prompt_version"] == "reason_distill/v2-test").all()
 
 
 def test_deleted_step_file_is_recomputed(tmp_path, sim):
@@ -242,9 +251,8 @@ def test_storage_layout_in_other_formats(tmp_path, sim):
     config = make_config(tmp_path, sim, cache_type="parquet", output_format="csv", file_name_prefix="my_cache")
     state, _ = run_flow(config)
     assert state.is_completed(), state.message
-    cache = Path(config.cache_path)
     for n in range(4):
-        assert (cache / f"my_cache_step{n}.parquet").is_file()
+        assert step_file(config, n).name.startswith(f"my_cache_step{n}-")
     dataset = read_frame(tmp_path / "out" / "dataset.csv")
     assert len(dataset) == ROWS and isinstance(dataset["hard_negatives"][0], list)
     sim.reset()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from prefect_fixtures import SAMPLE
-from test_flow import cli_env, completions, make_config, run_flow  # noqa: F401 (cli_env: a fixture)
+from test_flow import cli_env, completions, make_config, run_flow, step_file  # noqa: F401 (cli_env: a fixture)
 
 from rare_core.llm.simulator import FaultSpec
 from rare_core.storage import read_frame, write_frame
@@ -35,7 +35,7 @@ def test_user_status_column_does_not_drop_rows(tmp_path, sim):
     assert state.is_completed()
     dataset = read_frame(Path(config.output_path) / "dataset.jsonl")
     assert len(dataset) == 6
-    final = read_frame(Path(config.cache_path) / "dataflow_cache_step_step3.jsonl")
+    final = read_frame(step_file(config, 3))
     assert final["status"].tolist() == docs["status"].tolist() and (final["error"] == "none").all()
 
 
@@ -115,7 +115,7 @@ def test_failed_rows_keep_question_index_and_kind(tmp_path, sim):
     config = make_config(tmp_path, sim, limit=3)
     config = config.model_copy(update={"doc2query": config.doc2query.model_copy(update={"num_questions": 2})})
     run_flow(config)
-    questions = read_frame(Path(config.cache_path) / "dataflow_cache_step_step1.jsonl")
+    questions = read_frame(step_file(config, 1))
     target = questions[questions["question_index"] == 1].iloc[0]
     sim.inject([FaultSpec(kind="malformed_json", count=10, match=f"<question>\n{target['question']}\n</question>")])
     state, _ = run_flow(config.model_copy(update={"llm": config.llm.model_copy(update={"cache_mode": "refresh"})}))
@@ -141,7 +141,7 @@ def test_roles_have_their_own_endpoint_model_and_settings(tmp_path, sim, monkeyp
         assert state.is_completed()
         assert completions(sim) == 3 and teacher.stats().completions_served == 3
         assert teacher.stats().models == ["big-thinker"]
-    final = read_frame(Path(config.cache_path) / "dataflow_cache_step_step3.jsonl")
+    final = read_frame(step_file(config, 3))
     assert set(final["rare_doc2query_model"]) == {"cheap-writer"} and set(final["rare_distill_model"]) == {"big-thinker"}
     report = (Path(config.output_path) / "report.md").read_text(encoding="utf-8")
     assert "LLM (question_writer)" in report and "`big-thinker`" in report and "`cheap-writer`" in report
@@ -186,6 +186,6 @@ def test_filters_are_steps_that_record_every_row_they_remove(tmp_path, sim):
     assert failed.loc["short", "rare_error"].startswith("doc_filter: too short")
     assert (failed["rare_error_kind"] == "filtered").all()
     assert len(read_frame(Path(config.output_path) / "dataset.jsonl")) == 5
-    assert (Path(config.cache_path) / "dataflow_cache_step_step1_dedup.jsonl").exists()
+    assert step_file(config, "step1_dedup").exists()
     report = (Path(config.output_path) / "report.md").read_text(encoding="utf-8")
     assert "doc_filter" in report and "filtered: 2" in report

@@ -115,16 +115,17 @@ def test_sharded_run_equals_single_file_run_and_caches_each_shard(tmp_path, sim,
     pd.testing.assert_frame_equal(sharded, single)
     assert (sharded["hard_negatives_ids"].map(len) > 0).all()
     cache = Path(config.cache_path)
-    for step in range(4):
-        files = sorted((cache / f"dataflow_cache_step_step{step}.shards").glob("*-of-00004.jsonl"))
-        assert [f.name for f in files] == [f"0000{i}-of-00004.jsonl" for i in range(4)]
-        assert not (cache / f"dataflow_cache_step_step{step}.jsonl").exists()
+    for step in range(4):  # each shard's file named by its cache key (step 0: the input's, the same for all)
+        files = sorted((cache / f"dataflow_cache_step_step{step}.shards").glob("*-of-00004-*.jsonl"))
+        assert [f.name[:14] for f in files] == [f"0000{i}-of-00004" for i in range(4)]
+        assert len({f.stem[15:] for f in files}) == (1 if step == 0 else 4)
+        assert not list(cache.glob(f"dataflow_cache_step_step{step}-*.jsonl"))
     assert _shard_states(states, "doc2query") == ["Completed"] * 4
     assert states.get(next(n for n in states if n.startswith("bm25-hardneg-index"))) == "Completed"
     assert "in 4 shards" in state.result().report.markdown
 
     # a finished shard is served from the cache; a shard whose file is gone is computed again
-    (cache / "dataflow_cache_step_step3.shards" / "00002-of-00004.jsonl").unlink()
+    next((cache / "dataflow_cache_step_step3.shards").glob("00002-of-00004-*.jsonl")).unlink()
     served = sim.stats().completions_served
     _, again, states = _run(config)
     pd.testing.assert_frame_equal(again, single)

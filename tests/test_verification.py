@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_flow import make_config, run_flow
+from test_flow import make_config, run_flow, step_file
 
 from rare_core.storage import read_frame
 
@@ -44,7 +44,7 @@ def test_rejection_sampling_keeps_only_answers_that_match_the_gold_label(tmp_pat
     # the simulator draws yes/no/maybe at random: after 8 samples about 1 - (2/3)^8 = 96% are kept
     assert kept >= 30, (kept, lost)
     requests = sim.stats().completions_served
-    assert requests == int(read_frame(Path(config.cache_path) / "dataflow_cache_step_step3.jsonl")
+    assert requests == int(read_frame(step_file(config, 3))
                            ["rare_verify_samples"].sum())  # one request per sample, no judge (closed answers)
     sim.reset()
     state, tasks = run_flow(config, expected_tasks={"load-input", "bm25-hardneg", "reason-distill"})
