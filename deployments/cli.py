@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
 import threading
 import time
 import traceback
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -206,22 +206,47 @@ def _one_line(exc: BaseException) -> str:
     return text if isinstance(exc, (RareError, OSError, ValueError)) else f"{type(exc).__name__}: {text}"
 
 
+def quiet_prefect(verbose: bool) -> None:
+    """Before Prefect is first imported (it reads its logging settings then): Prefect's console
+    logs (task failures with two tracebacks, a line per log or event it could not send) would
+    bury the one line this command prints and tear the progress bar; the Prefect API still gets
+    them all, and ``-v`` shows them. The local API started for a run must not phone home
+    (offline machines would log an error on every run)."""
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+        os.environ.setdefault("PREFECT_LOGGING_INTERNAL_LEVEL", "CRITICAL")  # its services' "failed to process item"
+        # Prefect's log shipper writes "--- Error logging to API ---" to stderr for every batch
+        # it cannot send, unless the standard library's logging is told not to report its errors.
+        logging.raiseExceptions = False
+    # Prefect's client retries a call to an API that went away for about a minute (2+4+8+16+32 s),
+    # and a run's end makes several: three retries (2+4+8 s) outlast a server restart.
+    os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "3")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+class _Lines(logging.Handler):
+    """Our own warnings (the ``rare`` loggers) as ``rare: ...`` lines on the run's console."""
+
+    def __init__(self, console) -> None:
+        super().__init__(logging.WARNING)
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from rich.markup import escape
+
+        self.console.print(f"rare: {escape(record.getMessage())}", soft_wrap=True, highlight=False)
+
+
 def run(config: PipelineConfig, verbose: bool = False) -> int:
     """Run the flow on ``config`` in this process; prints the report; returns the exit status."""
-    if not verbose:
-        # Prefect's console logs (task failures with two tracebacks) would bury the one line
-        # this command prints and tear the progress bar; the Prefect API still gets them all.
-        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
-    # Without PREFECT_API_URL, Prefect starts a temporary server for this run: keep it from
-    # phoning home (offline machines would log an error on every run).
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    quiet_prefect(verbose)
     from rich.console import Console
     from rich.markup import escape
 
     from deployments.local_server import run_api
     from flows.runners import run_pipeline
     from tasks.io import REPORT_FILE
-    from tasks.progress import progress_listener
+    from tasks.progress import dropped_reports, progress_listener
 
     err = Console(stderr=True)
     from rare_core.config import LLMRoles
@@ -231,12 +256,35 @@ def run(config: PipelineConfig, verbose: bool = False) -> int:
         _notice(err, SIMULATED_NOTICE, "bold yellow")
     started = time.time()
     bars = _ProgressBars(err)
+    lines = _Lines(err)
+    logging.getLogger("rare").addHandler(lines)
     try:
-        with run_api(), bars.progress, progress_listener(bars):
+        with run_api() as api_url, bars.progress, progress_listener(bars):
             state = run_pipeline(config, return_state=True)
     except KeyboardInterrupt:
         return interrupted(config, started)
+    finally:
+        logging.getLogger("rare").removeHandler(lines)
     report_file = Path(config.output_path).resolve() / REPORT_FILE
+    exc = None if state.is_completed() else state.result(raise_on_failure=False)
+    dropped, why = dropped_reports()
+    if dropped or _prefect_unreachable(exc):
+        _API_LOST.set()
+        written = report_file.is_file() and report_file.stat().st_mtime >= started
+        why = _one_line(exc) if _prefect_unreachable(exc) else why
+        if written and exc is not None:
+            err.print(f"rare: the Prefect API at {escape(api_url)} stopped answering ({escape(why or '')}): Prefect "
+                      f"could not record the run's end, but its files are complete ({report_file.parent})",
+                      soft_wrap=True, highlight=False)
+            return EXIT_FAILED
+        if exc is not None:
+            err.print(f"rare: the Prefect API at {escape(api_url)} stopped answering ({escape(why or '')}): the run "
+                      "stopped; answers already paid for are cached: run the same command again once it answers",
+                      soft_wrap=True, highlight=False)
+            return EXIT_FAILED
+        err.print(f"rare: the Prefect API at {escape(api_url)} did not take {dropped} report(s) of this run "
+                  f"({escape(why or '')}): its record there is incomplete; the files here are complete",
+                  soft_wrap=True, highlight=False)
     if state.is_completed():
         result = state.result()
         print(result.report.markdown if verbose or not result.report.brief else result.report.brief)
@@ -246,12 +294,23 @@ def run(config: PipelineConfig, verbose: bool = False) -> int:
         return EXIT_OK
     if report_file.is_file() and report_file.stat().st_mtime >= started:  # written by this run
         print(report_file.read_text(encoding="utf-8"))
-    exc = state.result(raise_on_failure=False)
     if verbose and isinstance(exc, BaseException):
         traceback.print_exception(exc)
     reason = _one_line(exc) if isinstance(exc, BaseException) else (state.message or state.name)
     err.print(f"[bold red]rare: the run failed:[/] {escape(reason)}", soft_wrap=True, highlight=False)
     return EXIT_FAILED
+
+
+# Set when the Prefect API went away during a run: see console().
+_API_LOST = threading.Event()
+
+
+def _prefect_unreachable(exc: object) -> bool:
+    """Whether a run failed because the Prefect API did not answer: Prefect's client is the
+    only part of a run that speaks httpx (the LLM client's transport is aiohttp)."""
+    import httpx
+
+    return isinstance(exc, httpx.TransportError)
 
 
 def _where_things_are(config: PipelineConfig, result, report_file: Path) -> str:
@@ -454,6 +513,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "repair-cache":
             return repair_cache(args.path)
         verbose = getattr(args, "verbose", False)
+        if args.command == "run":
+            quiet_prefect(verbose)
         try:
             config = build_config(args)
             from rare_core.inputs import preflight
@@ -488,5 +549,20 @@ def _command(args: argparse.Namespace, config: PipelineConfig, verbose: bool) ->
     return EXIT_OK
 
 
+def console() -> None:
+    """The ``rare`` console script: :func:`main`, then exit with its status.
+
+    Workaround: when the Prefect API went away during a run, Prefect's event and log shippers
+    still hold what they could not send, and at interpreter exit they wait for it without a
+    limit (prefect._internal.concurrency.services, ``drain(at_exit=True)``): the command would
+    hang after its last line. Its files are written and closed by then, so it leaves at once."""
+    code = main()
+    if _API_LOST.is_set():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    console()

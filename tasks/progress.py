@@ -1,4 +1,5 @@
-"""Progress of the LLM steps: a Prefect progress artifact, and a hook for local listeners.
+"""Progress of the LLM steps (a Prefect progress artifact, and a hook for local listeners), and
+every other artifact a run reports (:func:`publish`), all off the work's path.
 
 In: the client's ``on_progress(done, total)`` calls, and optionally a ``live()`` callable with
 the endpoint's state (requests in flight, the adaptive limit, 429s seen:
@@ -46,7 +47,7 @@ class _Artifact:
         self.key, self.label = key, label
         self.context = contextvars.copy_context()
         self.id = None
-        self.pending: tuple[float, str] | None = None  # the latest (progress, description) not yet sent
+        self.pending: tuple | None = None  # the latest (progress, description) not yet sent
         self.sent = threading.Event()  # set while nothing is pending
 
     def publish(self, progress: float, description: str) -> None:
@@ -57,6 +58,17 @@ class _Artifact:
                          description=description, _sync=True)
 
 
+class _OneShot(_Artifact):
+    """Any other artifact (a table, a markdown report): one call of a Prefect artifact function."""
+
+    def __init__(self, create: Callable[..., Any], kwargs: dict[str, Any]) -> None:
+        super().__init__(kwargs.get("key") or "", "")
+        self.create, self.kwargs = create, kwargs
+
+    def publish(self, *_: Any) -> None:
+        self.context.run(self.create, **self.kwargs, _sync=True)
+
+
 class _Publisher:
     """The thread that writes every progress artifact of this process (see the module docstring)."""
 
@@ -65,14 +77,16 @@ class _Publisher:
         self._queue: list[_Artifact] = []
         self._thread: threading.Thread | None = None
         self._failing = False
+        self.dropped = 0  # reports the API did not take, over the life of the process
+        self.last_error: str | None = None
 
-    def submit(self, artifact: _Artifact, progress: float, description: str) -> None:
+    def submit(self, artifact: _Artifact, *state: Any) -> None:
         """Queue the artifact's new state (replacing one not sent yet); never blocks on the API."""
         with self._cond:
             artifact.sent.clear()
             if artifact.pending is None:
                 self._queue.append(artifact)
-            artifact.pending = (progress, description)
+            artifact.pending = state
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="rare-progress", daemon=True)
                 self._thread.start()
@@ -84,15 +98,17 @@ class _Publisher:
                 while not self._queue:
                     self._cond.wait()
                 artifact = self._queue.pop(0)
-                progress, description = artifact.pending
+                state = artifact.pending
                 artifact.pending = None
             try:
-                artifact.publish(progress, description)
+                artifact.publish(*state)
             except Exception as exc:  # noqa: BLE001 - reporting must never fail the work
+                self.dropped += 1
+                self.last_error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
                 if not self._failing:
                     self._failing = True
-                    log.warning("progress updates to the Prefect API are dropped while it does not answer (%s: %s); "
-                                "the run goes on", type(exc).__name__, " ".join(str(exc).split())[:200])
+                    log.warning("the Prefect API does not answer (%s): progress and artifacts are dropped while it is "
+                                "away; the run goes on", self.last_error)
             else:
                 if self._failing:
                     self._failing = False
@@ -103,6 +119,19 @@ class _Publisher:
 
 
 _publisher = _Publisher()
+
+
+def dropped_reports() -> tuple[int, str | None]:
+    """How many reports this process could not send to the Prefect API, and the last error."""
+    return _publisher.dropped, _publisher.last_error
+
+
+def publish(create: Callable[..., Any], **kwargs: Any) -> threading.Event:
+    """Call ``create(**kwargs)`` (``create_markdown_artifact``, ``create_table_artifact``...) on the
+    publisher thread, in the caller's run context -> an event set once it was sent or dropped."""
+    artifact = _OneShot(create, kwargs)
+    _publisher.submit(artifact)
+    return artifact.sent
 
 
 @contextmanager
