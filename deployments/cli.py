@@ -258,15 +258,20 @@ def run(config: PipelineConfig, verbose: bool = False) -> int:
     bars = _ProgressBars(err)
     lines = _Lines(err)
     logging.getLogger("rare").addHandler(lines)
+    state, lost = None, None
     try:
         with run_api() as api_url, bars.progress, progress_listener(bars):
             state = run_pipeline(config, return_state=True)
     except KeyboardInterrupt:
         return interrupted(config, started)
+    except Exception as exc:  # noqa: BLE001 - Prefect raises, not returns, when it cannot record the run's state
+        if not _prefect_unreachable(exc):
+            raise
+        lost = exc
     finally:
         logging.getLogger("rare").removeHandler(lines)
     report_file = Path(config.output_path).resolve() / REPORT_FILE
-    exc = None if state.is_completed() else state.result(raise_on_failure=False)
+    exc = lost if state is None else None if state.is_completed() else state.result(raise_on_failure=False)
     dropped, why = dropped_reports()
     if dropped or _prefect_unreachable(exc):
         _API_LOST.set()

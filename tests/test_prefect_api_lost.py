@@ -1,0 +1,72 @@
+"""The Prefect API going away mid-run (a server restart that does not come back, a network
+blip that lasts): the requests go on, nothing the run reports holds them, and the command ends
+in one line within a bounded time, its files complete and nothing paid twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from prefect_fixtures import PROJECT_ROOT, SAMPLE, running_prefect_server, wait_until
+
+from rare_core.storage import read_frame
+
+CHAT = "/v1/chat/completions"
+DOCS = 30
+
+
+def sent(sim) -> int:
+    return sim.stats().requests_by_path.get(CHAT, 0)
+
+
+def rare_run(tmp_path, sim, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "deployments.cli", "run", "--input", str(SAMPLE), "--limit", str(DOCS),
+         "--output", str(tmp_path / "out"), "--cache-path", str(tmp_path / "cache"), "--base-url", sim.base_url,
+         "--model", "sim-model", "--max-workers", "2"],
+        cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "COLUMNS": "100", **env})
+
+
+def server_pids(api_url: str) -> list[int]:
+    port = api_url.rsplit(":", 1)[1].split("/")[0]
+    found = subprocess.run(["pgrep", "-f", f"prefect server start --host 127.0.0.1 --port {port}"],
+                           capture_output=True, text=True).stdout.split()
+    return [int(pid) for pid in found]
+
+
+@pytest.mark.slow
+def test_the_api_killed_at_half_of_doc2query(tmp_path, sim):
+    sim.set_latency(0.3)
+    with running_prefect_server(tmp_path / "prefect-home") as api_url:
+        proc = rare_run(tmp_path, sim, {"PREFECT_API_URL": api_url})
+        try:
+            wait_until(lambda: sent(sim) >= DOCS // 2 or proc.poll() is not None, 120, "half of Doc2Query")
+            assert proc.poll() is None, proc.communicate()
+            for pid in server_pids(api_url):
+                os.kill(pid, signal.SIGKILL)
+            killed = time.monotonic()
+            out, err = proc.communicate(timeout=180)
+            took = time.monotonic() - killed
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    (tmp_path / "stderr.txt").write_text(err)
+    lines = [line for line in err.splitlines() if line.startswith("rare: ")]
+    assert "Traceback" not in err and "Error logging to API" not in err and "EventsWorker" not in err, err
+    assert proc.returncode == 1, err
+    assert f"the Prefect API at {api_url} stopped answering" in lines[-1] and "files are complete" in lines[-1], err
+    assert took < 120, f"ended {took:.0f}s after the API went away"
+    rows = len(read_frame(tmp_path / "out" / "dataset.jsonl"))
+    assert rows > 0
+    paid = sent(sim)
+    sim.set_latency(0.0)
+    again = rare_run(tmp_path, sim, {})  # the API gone for good: a local one for the rerun
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    assert sent(sim) == paid  # every answer of the first run was kept: nothing is paid twice
+    assert len(read_frame(tmp_path / "out" / "dataset.jsonl")) == rows
