@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # a fresh install; `make lock` re-resolves it from pyproject.toml's ranges in a scratch venv.
 CONSTRAINTS := constraints.txt
 
-.PHONY: run test bench install lock clean
+.PHONY: run test test-slow test-all bench install lock clean
 
 $(STAMP): pyproject.toml Makefile $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,7 +35,16 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/rare run --input data/pubmedqa_sample.jsonl --output out/
 
+# `make test`: everything but the long end-to-end tests (marked slow: NFCorpus, a Prefect server
+# killed mid-run, deployments on a worker, PostgreSQL); `make test-all` runs them too, and CI
+# runs `make test` then `make test-slow`.
 test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+test-all: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

@@ -322,7 +322,7 @@ def main() -> None:
         key = input_key(config, count)
         corpus_writer = CorpusWriter(config, key)
         shards = _write_shards(config, input_paths(config, key, count), bounds, iter_documents(config), corpus_writer)
-        corpus = corpus_writer.close(shards)
+        corpus = corpus_writer.close(lambda: (ref.load() for ref in shards))
         row["rows"] = sum(s.rows for s in shards)
     row["corpus_mib"] = file_mib(Path(corpus.path))
     row["shards_mib"] = file_mib(Path(shards[0].path).parent)

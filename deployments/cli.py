@@ -254,6 +254,14 @@ def run(config: PipelineConfig, verbose: bool = False) -> int:
     simulated = any(not config.llm_for(role).base_url for role in LLMRoles.model_fields)
     if simulated:
         _notice(err, SIMULATED_NOTICE, "bold yellow")
+    if config.limit is not None and not config.hardneg.corpus_path:
+        from rare_core.inputs import count_documents
+
+        total = count_documents(config.model_copy(update={"limit": None}))
+        if total > config.limit:
+            err.print(f"--limit {config.limit}: {config.limit:,} of the {total:,} documents are asked; the hard "
+                      f"negatives are mined from all {total:,} (their index is built once and cached)",
+                      soft_wrap=True, highlight=False)
     started = time.time()
     bars = _ProgressBars(err)
     lines = _Lines(err)

@@ -66,15 +66,17 @@ def rare_pipeline(config: PipelineConfig) -> PipelineResult:
     # The run's cache keys stay locked until it ends: no other run on the cache folder replaces
     # a step file this run still reads (tasks.artifacts.StepLocks).
     with StepLocks(config.cache_path) as locks, llm_endpoints(config, logger) as llm:
-        # A sharded run has a corpus file: the steps that search it get their index now, built
-        # while the steps before them run. Each index future is handed to its step (popped):
+        # A sharded run, and a run with a limit, have a corpus file (the whole input): the steps
+        # that search it get their index now, built while the steps before them run. Each index
+        # future is handed to its step (popped):
         # once the step is done nothing may hold it (tasks/placement.py restarts the searchers).
         searching = {spec.name: spec.corpus_config(config, source.corpus.path)
                      for spec in steps if spec.shared_index and source.corpus}
-        indexes = {spec.name: prepare_index(spec, searching[spec.name]) for spec in steps if spec.name in searching}
+        indexes = {spec.name: prepare_index(spec, searching[spec.name])
+                   for spec in steps if spec.name in searching and len(artifacts) > 1}
         for spec in steps:
-            if len(artifacts) == 1:
-                outcome = run_step(spec, artifacts[0], config, llm, locks=locks)
+            if len(artifacts) == 1:  # a corpus file here is the whole input of a run with a limit
+                outcome = run_step(spec, artifacts[0], searching.get(spec.name, config), llm, locks=locks)
             else:
                 outcome = run_shards(spec, artifacts, searching.get(spec.name, config), llm,
                                      wait_for=[indexes.pop(spec.name)] if spec.name in indexes else None,

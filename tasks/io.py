@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -118,17 +118,39 @@ def load_input(config: PipelineConfig) -> LoadedInput:
     count = shard_count(total, config.shards, config.dask.workers)
     key = input_key(config, count)
     files = input_paths(config, key, count)
+    everything = _whole_input_corpus(config, key)
+    if everything:
+        logger.info("limit=%d: BM25 mines the negatives from all %d documents of the input (%s)", config.limit,
+                    everything.rows, everything.path)
     if count == 1:
-        loaded = LoadedInput(shards=[ArtifactRef.write(load_documents(config) if whole is None else whole, files[0])])
+        loaded = LoadedInput(shards=[ArtifactRef.write(load_documents(config) if whole is None else whole, files[0])],
+                             corpus=everything)
         logger.info("Loaded %d documents from %s -> %s", loaded.rows, config.input_path, files[0])
         return loaded
-    corpus = None if config.hardneg.corpus_path else CorpusWriter(config, key)
+    corpus = None if config.hardneg.corpus_path or everything else CorpusWriter(config, key)
     chunks = iter_documents(config) if whole is None else [whole]
     shards = _write_shards(config, files, shard_bounds(total, count), chunks, corpus)
-    loaded = LoadedInput(shards=shards, corpus=corpus.close(shards) if corpus else None)
+    loaded = LoadedInput(shards=shards, corpus=everything or (
+        corpus.close(lambda: (ref.load() for ref in shards)) if corpus else None))
     logger.info("Loaded %d documents from %s -> %d shards under %s", loaded.rows, config.input_path, count,
                 Path(shards[0].path).parent)
     return loaded
+
+
+def _whole_input_corpus(config: PipelineConfig, key: str) -> ArtifactRef | None:
+    """With ``limit``, the corpus file of the whole input (a trial run's negatives come from the
+    corpus the full run searches, not from its few rows; the index is built once and cached);
+    None without a limit, with a separate ``hardneg.corpus_path``, or when the limit takes every
+    document."""
+    if config.limit is None or config.hardneg.corpus_path:
+        return None
+    everything = config.model_copy(update={"limit": None})
+    if count_documents(everything) <= config.limit:
+        return None
+    corpus = CorpusWriter(everything, key)
+    for chunk in iter_documents(everything):
+        corpus.write(chunk)
+    return corpus.close(lambda: iter_documents(everything))
 
 
 def _write_shards(config: PipelineConfig, files: list[Path], bounds: list[tuple[int, int]],
@@ -177,6 +199,7 @@ class CorpusWriter:
         self._writer: pq.ParquetWriter | None = None
         self._schema: pa.Schema | None = None
         self._fallback = False
+        self.rows = 0
 
     def _columns(self, chunk: pd.DataFrame, title: bool) -> dict[str, pd.Series]:
         k = self.config.columns
@@ -191,6 +214,7 @@ class CorpusWriter:
 
     def write(self, chunk: pd.DataFrame) -> None:
         """Append the corpus columns of ``chunk``."""
+        self.rows += len(chunk)
         if self._fallback:
             return
         title_key = self.config.hardneg.title_key
@@ -222,15 +246,16 @@ class CorpusWriter:
             self._writer = None
         self._tmp.unlink(missing_ok=True)
 
-    def close(self, shards: list[ArtifactRef]) -> ArtifactRef:
-        """Finish the file (parquet, or jsonl written from ``shards``) -> its reference."""
+    def close(self, documents: Callable[[], Iterable[pd.DataFrame]]) -> ArtifactRef:
+        """Finish the file (parquet, or jsonl written from the frames ``documents()`` gives
+        again, when parquet could not hold them) -> its reference."""
         if not self._fallback and self._writer is not None:
             self._writer.close()
             os.replace(self._tmp, self.path)
-            return ArtifactRef(path=str(self.path), sha256=file_sha256(self.path), rows=sum(s.rows for s in shards))
+            return ArtifactRef(path=str(self.path), sha256=file_sha256(self.path), rows=self.rows)
         path = self.path.with_suffix(".jsonl")
         title_key = self.config.hardneg.title_key
-        frames = [ref.load() for ref in shards]
+        frames = list(documents())
         has_title = bool(title_key) and any(title_key in f.columns for f in frames)
         if has_title:
             frames = [f if title_key in f.columns else f.assign(**{title_key: None}) for f in frames]

@@ -93,10 +93,11 @@ def test_pipeline_end_to_end_on_simulator(tmp_path, sim):
     assert s1["scenario"].map(lambda s: isinstance(s, str) and len(s) > 20).all()
     # step 2: BM25 hard negatives: other documents of the corpus, never the positive
     s2 = read_frame(step_file(config, 2))
+    corpus = set(read_frame(SAMPLE)["text"])
     assert set(s2["rare_hardneg_status"]) <= {"ok", "short"}
     for _, row in s2.iterrows():
         assert row["text"] not in row["hard_negatives"]
-        assert set(row["hard_negatives"]) <= set(docs["text"])
+        assert set(row["hard_negatives"]) <= corpus  # mined from the whole input, limit or not
         assert row["id"] not in row["hard_negatives_ids"]
         assert len(row["hard_negatives"]) == (3 if row["rare_hardneg_status"] == "ok" else len(row["hard_negatives"]))
         assert len(row["hard_negatives"]) <= 3
@@ -421,3 +422,18 @@ def test_progress_artifact_moves_during_an_llm_step(tmp_path, sim, monkeypatch):
         values = [p for name, p in published if name == label]
         assert values[-1] == 100.0
         assert any(0.0 < p < 100.0 for p in values), f"{label} progress never moved mid-step: {values}"
+
+
+def test_a_limit_asks_fewer_rows_but_mines_the_whole_input(tmp_path, sim):
+    """``limit`` previews the full run: the rows asked are cut, the BM25 corpus is not."""
+    config = make_config(tmp_path, sim, limit=5)
+    state, _ = run_flow(config)
+    assert state.is_completed()
+    dataset = read_frame(tmp_path / "out" / "dataset.jsonl")
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    hardneg = next(step for step in summary["steps"] if step["step"] == "hardneg")
+    assert len(dataset) == 5 and hardneg["extra"]["index_docs"] == 40  # every document of the sample
+    first_five = set(read_frame(SAMPLE)["id"].astype(str).head(5))
+    negatives = {str(i) for ids in dataset["hard_negatives_ids"] for i in ids}
+    assert negatives - first_five  # negatives from beyond the rows asked
+    assert (dataset["hard_negatives_ids"].map(len) == config.hardneg.num_neg).all()  # no short rows
