@@ -10,13 +10,14 @@ import signal
 import subprocess
 import sys
 import textwrap
+import socket
 import time
 from pathlib import Path
 
 import openai
 import pytest
 
-from rare_core.errors import LLMAuthError
+from rare_core.errors import LLMAuthError, LLMEndpointError
 from rare_core.llm import APILLMServing_request, LLMRequest
 from rare_core.llm.batch import BatchRunner
 from rare_core.llm.config import BatchConfig
@@ -282,3 +283,13 @@ def test_a_broken_progress_callback_does_not_stop_the_run(sim, tmp_path, caplog)
         out = BatchRunner(make_llm(sim, tmp_path), tmp_path / "batches").run(echo_requests(3), on_progress=broken)
     assert all(r.ok for r in out)
     assert caplog.text.count("bar is broken") == 1
+
+
+def test_an_endpoint_that_is_not_there_stops_a_batch_run_naming_it(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens there once the block ends
+    llm = APILLMServing_request(api_url=f"http://127.0.0.1:{port}/v1", model_name="m", mode="batch", max_retries=0,
+                                cache_path=str(tmp_path / "cache.sqlite"), batch=FAST)
+    with pytest.raises(LLMEndpointError, match=rf"127\.0\.0\.1:{port}/v1 cannot be used: connection refused"):
+        llm.chat(doc_requests(3))

@@ -53,9 +53,10 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import openai
 
-from rare_core.errors import LLMAuthError
+from rare_core.errors import LLMAuthError, LLMEndpointError
 from rare_core.llm.client import LLMRequest, LLMResponse, response_from_completion
 from rare_core.llm.config import redact_url
+from rare_core.llm.failures import UNREACHABLE, transport_failure
 
 if TYPE_CHECKING:
     from rare_core.llm.client import APILLMServing_request
@@ -441,9 +442,19 @@ class BatchRunner:
             client.close()
 
     def _api(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """``call``; a 401/403 becomes :class:`LLMAuthError` naming the key's variable."""
+        """``call``; a 401/403 becomes :class:`LLMAuthError` naming the key's variable, and an
+        endpoint that is not there (refused, unknown host, TLS) :class:`LLMEndpointError` naming
+        its URL: every request of the run would fail the same way."""
         try:
             return call(*args, **kwargs)
+        except openai.APIConnectionError as exc:
+            failure = transport_failure(exc, self.serving.config.timeout)
+            if failure.kind in UNREACHABLE:
+                raise LLMEndpointError(
+                    f"the LLM endpoint {redact_url(self.serving.config.base_url or '')} cannot be used: "
+                    f"{self._scrub(failure.message)} (Batch API); check llm.base_url (--base-url) and that the "
+                    "server is running") from None
+            raise
         except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
             env = self.serving.config.api_key_env
             state = "is set" if self._key else "is NOT set"
@@ -461,6 +472,8 @@ class BatchRunner:
                 if isinstance(err, dict) and err.get("message"):
                     message = str(err["message"])
             return self._scrub(f"HTTP {exc.status_code}: {message}")
+        if isinstance(exc, openai.APIConnectionError):
+            return self._scrub(transport_failure(exc, self.serving.config.timeout).message)
         return self._scrub(f"{type(exc).__name__}: {exc}")
 
     def _scrub(self, text: str) -> str:
