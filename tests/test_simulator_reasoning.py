@@ -198,7 +198,7 @@ def test_short_thinking_ignores_max_tokens_as_before(configured, client):
 
 
 def test_requests_over_the_cap_get_429_with_rate_limit_headers(configured):
-    configured.configure(max_in_flight=4, latency=0.8, cap_retry_after=0.5)
+    configured.configure(max_in_flight=4, latency=0.8, cap_retry_after=2)
 
     async def burst():
         async with openai.AsyncOpenAI(base_url=configured.base_url, api_key="t", max_retries=0) as client:
@@ -214,7 +214,7 @@ def test_requests_over_the_cap_get_429_with_rate_limit_headers(configured):
     for err in refused:
         headers = err.response.headers
         assert err.type == "rate_limit_exceeded" and err.code == "rate_limit_exceeded"
-        assert headers["retry-after"] == "0.5"
+        assert headers["retry-after"] == "2"  # whole seconds, as servers and proxies send it
         assert headers["x-ratelimit-limit-requests"] == "4" and headers["x-ratelimit-remaining-requests"] == "0"
         assert 0 <= seconds(headers["x-ratelimit-reset-requests"]) <= 0.8  # the rest of the first wave's latency
     for raw in ok:

@@ -554,7 +554,8 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
             try:
                 resp, headers = await self._send(client, req, params, key)
             except _Retry as r:
-                await self.concurrency.release(ticket, r.kind)
+                delay = self._delay(retries, r.retry_after)
+                await self.concurrency.release(ticket, r.kind, wait=delay)
                 latency = time.perf_counter() - t0
                 self._check_reachable(r.failure)
                 answering = r.kind == "refused" and self.concurrency.successes > successes_before
@@ -564,7 +565,7 @@ class APILLMServing_request:  # noqa: N801 - name kept from the system we implem
                     return _failed(r.failure, f" (the server asked to wait {r.retry_after:g}s before a retry, "
                                               f"more than llm.max_retry_after={cfg.max_retry_after:g}s; gave up after "
                                               f"{retries} retries)", retries=retries, latency=latency)
-                await asyncio.sleep(self._delay(retries, r.retry_after))
+                await asyncio.sleep(delay)
                 retries += 0 if answering else 1
                 refused += r.kind == "refused"
                 continue

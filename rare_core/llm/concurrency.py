@@ -21,8 +21,15 @@ once and answer 429 above the cap. Sending ``max_workers`` blindly gets most req
   request was sent, minus that request. Only the first refusal of a congestion episode acts
   (the ``epoch`` of the request's send must be the current one), so a burst of 429s cuts once.
 * **Timeouts halve the limit** (an overloaded server slows down before it refuses).
-* **Additive probing.** After ``PROBE_ROUNDS × limit`` successes in a row the limit grows by one,
-  so a cap that was raised, or a transient refusal, is found again (one refusal per probe).
+* **Additive probing, while a refusal costs nothing.** After ``PROBE_ROUNDS × limit`` successes
+  in a row the limit grows by one, so a cap that was raised, or a transient refusal, is found
+  again (one refusal per probe). A refused probe's row waits out the refusal (the ``wait`` the
+  client reports: ``Retry-After: 1`` from most servers and proxies) before it is sent again; at
+  the end of a batch that row would finish a whole wait after the others. So a probe goes only
+  while the requests waiting for a slot keep the limit busy for at least that wait
+  (``waiting × latency ≥ limit × wait``, ``latency`` the mean of recent answers), or, where the
+  backlog is never that long (an answer much shorter than the wait), after
+  ``1 + wait / latency`` times as many successes.
 * ``x-ratelimit-remaining-requests: 0`` holds new requests until ``x-ratelimit-reset-requests``.
 
 State lives on the instance (one per endpoint, shared by every step and re-ask of a run); the
@@ -46,15 +53,18 @@ RAMP_SPACING = 0.005
 RAMP_FINE = 16
 PROBE_ROUNDS = 4
 TIMEOUT_FACTOR = 0.5
+LATENCY_WEIGHT = 0.2  # of the newest answer in the mean latency (an exponential moving average)
 _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+(?:\.\d+)?)ms)?$")
 
 
 @dataclass
 class Ticket:
-    """One request's slot: how many were in flight when it went out (itself included), and when."""
+    """One request's slot: how many were in flight when it went out (itself included), in which
+    congestion epoch, and when (``time.monotonic()``)."""
 
     in_flight: int
     epoch: int
+    sent: float
 
 
 def parse_reset(value: str | None) -> float | None:
@@ -84,6 +94,10 @@ class AdaptiveConcurrency:
         self.refused = 0
         self.timeouts = 0
         self.successes = 0
+        self.probes = 0  # times the limit grew by one after a streak of successes
+        self.waiting = 0  # requests waiting for a slot now
+        self.latency = 0.0  # mean seconds from send to a successful answer (0: none yet)
+        self.refusal_wait = 0.0  # seconds the last refused or timed-out request waited before its retry
         self.epoch = 0
         self._streak = 0
         self._priority_waiting = 0
@@ -114,11 +128,18 @@ class AdaptiveConcurrency:
             self.high_water = self.in_flight + 1
             self._last_ramp = now
         self.in_flight += 1
-        return Ticket(in_flight=self.in_flight, epoch=self.epoch)
+        return Ticket(in_flight=self.in_flight, epoch=self.epoch, sent=now)
 
     async def acquire(self, priority: bool = False) -> Ticket:
         """Wait for a slot (see the module docstring); the caller must :meth:`release` it."""
         cond, pacer = self._primitives()
+        self.waiting += 1
+        try:
+            return await self._acquire(cond, pacer, priority)
+        finally:
+            self.waiting -= 1
+
+    async def _acquire(self, cond, pacer, priority: bool) -> Ticket:
         while True:
             async with cond:
                 while True:
@@ -149,17 +170,23 @@ class AdaptiveConcurrency:
                         return self._take(now)
 
     async def release(self, ticket: Ticket, outcome: str, remaining: int | None = None,
-                      reset: float | None = None) -> None:
+                      reset: float | None = None, wait: float | None = None) -> None:
         """Record one request's outcome (``ok``, ``refused``, ``timeout``, ``error``; ``skipped``: the
-        slot was given back unused) and wake waiters."""
+        slot was given back unused) and wake waiters. ``wait``: the seconds a refused or timed-out
+        request waits before its retry (its ``Retry-After``, or the client's backoff)."""
         cond, _ = self._primitives()
         async with cond:
             self.in_flight -= 1
+            if wait is not None and outcome in ("refused", "timeout"):
+                self.refusal_wait = wait
             if outcome == "ok":
                 self.successes += 1
                 self._streak += 1
-                if self._streak >= PROBE_ROUNDS * max(1.0, self.limit) and self.limit < self.max_workers:
+                took = time.monotonic() - ticket.sent
+                self.latency = took if not self.latency else self.latency + LATENCY_WEIGHT * (took - self.latency)
+                if self._probe_due():
                     self.limit += 1
+                    self.probes += 1
                     self._streak = 0
             elif outcome == "refused":
                 self.refused += 1
@@ -185,6 +212,17 @@ class AdaptiveConcurrency:
                 cond.notify_all()
             else:
                 cond.notify(max(1, int(self.limit) - self.in_flight))
+
+    def _probe_due(self) -> bool:
+        """Whether the limit grows by one now (see *Additive probing* in the module docstring)."""
+        if self.limit >= self.max_workers:
+            return False
+        due = PROBE_ROUNDS * max(1.0, self.limit)
+        if self._streak < due:
+            return False
+        if self.waiting * self.latency >= self.limit * self.refusal_wait:
+            return True
+        return self._streak >= due * (1 + self.refusal_wait / max(self.latency, 0.001))
 
     def snapshot(self) -> dict[str, int]:
         """What a progress bar shows: requests in flight, the limit, 429s seen."""

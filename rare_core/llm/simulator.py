@@ -12,7 +12,8 @@ the demo, and by the throughput benchmark. Nothing here calls a real model.
   behaviour above: where a reasoning model's thinking goes (``reasoning``: inline ``<think>``,
   ``message.reasoning_content``, ``message.reasoning``, or an opening ``<think>`` swallowed), long
   thinking that honours ``max_tokens`` (``thinking_tokens``), a cap on requests in flight
-  answered with 429 and ``x-ratelimit-*`` headers (``max_in_flight``), servers without
+  answered with 429 and ``Retry-After: 1`` as gateways and proxies answer it, plus
+  ``x-ratelimit-*`` headers (``max_in_flight``), servers without
   ``response_format: json_schema`` (``structured_output``).
 * The Batch API as OpenAI implements it: ``POST /v1/files`` (multipart, kept in memory),
   ``GET /v1/files/{id}[/content]``, ``POST /v1/batches``, ``GET /v1/batches[/{id}]``,
@@ -132,8 +133,12 @@ class SimulatorConfig(BaseModel):
       content) and honours the request's ``max_tokens``: a completion longer than that is cut
       at ``max_tokens`` words, thinking first (a budget within the thinking leaves no answer),
       with ``finish_reason="length"``.
-    * ``max_in_flight``: a chat completion arriving while that many are handled gets a 429
-      (``Retry-After: cap_retry_after`` when set); every chat answer then carries
+    * ``max_in_flight``: a chat completion arriving while that many are handled gets at once a
+      429 with an OpenAI-shaped error body (``{"error": {"message", "type", "param", "code"}}``,
+      the shape OpenAI, vLLM and LiteLLM share) and ``Retry-After: cap_retry_after`` in whole
+      seconds, as servers and proxies send it (default 1; None sends none). A request counts
+      in flight from the moment its handler takes it until its answer is ready, as a server
+      counts its running requests; a refused one never counts. Every chat answer then carries
       ``x-ratelimit-limit-requests``, ``x-ratelimit-remaining-requests`` (slots free once this
       answer is sent) and ``x-ratelimit-reset-requests`` (OpenAI's ``"1s"``/``"120ms"`` format).
     * ``structured_output``: ``unsupported`` answers a request whose ``response_format`` has
@@ -150,7 +155,7 @@ class SimulatorConfig(BaseModel):
     reasoning: ReasoningMode = "inline"
     thinking_tokens: int = Field(default=0, ge=0, le=1_000_000)
     max_in_flight: int | None = Field(default=None, ge=1)
-    cap_retry_after: float | None = Field(default=None, ge=0)
+    cap_retry_after: int | None = Field(default=1, ge=0)
     structured_output: Literal["supported", "unsupported"] = "supported"
     batch_delay: float = Field(default=0.0, ge=0)
 
@@ -721,7 +726,7 @@ class _Simulator:
             refusal = _error(
                 429, f"Rate limit reached: at most {cap} requests in flight at once (simulated).",
                 "rate_limit_exceeded", "rate_limit_exceeded",
-                headers={"Retry-After": f"{retry:g}"} if retry is not None else None,
+                headers={"Retry-After": str(retry)} if retry is not None else None,
             )
             return self._with_limits(refusal, counted=False)
         if body.model not in self.stats.models:
@@ -1229,7 +1234,7 @@ class SimulatorProcess:
         reasoning: ReasoningMode = "inline",
         thinking_tokens: int = 0,
         max_in_flight: int | None = None,
-        cap_retry_after: float | None = None,
+        cap_retry_after: int | None = 1,
         structured_output: Literal["supported", "unsupported"] = "supported",
         batch_delay: float = 0.0,
     ) -> None:
