@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # a fresh install; `make lock` re-resolves it from pyproject.toml's ranges in a scratch venv.
 CONSTRAINTS := constraints.txt
 
-.PHONY: run test test-slow test-all bench install lock clean
+.PHONY: run test test-slow test-all bench docs install lock clean
 
 $(STAMP): pyproject.toml Makefile $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,7 @@ lock:
 	rm -rf .lock-venv
 	$(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/python -m pip install --quiet --upgrade pip
-	.lock-venv/bin/python -m pip install --quiet ".[test,bench]"
+	.lock-venv/bin/python -m pip install --quiet ".[test,bench,docs]"
 	.lock-venv/bin/python -m pip install --quiet --no-deps "pyserini==1.6.0"
 	(echo "# The resolved dependency set that 'make' installs (pip -c). Regenerate with 'make lock'."; \
 	 .lock-venv/bin/python -m pip freeze --exclude-editable | grep -v '^rare-pipeline') > $(CONSTRAINTS)
@@ -53,6 +53,13 @@ bench: $(STAMP)
 	$(PY) bench/llm_teachers.py
 	$(PY) bench/verification.py
 	$(PY) bench/hardneg_mining.py
+
+# The documentation site (mkdocs.yml, docs/): --strict fails on a broken link or anchor, a page
+# left out of the nav, or a configuration example PipelineConfig refuses. NO_MKDOCS_2_WARNING:
+# Material prints its end-of-life notice on every build otherwise (mkdocs is pinned below 2).
+docs: $(STAMP)
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[test,docs]"
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) cache out
