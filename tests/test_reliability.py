@@ -72,7 +72,7 @@ def reference(tmp_path_factory, slow_sim, prefect_harness):
     return dataset(tmp), slow_sim.stats().completions_served
 
 
-@pytest.mark.parametrize("kill_at", [3, DOCS // 2, DOCS + 2, DOCS + DOCS - 8],
+@pytest.mark.parametrize("kill_at", [3, DOCS // 2, DOCS + 2, pytest.param(DOCS + DOCS - 8, marks=pytest.mark.slow)],
                          ids=["doc2query-early", "doc2query-half", "distill-early", "distill-late"])
 def test_kill_9_mid_step_resumes_with_the_same_rows_paying_only_what_was_in_flight(
         tmp_path, slow_sim, reference, api_env, kill_at):
@@ -113,6 +113,7 @@ def test_two_runs_on_one_cache_folder_at_once(tmp_path, slow_sim, reference, api
         assert db.execute("SELECT COUNT(*) FROM responses").fetchone()[0] == 2 * DOCS
 
 
+@pytest.mark.slow
 def test_no_byte_a_run_writes_holds_the_api_key(tmp_path):
     secret = "sk-live-SCAN-ME-5f0c2b7e9a1d4c3b8e6f"
     home = tmp_path / "prefect-home"
@@ -156,6 +157,7 @@ def _latest_task_states() -> dict[str, str]:
         return wait_until(final, 30, "the task runs of the last flow run")
 
 
+@pytest.mark.slow
 def test_kill_9_mid_sharded_run_serves_finished_shards_and_completes_the_rest(tmp_path, slow_sim, reference, api_env):
     """4 shards of 6 documents, killed in ReasonDistill's third shard (the thread pool runs the
     shards of a step one after another): the rerun serves every finished shard from the cache

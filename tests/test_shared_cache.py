@@ -112,7 +112,11 @@ def test_a_key_another_process_computes_is_waited_for_and_freed_when_it_dies(tmp
         other.join()
 
 
-@pytest.mark.parametrize("round_", range(3))
+# The first round in `make test`, the others with the long tests (make test-slow).
+ROUNDS = [0, *(pytest.param(i, marks=pytest.mark.slow) for i in (1, 2))]
+
+
+@pytest.mark.parametrize("round_", ROUNDS)
 def test_two_runs_with_different_inputs_on_one_cache_folder(tmp_path, slow_sim, api_env, round_):
     """Each round: two inputs with no document in common, run at once on one cache folder. Both
     succeed, each dataset holds its own documents (and negatives from its own corpus), the one
@@ -133,7 +137,7 @@ def test_two_runs_with_different_inputs_on_one_cache_folder(tmp_path, slow_sim, 
     assert rows(tmp_path / "rerun").to_dict("records") == rows(tmp_path / f"out-{again}").to_dict("records")
 
 
-@pytest.mark.parametrize("round_", range(2))
+@pytest.mark.parametrize("round_", ROUNDS[:2])
 def test_two_runs_with_different_settings_on_one_cache_folder(tmp_path, slow_sim, api_env, round_):
     """The same input with ``hardneg.num_neg`` 3 and 5, run at once on one cache folder: both
     succeed with their own number of negatives, and the questions, the same for both, are paid once."""
