@@ -181,7 +181,10 @@ def test_a_read_only_output_folder_is_refused_before_anything_runs(tmp_path, cap
     locked.mkdir()
     (tmp_path / "docs.jsonl").write_bytes(jsonl(GOOD))
     if os.geteuid() == 0:  # root writes through permission bits: a read-only bind mount it is
-        subprocess.run(["mount", "--bind", "-o", "ro", str(locked), str(locked)], check=True)
+        mounted = subprocess.run(["mount", "--bind", "-o", "ro", str(locked), str(locked)], capture_output=True,
+                                 text=True)
+        if mounted.returncode:
+            pytest.skip(f"cannot make a read-only bind mount here: {mounted.stderr.strip()}")
     else:
         locked.chmod(0o555)
     try:
