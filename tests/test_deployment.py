@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from prefect_fixtures import PROJECT_ROOT, SAMPLE, stop_process, wait_until
 
 from rare_core.storage import read_frame
@@ -128,6 +129,11 @@ def test_rare_serve_executes_a_triggered_run(api, tmp_path):
         deployment = wait_until(registered, 60, "the served deployment", interval=0.5)
         assert deployment.enforce_parameter_schema
         assert [s.schedule.cron for s in deployment.schedules] == ["0 4 * * *"]
+        # What both ways of deploying share comes from prefect.yaml (deployments/serve.py).
+        nightly = yaml.safe_load((PROJECT_ROOT / "deployments" / "prefect.yaml").read_text())["deployments"][0]
+        assert [s.schedule.timezone for s in deployment.schedules] == [nightly["schedules"][0]["timezone"]]
+        assert deployment.tags == nightly["tags"]
+        assert deployment.global_concurrency_limit.limit == nightly["concurrency_limit"]
         assert deployment.parameters["config"]["input_path"] == str(SAMPLE)
 
         assert_invalid_run_refused(name, deployment.id)
