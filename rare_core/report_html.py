@@ -15,7 +15,7 @@ the final step file's rows.
   2. the negatives' score ratios (each of ``hard_negatives_scores`` / ``positive_score``);
   3. question and reasoning lengths, in tokens from ``token_counter`` (a callable text -> int,
      or an object with ``count_many(texts) -> counts`` such as
-     :func:`rare_core.estimate.token_counter_for`'s) or else in whitespace-separated words;
+     :func:`rare_core.tokens.token_counter_for`'s) or else in whitespace-separated words;
      above ``length_sample`` texts a column is measured on a seeded random sample (the caption
      says so);
   4. samples needed per row (``rare_verify_samples``, else ``rare_distill_attempts``);

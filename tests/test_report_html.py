@@ -210,7 +210,7 @@ def test_token_counter_is_used_and_named(frame):
     c = Page(render_html(make_summary(), frame, token_counter=tokens)).captions["chart-lengths"]
     words = frame["question"].dropna().str.split().str.len()
     assert "tokens counted by tokens" in c and f"question n = 28, median {np.median(words) * 2:g}" in c
-    from rare_core.estimate import token_counter_for  # the offline tiktoken counter (count_many)
+    from rare_core.tokens import token_counter_for  # the offline tiktoken counter (count_many)
 
     counter, _ = token_counter_for("gpt-4o-mini")
     c = Page(render_html(make_summary(), frame, token_counter=counter)).captions["chart-lengths"]
