@@ -10,6 +10,8 @@ Prefect itself is imported only inside the fixtures, so tests that do not use th
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -57,6 +59,34 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):
             return value
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
+
+
+def rare_run_process(tmp_path: Path, base_url: str, *extra: str, env: dict[str, str] | None = None,
+                     docs: int = 30, workers: int = 4) -> subprocess.Popen:
+    """``rare run`` on the first ``docs`` sample documents against ``base_url``, in a process group
+    of its own as a terminal starts a command (text output captured; ``env`` on top of ours)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "deployments.cli", "run", "--input", str(SAMPLE), "--limit", str(docs),
+         "--output", str(tmp_path / "out"), "--cache-path", str(tmp_path / "cache"), "--base-url", base_url,
+         "--model", "sim-model", "--max-workers", str(workers), *extra],
+        cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "COLUMNS": "100", **(env or {})})
+
+
+def disturbed(proc: subprocess.Popen, ready, disturb, what: str, timeout: float) -> tuple[str, float]:
+    """Wait until ``ready()`` (``what``), call ``disturb()`` (a signal, a killed server), then wait
+    for ``proc`` -> (its stderr, seconds from the disturbance to its exit); the process group is
+    killed if it is still there at the end."""
+    try:
+        wait_until(lambda: ready() or proc.poll() is not None, 120, what)
+        assert proc.poll() is None, proc.communicate()
+        disturb()
+        disturbed_at = time.monotonic()
+        _, err = proc.communicate(timeout=timeout)
+        return err, time.monotonic() - disturbed_at
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 @contextmanager

@@ -6,28 +6,15 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
-from prefect_fixtures import PROJECT_ROOT, SAMPLE, wait_until
+from prefect_fixtures import disturbed, rare_run_process
 
 from rare_core.storage import read_frame
 
 CHAT = "/v1/chat/completions"
 WORKERS = 4
 EXIT_WITHIN = 5.0  # seconds from the signal to the exit (the issue's promise)
-
-
-def rare_run(tmp_path, sim, *extra: str) -> subprocess.Popen:
-    """``rare run`` in a process group of its own, as a terminal starts a command."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "deployments.cli", "run", "--input", str(SAMPLE), "--limit", "30",
-         "--output", str(tmp_path / "out"), "--cache-path", str(tmp_path / "cache"), "--base-url", sim.base_url,
-         "--model", "sim-model", "--max-workers", str(WORKERS), *extra],
-        cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "COLUMNS": "100"})
 
 
 def sent(sim) -> int:
@@ -37,17 +24,9 @@ def sent(sim) -> int:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_an_interrupt_just_after_doc2query_starts(tmp_path, sim, sig):
     sim.set_latency(0.3)
-    proc = rare_run(tmp_path, sim)
-    try:
-        wait_until(lambda: sent(sim) >= 2 or proc.poll() is not None, 120, "Doc2Query's first requests")
-        assert proc.poll() is None, proc.communicate()
-        os.killpg(proc.pid, sig)  # the whole group, as the terminal does
-        signalled = time.monotonic()
-        out, err = proc.communicate(timeout=60)
-        took = time.monotonic() - signalled
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    proc = rare_run_process(tmp_path, sim.base_url, workers=WORKERS)
+    err, took = disturbed(proc, lambda: sent(sim) >= 2, lambda: os.killpg(proc.pid, sig),  # the group, as a terminal does
+                          "Doc2Query's first requests", timeout=60)
     lines = [line for line in err.splitlines() if line.strip() and not line.startswith(("│", "╭", "╰"))]
     assert proc.returncode == 130, err
     assert lines[-1].startswith("rare: interrupted: ") and lines[-1].endswith(
@@ -60,7 +39,7 @@ def test_an_interrupt_just_after_doc2query_starts(tmp_path, sim, sig):
     if sig == signal.SIGTERM:
         return
     sim.set_latency(0.0)
-    again = rare_run(tmp_path, sim)
+    again = rare_run_process(tmp_path, sim.base_url, workers=WORKERS)
     out, err = again.communicate(timeout=300)
     assert again.returncode == 0, err
     assert len(read_frame(tmp_path / "out" / "dataset.jsonl")) > 0

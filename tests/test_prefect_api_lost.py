@@ -7,11 +7,9 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-import time
 
 import pytest
-from prefect_fixtures import PROJECT_ROOT, SAMPLE, running_prefect_server, wait_until
+from prefect_fixtures import disturbed, rare_run_process, running_prefect_server
 
 from rare_core.storage import read_frame
 
@@ -21,15 +19,6 @@ DOCS = 30
 
 def sent(sim) -> int:
     return sim.stats().requests_by_path.get(CHAT, 0)
-
-
-def rare_run(tmp_path, sim, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "deployments.cli", "run", "--input", str(SAMPLE), "--limit", str(DOCS),
-         "--output", str(tmp_path / "out"), "--cache-path", str(tmp_path / "cache"), "--base-url", sim.base_url,
-         "--model", "sim-model", "--max-workers", "2"],
-        cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "COLUMNS": "100", **env})
 
 
 def server_pids(api_url: str) -> list[int]:
@@ -43,18 +32,10 @@ def server_pids(api_url: str) -> list[int]:
 def test_the_api_killed_at_half_of_doc2query(tmp_path, sim):
     sim.set_latency(0.3)
     with running_prefect_server(tmp_path / "prefect-home") as api_url:
-        proc = rare_run(tmp_path, sim, {"PREFECT_API_URL": api_url})
-        try:
-            wait_until(lambda: sent(sim) >= DOCS // 2 or proc.poll() is not None, 120, "half of Doc2Query")
-            assert proc.poll() is None, proc.communicate()
-            for pid in server_pids(api_url):
-                os.kill(pid, signal.SIGKILL)
-            killed = time.monotonic()
-            out, err = proc.communicate(timeout=180)
-            took = time.monotonic() - killed
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
+        proc = rare_run_process(tmp_path, sim.base_url, env={"PREFECT_API_URL": api_url}, docs=DOCS, workers=2)
+        err, took = disturbed(proc, lambda: sent(sim) >= DOCS // 2,
+                              lambda: [os.kill(pid, signal.SIGKILL) for pid in server_pids(api_url)],
+                              "half of Doc2Query", timeout=180)
     (tmp_path / "stderr.txt").write_text(err)
     lines = [line for line in err.splitlines() if line.startswith("rare: ")]
     assert "Traceback" not in err and "Error logging to API" not in err and "EventsWorker" not in err, err
@@ -65,7 +46,7 @@ def test_the_api_killed_at_half_of_doc2query(tmp_path, sim):
     assert rows > 0
     paid = sent(sim)
     sim.set_latency(0.0)
-    again = rare_run(tmp_path, sim, {})  # the API gone for good: a local one for the rerun
+    again = rare_run_process(tmp_path, sim.base_url, docs=DOCS, workers=2)  # the API gone: a local one for the rerun
     out, err = again.communicate(timeout=300)
     assert again.returncode == 0, err
     assert sent(sim) == paid  # every answer of the first run was kept: nothing is paid twice
