@@ -66,13 +66,17 @@ class ResponseCacheDamagedError(ResponseCacheError):
     """The file is not a readable SQLite database (garbage in its header, damaged pages)."""
 
 
+def _damaged(path: Path, why: object) -> ResponseCacheDamagedError:
+    return ResponseCacheDamagedError(
+        f"the response cache {path} is damaged ({why}); `rare repair-cache {path}` moves it aside and keeps "
+        f"every answer that can still be read", path)
+
+
 def _typed(exc: sqlite3.Error | OSError, path: Path, doing: str) -> ResponseCacheError:
     """``exc`` (raised while ``doing``) as a one-line error naming ``path`` and what to do."""
     code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
     if code in _DAMAGED:
-        return ResponseCacheDamagedError(
-            f"the response cache {path} is damaged ({exc}); `rare repair-cache {path}` moves it aside and keeps "
-            f"every answer that can still be read", path)
+        return _damaged(path, exc)
     if code in _FULL or getattr(exc, "errno", None) == 28:
         return ResponseCacheWriteError(
             f"cannot store an answer in the response cache {path}: the disk is full ({exc}); the step stopped "
@@ -131,11 +135,10 @@ class ResponseCache:
             with self._lock:
                 row = self._conn.execute("SELECT payload FROM responses WHERE key = ?", (key,)).fetchone()
             return json.loads(row[0]) if row else None
-        except (sqlite3.Error, ValueError) as exc:  # ValueError: a payload that is not JSON
-            if isinstance(exc, ValueError):
-                exc = sqlite3.DatabaseError(f"an unreadable answer ({exc})")
-                exc.sqlite_errorcode = sqlite3.SQLITE_CORRUPT
+        except sqlite3.Error as exc:
             raise _typed(exc, self.path, "reading an answer") from None
+        except ValueError as exc:  # a payload that is not JSON
+            raise _damaged(self.path, f"an unreadable answer: {exc}") from None
 
     def put(self, key: str, payload: dict) -> None:
         try:
