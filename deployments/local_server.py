@@ -1,9 +1,10 @@
 """The Prefect API a run reports to, and Prefect servers of our own on loopback.
 
+* :func:`check_api` -> a configured API answers, or :class:`APIUnreachableError` naming it
+  (``rare`` calls it before anything is paid).
 * :func:`run_api` (context manager) -> the API URL of a ``rare run``: the configured one
-  (``PREFECT_API_URL``, from the environment or the profile), checked to answer
-  (:class:`APIUnreachableError` naming it, before anything is paid), else a local API started
-  for the run (:func:`local_api`) and stopped at its end.
+  (``PREFECT_API_URL``, from the environment or the profile), else a local API started for the
+  run (:func:`local_api`) and stopped at its end.
 * :func:`local_api` -> the API Prefect would start on its own for a run without a server (its
   ephemeral API, on the profile's database, so the runs are kept), but in a process of its own
   session. Why: Prefect starts its ephemeral server as a child in the terminal's process group,
@@ -164,7 +165,6 @@ def run_api() -> Iterator[str]:
 
     configured = PREFECT_API_URL.value()
     if configured:
-        check_api(configured)
         yield configured
         return
     with local_api() as api_url, temporary_settings(updates={PREFECT_API_URL: api_url}):
