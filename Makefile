@@ -14,7 +14,7 @@ CONSTRAINTS := constraints.txt
 $(STAMP): pyproject.toml Makefile $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[test]"
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[test,sim]"
 	# pyserini without its dependency set (torch, faiss, transformers...): BM25 needs only
 	# the Anserini jar and pyjnius. rare_core/retrieval/jvm.py explains the import path.
 	$(PY) -m pip install --quiet -c $(CONSTRAINTS) --no-deps "pyserini==1.6.0"
@@ -24,7 +24,7 @@ lock:
 	rm -rf .lock-venv
 	$(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/python -m pip install --quiet --upgrade pip
-	.lock-venv/bin/python -m pip install --quiet ".[test,bench,docs]"
+	.lock-venv/bin/python -m pip install --quiet ".[test,sim,bench,docs]"
 	.lock-venv/bin/python -m pip install --quiet --no-deps "pyserini==1.6.0"
 	(echo "# The resolved dependency set that 'make' installs (pip -c). Regenerate with 'make lock'."; \
 	 .lock-venv/bin/python -m pip freeze --exclude-editable | grep -v '^rare-pipeline') > $(CONSTRAINTS)
@@ -48,7 +48,7 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[test,bench]"
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[test,sim,bench]"
 	$(PY) bench/llm_throughput.py
 	$(PY) bench/llm_teachers.py
 	$(PY) bench/verification.py

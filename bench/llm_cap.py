@@ -38,8 +38,8 @@ import openai  # noqa: E402
 from cap_server import CapServer  # noqa: E402
 
 from rare_core.llm import APILLMServing_request, LLMRequest, LLMResponse  # noqa: E402
-from rare_core.llm.simulator import SimulatorProcess  # noqa: E402
 from rare_core.prompts import doc2query  # noqa: E402
+from rare_sim import SimulatorProcess  # noqa: E402
 
 SAMPLE = ROOT / "data" / "pubmedqa_sample.jsonl"
 SAMPLE_EVERY = 0.005  # seconds between two samples of the limiter's counters

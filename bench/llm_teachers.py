@@ -33,9 +33,9 @@ import pandas as pd  # noqa: E402
 
 from rare_core import APILLMServing_request, Doc2Query  # noqa: E402
 from rare_core.llm.config import BatchConfig  # noqa: E402
-from rare_core.llm.simulator import FaultSpec, SimulatorProcess  # noqa: E402
 from rare_core.prices import price_for  # noqa: E402
 from rare_core.prompts import doc2query  # noqa: E402
+from rare_sim import FaultSpec, SimulatorProcess  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "pubmedqa_sample.jsonl"
 
@@ -92,7 +92,7 @@ def main() -> None:
         unusable = docs["text"].iloc[::10].str[:40].tolist()
         sim.inject([FaultSpec(kind="malformed_json", count=1, match=m) for m in unusable])
         wall, out, op = ours(sim.base_url, docs, args.workers)
-        sent = op.last_summary.extra["requests"]
+        sent = op.last_summary.llm.requests
         print(f"2. {len(unusable)} unusable answers ({len(unusable) / args.rows:.0%}), each re-asked: ours {sent} "
               f"requests, {sent / wall:.1f} req/s ({args.rows / wall:.1f} rows/s), "
               f"{(out['rare_status'] == 'ok').sum()} ok -> ratio {sent / wall / (args.rows / base):.3f} of the "
@@ -116,12 +116,12 @@ def main() -> None:
     with SimulatorProcess(latency=args.latency, batch_delay=args.batch_delay) as sim, \
             tempfile.TemporaryDirectory() as tmp:
         wall_online, _, op_online = ours(sim.base_url, batch_docs, args.workers)
-        online = op_online.last_summary.extra
+        online = op_online.last_summary.llm.model_dump()
         sim.reset()
         wall_batch, out, op_batch = ours(sim.base_url, batch_docs, args.workers, mode="batch",
                                          cache_path=str(Path(tmp) / "r.sqlite"), cache_mode="use",
                                          batch=BatchConfig(poll_interval=0.5, poll_max=2.0))
-        batch = op_batch.last_summary.extra
+        batch = op_batch.last_summary.llm.model_dump()
         stats = sim.stats()
         cost_online = price.cost(online["prompt_tokens"], online["completion_tokens"])
         cost_batch = price.cost(batch["prompt_tokens"], batch["completion_tokens"], batch=True)

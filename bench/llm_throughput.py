@@ -19,8 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rare_core.llm import APILLMServing_request, LLMRequest  # noqa: E402
-from rare_core.llm.simulator import SimulatorProcess  # noqa: E402
 from rare_core.prompts import doc2query  # noqa: E402
+from rare_sim import SimulatorProcess  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "pubmedqa_sample.jsonl"
 

@@ -114,7 +114,7 @@ def process_label(proc: psutil.Process, root_pid: int) -> str:
         name = proc.name()
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return "gone"
-    if "rare_core.llm.simulator" in cmdline:
+    if "rare_sim" in cmdline:
         return "simulator"
     if "prefect.server" in cmdline or "prefect server" in cmdline:
         return "prefect server"

@@ -16,7 +16,7 @@ so it catches peaks shorter than a sample):
 
 1. ``count``: ``count_documents(config)`` (what ``load_input`` does first), and ``load``: the
    streaming load of a sharded run, as ``tasks.io.load_input`` does it but without the Prefect
-   task: ``_write_shards`` (``iter_documents`` chunk by chunk into one step-0 file per shard,
+   task: ``write_shards`` (``iter_documents`` chunk by chunk into one step-0 file per shard,
    ``cache_type`` jsonl, each hashed by ``ArtifactRef.write``) with a ``CorpusWriter`` (the corpus
    parquet). Compared with ``read_frame(input)`` of the whole file, in a subprocess (its own peak).
 2. ``bm25 prepare``: ``BM25HardNeg(config=BM25HardNegConfig(corpus_path=<corpus parquet>,
@@ -300,8 +300,9 @@ def main() -> None:
     from rare_core.inputs import count_documents, iter_documents
     from rare_core.operators.bm25_hardneg import BM25HardNeg, BM25HardNegConfig
     from rare_core.shards import shard_bounds, shard_count
-    from tasks.artifacts import input_key, input_paths
-    from tasks.io import CorpusWriter, _write_shards
+    from rare_core.artifacts.input_files import corpus_writer as make_corpus_writer, write_shards
+    from rare_core.artifacts.keys import input_key
+    from rare_core.artifacts.layout import input_paths
 
     scratch = args.scratch.resolve()
     if scratch.exists():
@@ -320,8 +321,8 @@ def main() -> None:
     bounds = shard_bounds(total, count)
     with phase(sampler, "load (stream -> shards + corpus)", shards=count) as row:
         key = input_key(config, count)
-        corpus_writer = CorpusWriter(config, key)
-        shards = _write_shards(config, input_paths(config, key, count), bounds, iter_documents(config), corpus_writer)
+        corpus_writer = make_corpus_writer(config, key)
+        shards = write_shards(config, input_paths(config, key, count), bounds, iter_documents(config), corpus_writer)
         corpus = corpus_writer.close(lambda: (ref.load() for ref in shards))
         row["rows"] = sum(s.rows for s in shards)
     row["corpus_mib"] = file_mib(Path(corpus.path))

@@ -15,9 +15,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rare_core import APILLMServing_request, BM25HardNeg, ReasonDistill  # noqa: E402
-from rare_core.llm.simulator import SimulatorProcess  # noqa: E402
 from rare_core.storage import read_frame  # noqa: E402
 from rare_core.verify import VerifyConfig  # noqa: E402
+from rare_sim import SimulatorProcess  # noqa: E402
 
 GOLD = Path(__file__).resolve().parents[2] / "shared" / "data" / "pubmedqa" / "qa_gold.jsonl"
 

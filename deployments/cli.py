@@ -41,9 +41,9 @@ from pydantic import ValidationError
 
 from rare_core.config import PipelineConfig
 from rare_core.errors import RareError
+from rare_core.pipeline import STEP_BY_NAME
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-STEP_LABELS = {"doc2query": "Doc2Query", "distill": "ReasonDistill"}
 SIMULATED_NOTICE = (
     "NO LLM ENDPOINT CONFIGURED: this run uses the built-in SIMULATOR.\n"
     "Every question, scenario, reasoning and answer will be SIMULATED, not written by a model.\n"
@@ -181,7 +181,7 @@ class _ProgressBars:
         self._bars: dict[str, Any] = {}
 
     def __call__(self, step: str, done: int, total: int, live: dict[str, Any]) -> None:
-        label = STEP_LABELS.get(step, step)
+        label = STEP_BY_NAME[step].label if step in STEP_BY_NAME else step
         if step not in self._bars:
             self._bars[step] = self.progress.add_task(label, total=total, endpoint="")
         fields: dict[str, Any] = {}
@@ -350,7 +350,7 @@ def interrupted(config: PipelineConfig | None, started: float) -> int:
     answers = ""
     if config is not None:
         from rare_core.llm.cache import answers_since
-        from tasks.artifacts import resolve_paths
+        from rare_core.artifacts.layout import resolve_paths
 
         path = resolve_paths(config).llm.cache_path
         if path:
@@ -364,12 +364,13 @@ def interrupted(config: PipelineConfig | None, started: float) -> int:
 def export_run(out_dir: str, formats: str, to: str) -> int:
     """``rare export OUT_DIR --format F --to DIR``: a finished run's dataset in training formats."""
     from rare_core.exports import export, file_chunks
+    from rare_core.report import RunSummary
     from tasks.io import DATASET_STEM, RUN_CONFIG_FILE, SUMMARY_FILE, provenance_of
 
     folder = Path(out_dir)
     try:
         config = PipelineConfig.model_validate_json((folder / RUN_CONFIG_FILE).read_text(encoding="utf-8"))
-        summary = json.loads((folder / SUMMARY_FILE).read_text(encoding="utf-8"))
+        summary = RunSummary.model_validate_json((folder / SUMMARY_FILE).read_text(encoding="utf-8"))
         dataset = file_chunks(folder / f"{DATASET_STEM}.{config.output_format}")
         names = [f.strip() for f in formats.split(",") if f.strip()]
         written = export(dataset, config, names, Path(to), provenance_of(summary, config, config.command))

@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from rare_core.config import PipelineConfig
-from tasks.artifacts import resolve_paths
+from rare_core.artifacts.layout import resolve_paths
 
 DEFAULT_DEPLOYMENT = "rare-served"
 DEPLOYMENT_FILE = Path(__file__).with_name("prefect.yaml")

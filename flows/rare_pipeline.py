@@ -4,7 +4,7 @@ BM25HardNeg -> ReasonDistill) -> export -> report.
 Its one parameter is :class:`rare_core.config.PipelineConfig`; Prefect validates it (and, for
 deployments with ``enforce_parameter_schema``, the API refuses invalid values before a run
 exists). Composition only: which tasks, in what order, with which config. The steps are cached
-(tasks/artifacts.py), so a rerun with the same input and config makes no LLM request and no
+(rare_core/artifacts/keys.py), so a rerun with the same input and config makes no LLM request and no
 BM25 search, and a changed setting reruns that step and the ones after it.
 
 The run fails (and ``rare run`` exits non-zero) when a step raises, or when no row of a
@@ -22,8 +22,9 @@ from pydantic import BaseModel
 from rare_core.config import PipelineConfig
 from rare_core.errors import RareError
 from rare_core.report import Report
-from rare_core.pipeline import STEPS
-from tasks.artifacts import StepLocks, resolve_paths
+from rare_core.pipeline import enabled_steps
+from rare_core.artifacts.layout import resolve_paths
+from rare_core.artifacts.locks import StepLocks
 from tasks.io import ExportResult, export_dataset, export_training_formats, load_input, publish_report
 from tasks.llm import llm_endpoints
 from tasks.progress import ShardProgress
@@ -62,16 +63,16 @@ def rare_pipeline(config: PipelineConfig) -> PipelineResult:
                        "(flows.runners.run_pipeline), not to a deployment's runs")
     source = load_input(config)
     artifacts, records = source.shards, []
-    steps = [spec for spec in STEPS if spec.enabled(config)]
+    steps = enabled_steps(config)
     # The run's cache keys stay locked until it ends: no other run on the cache folder replaces
-    # a step file this run still reads (tasks.artifacts.StepLocks).
+    # a step file this run still reads (rare_core.artifacts.locks.StepLocks).
     with StepLocks(config.cache_path) as locks, llm_endpoints(config, logger) as llm:
         # A sharded run, and a run with a limit, have a corpus file (the whole input): the steps
         # that search it get their index now, built while the steps before them run. Each index
         # future is handed to its step (popped):
         # once the step is done nothing may hold it (tasks/placement.py restarts the searchers).
         searching = {spec.name: spec.corpus_config(config, source.corpus.path)
-                     for spec in steps if spec.shared_index and source.corpus}
+                     for spec in steps if spec.searches_corpus and source.corpus}
         indexes = {spec.name: prepare_index(spec, searching[spec.name])
                    for spec in steps if spec.name in searching and len(artifacts) > 1}
         for spec in steps:
@@ -91,4 +92,4 @@ def rare_pipeline(config: PipelineConfig) -> PipelineResult:
         raise EmptyDatasetError(
             f"none of the {source.rows} documents went through every step; reasons in "
             f"{exported.failed.path if exported.failed else 'the report'}")
-    return PipelineResult(exported=exported, report=report, simulated=report.summary["simulated"])
+    return PipelineResult(exported=exported, report=report, simulated=report.run_summary.simulated)

@@ -6,7 +6,7 @@ Importing this package loads neither Prefect nor torch, and does not start a JVM
 operator starts Java on first use.
 """
 
-from rare_core.llm.client import APILLMServing_request
+from rare_core.llm.serving import APILLMServing_request
 from rare_core.operators.bm25_hardneg import BM25HardNeg
 from rare_core.operators.doc2query import Doc2Query
 from rare_core.operators.reason_distill import ReasonDistill

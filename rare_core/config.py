@@ -13,12 +13,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from rare_core.llm.config import BatchConfig, GenerationParams, LLMConfig
-from rare_core.filters import DocumentFilterConfig, LeakageFilterConfig, LengthFilterConfig, QuestionDedupConfig
+from rare_core.llm.simulated import SIMULATOR_MODEL
 from rare_core.verify import VerifyConfig
 from rare_core.operators.base import RESERVED_PREFIX
-from rare_core.operators.bm25_hardneg import POSITIVE_RANK, POSITIVE_SCORE, BM25HardNegConfig
-from rare_core.operators.doc2query import QUESTION_INDEX, Doc2QueryConfig
-from rare_core.operators.reason_distill import DOCUMENT_ORDER, POSITIVE_DOC_NUMBER, ReasonDistillConfig
+from rare_core.operators.bm25_hardneg import POSITIVE, POSITIVE_RANK, POSITIVE_SCORE
+from rare_core.operators.doc2query import QUESTION_INDEX
+from rare_core.operators.reason_distill import DOCUMENT_ORDER, POSITIVE_DOC_NUMBER
+from rare_core.pipeline import STEPS
 
 Format = Literal["json", "jsonl", "csv", "parquet"]
 
@@ -60,7 +61,7 @@ class ColumnKeys(BaseModel):
 
 # Data columns the steps write under fixed names (besides the ``columns`` keys and the
 # ``{hard_negatives}_ids``/``_scores`` derived from one), and the dataset's ``positive``.
-FIXED_OUTPUTS = (QUESTION_INDEX, POSITIVE_SCORE, POSITIVE_RANK, DOCUMENT_ORDER, POSITIVE_DOC_NUMBER, "positive")
+FIXED_OUTPUTS = (QUESTION_INDEX, POSITIVE_SCORE, POSITIVE_RANK, DOCUMENT_ORDER, POSITIVE_DOC_NUMBER, POSITIVE)
 
 
 class Prices(BaseModel):
@@ -91,18 +92,23 @@ BatchOverrides = _overrides(BatchConfig, "BatchOverrides", "Batch API settings o
 LLMRole = _overrides(LLMConfig, "LLMRole", "One role's endpoint settings; every unset field is the shared llm "
                      "section's (a cheap model writing questions, a strong reasoning model teaching...).",
                      {"generation": GenerationOverrides, "batch": BatchOverrides})
-Role = Literal["question_writer", "teacher", "judge"]
+# Every LLM role a step of the registry introduces (StepSpec.introduces): name -> what it does.
+ROLES: dict[str, str] = {role: what for spec in STEPS for role, what in spec.introduces.items()}
+Role = Literal[tuple(ROLES)]  # type: ignore[valid-type]
+# Roles that, left unset in ``roles``, take another role's settings (StepSpec.role_falls_back_to).
+ROLE_FALLBACK: dict[str, str] = {role: to for spec in STEPS for role, to in spec.role_falls_back_to.items()}
 
 
-class LLMRoles(BaseModel):
+class _Roles(BaseModel):
     """Who does what: each role may use its own endpoint, model, key variable and generation
     settings; what a role leaves unset comes from the shared ``llm`` section."""
 
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
-    question_writer: LLMRole | None = Field(None, description="Doc2Query: writes the questions.")  # type: ignore[valid-type]
-    teacher: LLMRole | None = Field(None, description="ReasonDistill: writes the reasoning and the answer.")  # type: ignore[valid-type]
-    judge: LLMRole | None = Field(None, description="Verification: judges open answers against the reference.")  # type: ignore[valid-type]
+
+# One optional field per role of ROLES.
+LLMRoles = create_model("LLMRoles", __base__=_Roles, __module__=__name__, __doc__=_Roles.__doc__,
+                        **{role: (LLMRole | None, Field(None, description=what)) for role, what in ROLES.items()})
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -114,21 +120,40 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class FiltersConfig(BaseModel):
-    """The data filters (rare_core.filters), each a step of its own, each off until switched on
-    (``--set filters.question_dedup.enabled=true``); a filtered row goes to failed_rows with
-    its reason, and the report counts them by reason."""
+def _sections(prefix: str) -> dict[str, Any]:
+    """The config fields of the registry's steps whose section is ``{prefix}{name}``: name ->
+    (settings model, its default and description), in registry order."""
+    return {spec.section[len(prefix):]: (spec.settings_model, Field(default_factory=spec.default_settings,
+                                                                     description=spec.description or None))
+            for spec in STEPS if spec.section.startswith(prefix) and "." not in spec.section[len(prefix):]}
 
+
+class _Group(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    documents: DocumentFilterConfig = Field(default_factory=lambda: DocumentFilterConfig(enabled=False),
-                                            description="Before Doc2Query: exact duplicates, too few words.")
-    question_dedup: QuestionDedupConfig = Field(default_factory=lambda: QuestionDedupConfig(enabled=False),
-                                                description="After Doc2Query: near-duplicate questions (MinHash LSH).")
-    leakage: LeakageFilterConfig = Field(default_factory=lambda: LeakageFilterConfig(enabled=False),
-                                         description="After Doc2Query: the answer or the document copied into the question.")
-    length: LengthFilterConfig = Field(default_factory=lambda: LengthFilterConfig(enabled=False),
-                                       description="After ReasonDistill: question and reasoning lengths.")
+
+# Sections that group steps of one kind (a step's section ``{group}.{name}``): the group's
+# docstring and its description in the run's config.
+GROUPS = {
+    "filters": ("The data filters (rare_core.filters), each a step of its own, each off until switched on "
+                "(``--set filters.question_dedup.enabled=true``); a filtered row goes to failed_rows with its "
+                "reason, and the report counts them by reason.", "Data filters, each switchable."),
+    "checks": ("Checks of what the rows teach, each a step of its own, each off until switched on; a row is "
+               "flagged in a ``rare_`` column, counted in the report, and dropped only where the check's "
+               "settings say so.", "Checks of the rows' content, each switchable."),
+}
+
+
+def _group(name: str) -> type[BaseModel]:
+    """The model of group ``name``: one field per step of the registry in it."""
+    doc, _ = GROUPS[name]
+    return create_model(f"{name.title()}Config", __base__=_Group, __module__=__name__, __doc__=doc,
+                        **_sections(f"{name}."))
+
+
+# One model per group that has steps: FiltersConfig, ChecksConfig...
+GROUP_MODELS = {name: _group(name) for name in GROUPS if any(s.section.startswith(f"{name}.") for s in STEPS)}
+FiltersConfig = GROUP_MODELS["filters"]
 
 
 class DaskConfig(BaseModel):
@@ -155,7 +180,7 @@ class DaskConfig(BaseModel):
         return bool(self.workers or self.address)
 
 
-class PipelineConfig(BaseModel):
+class _Run(BaseModel):
     """Everything one pipeline run needs. The API key is never here: ``llm.api_key_env`` names
     the environment variable that holds it."""
 
@@ -169,12 +194,8 @@ class PipelineConfig(BaseModel):
     columns: ColumnKeys = Field(default_factory=ColumnKeys, description="Column names of the input and of each step's output.")
     llm: LLMConfig = Field(default_factory=LLMConfig,
                            description="LLM endpoint shared by every role; leave base_url empty to run on the built-in simulator.")
-    roles: LLMRoles = Field(default_factory=LLMRoles, description="Per-role endpoint settings (question_writer, teacher).")
-    doc2query: Doc2QueryConfig = Field(default_factory=Doc2QueryConfig)
-    hardneg: BM25HardNegConfig = Field(default_factory=BM25HardNegConfig)
-    distill: ReasonDistillConfig = Field(default_factory=ReasonDistillConfig)
+    roles: LLMRoles = Field(default_factory=LLMRoles, description="Per-role endpoint settings (" + ", ".join(ROLES) + ").")
     verify: VerifyConfig = Field(default_factory=VerifyConfig, description="How the teacher's answers are checked.")
-    filters: FiltersConfig = Field(default_factory=FiltersConfig, description="Data filters, each switchable.")
     questions_given: bool = Field(
         False, description="The input holds questions (question column, positive in the text column, optional "
                            "gold answer and scenario): Doc2Query is skipped, as the RARE paper does on PubMedQA.")
@@ -199,13 +220,13 @@ class PipelineConfig(BaseModel):
                            "Rows that failed at the HTTP level are always asked again.")
 
     @model_validator(mode="after")
-    def _positive_shards(self) -> "PipelineConfig":
+    def _positive_shards(self) -> "_Run":
         if self.shards != "auto" and self.shards < 1:
             raise ValueError(f"shards must be 'auto' or at least 1, got {self.shards}")
         return self
 
     @model_validator(mode="after")
-    def _known_exports(self) -> "PipelineConfig":
+    def _known_exports(self) -> "_Run":
         from rare_core.exports import FORMATS  # the exporters import this module
 
         unknown = [f for f in self.export if f not in FORMATS]
@@ -214,7 +235,7 @@ class PipelineConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
-    def _model_for_endpoint(self) -> "PipelineConfig":
+    def _model_for_endpoint(self) -> "_Run":
         """A real endpoint needs a model name; the built-in simulator answers to any (default ``rare-sim-1``)."""
         if self.llm.model is None:
             if self.llm.base_url:
@@ -225,10 +246,11 @@ class PipelineConfig(BaseModel):
         return self
 
     def llm_for(self, role: str) -> LLMConfig:
-        """The endpoint settings of ``role``: the shared ``llm`` section with the role's overrides."""
+        """The endpoint settings of ``role``: the shared ``llm`` section with the role's overrides;
+        a role left unset that falls back to another (:data:`ROLE_FALLBACK`) gets that role's."""
         override = getattr(self.roles, role)
         if override is None:
-            return self.llm
+            return self.llm_for(ROLE_FALLBACK[role]) if role in ROLE_FALLBACK else self.llm
         data = _merge(self.llm.model_dump(), override.model_dump(exclude_none=True))
         if override.base_url and not override.model and not self.llm.base_url:  # the shared model is the simulator's
             raise ValueError(f"roles.{role}.model is required with roles.{role}.base_url")
@@ -238,4 +260,17 @@ class PipelineConfig(BaseModel):
             raise ValueError(f"roles.{role}: {exc}") from None
 
 
-SIMULATOR_MODEL = "rare-sim-1"
+    @property
+    def reference_key(self) -> str:
+        """The column the teacher's answers are checked against: the gold answer given with the
+        questions, or the reference answer Doc2Query wrote."""
+        return self.columns.gold_answer if self.questions_given else self.columns.reference_answer
+
+
+# The run's config: the fields above, then one section per step of the registry
+# (rare_core.pipeline.STEPS) whose section is not nested (the filters' are in ``filters``).
+PipelineConfig = create_model("PipelineConfig", __base__=_Run, __module__=__name__, __doc__=_Run.__doc__,
+                              **_sections(""),
+                              **{name: (model, Field(default_factory=model, description=GROUPS[name][1]))
+                                 for name, model in GROUP_MODELS.items()})
+

@@ -18,7 +18,7 @@ Metric = Literal["requests", "prompt_tokens", "completion_tokens"]
 
 class ComparisonRow(BaseModel):
     """One counter of one role: estimated (expected, and the upper bound), actual (from the run's
-    ``StepSummary.extra``) and actual / estimated (None when either is missing or the estimate is
+    ``StepSummary``) and actual / estimated (None when either is missing or the estimate is
     zero)."""
 
     step: str
@@ -33,25 +33,26 @@ class ComparisonRow(BaseModel):
 def compare(estimate: Estimate, actual_steps: Sequence[Any]) -> list[ComparisonRow]:
     """Rows of estimate against actual for the LLM roles. ``actual_steps``: the run's
     :class:`rare_core.report.StepRecord` (or :class:`StepSummary`) objects; their
-    ``summary.extra`` holds ``requests``, ``prompt_tokens`` and ``completion_tokens`` (the
-    judge's: ReasonDistill's ``judge_requests``... , absent when it sent none)."""
+    ``summary.llm`` holds ``requests``, ``prompt_tokens`` and ``completion_tokens`` (the
+    judge's: ``judge_requests``... in ReasonDistill's ``extra``, absent when it sent none: each
+    estimate line's ``actual_step`` and ``actual_prefix`` say where)."""
     by_step: dict[str, tuple[StepSummary, bool]] = {}
     for item in actual_steps:
         summary = item if isinstance(item, StepSummary) else item.summary
         by_step[summary.step] = (summary, bool(getattr(item, "cached", False)))
     rows: list[ComparisonRow] = []
     for s in estimate.steps:
-        found = by_step.get("distill" if s.step == "judge" else s.step)
+        found = by_step.get(s.actual_step)
         for metric, est, est_max in (("requests", s.requests, s.requests_max),
                                      ("prompt_tokens", s.prompt_tokens, s.prompt_tokens_max),
                                      ("completion_tokens", s.completion_tokens_expected, s.completion_tokens_max)):
             actual = None
             if found is not None:
                 extra = found[0].extra
-                if s.step == "judge":
-                    actual = int(extra.get(f"judge_{metric}", 0))
-                elif extra.get(metric) is not None:
-                    actual = int(extra[metric])
+                if s.actual_prefix:  # a role of the step besides its own (the judge): absent when it sent none
+                    actual = int(extra.get(f"{s.actual_prefix}{metric}", 0))
+                elif found[0].llm is not None:
+                    actual = getattr(found[0].llm, metric)
             ratio = None if actual is None or not est else round(actual / est, 3)
             rows.append(ComparisonRow(step=s.step, metric=metric, estimated=est,
                                       estimated_max=None if est_max == est else est_max,

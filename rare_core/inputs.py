@@ -39,6 +39,7 @@ import pyarrow as pa
 
 from rare_core.config import PipelineConfig
 from rare_core.errors import RareError
+from rare_core.filters.decontaminate import check_benchmarks
 from rare_core.operators.base import RESERVED_PREFIX, document_id, is_blank
 from rare_core.pipeline import STEPS
 from rare_core.storage import count_rows, format_of, iter_frames
@@ -234,14 +235,15 @@ def _read_only(path: Path) -> bool:
 def preflight(config: PipelineConfig) -> int:
     """The whole input checked (:func:`iter_documents`, chunk by chunk), the output, cache and
     export folders checked to be writable, plus the BM25 engine (``RetrievalError`` saying how
-    to install it) and a separate corpus file checked to be there, in a supported format -> the
-    number of documents."""
+    to install it), a separate corpus file and the decontamination's benchmark files checked to be
+    there, in a supported format -> the number of documents."""
     writable_folder(config.output_path, "output_path (--output)")
     writable_folder(config.cache_path, "cache_path (--cache-path)")
     if config.export and config.export_path:
         writable_folder(config.export_path, "export_path")
     if config.llm.cache_path:
         writable_folder(Path(config.llm.cache_path).parent, "llm.cache_path's folder")
+    check_benchmarks(config.filters.decontaminate)
     rows = sum(len(chunk) for chunk in iter_documents(config))
     from rare_core.retrieval.jvm import anserini_jar  # finds the jar without starting Java
 

@@ -12,7 +12,8 @@ or the short ``reference_answer`` Doc2Query writes and the teacher never sees). 
 * :func:`exact_verdict` — the teacher's answer matches a closed reference.
 * The judge (``method: judge``): its own LLM role, shown the question, the reference and the
   teacher's final answer, never the reasoning; it answers JSON ``{"verdict": "correct" |
-  "incorrect", "reason": "..."}`` (:func:`judge_messages`, :func:`parse_judgement`).
+  "incorrect", "reason": "..."}`` (:func:`judge_messages`, :func:`parse_judgement`;
+  :func:`read_judge_prompt` reads a judge prompt back into a :class:`JudgeView`, for a simulator).
 * ``method: auto`` (the default): exact where the reference is closed, the judge otherwise —
   exact is free and cannot be talked round, the judge is what an open answer needs.
 """
@@ -21,11 +22,13 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Literal
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rare_core.parsing import parse_json_object
+from rare_core.prompts.layout import Layout, Slot
 
 VerifyMethod = Literal["exact", "judge", "auto", "none"]
 PROMPT_VERSION = "judge/v1"
@@ -120,11 +123,35 @@ class Judgement(BaseModel):
         return value.strip().lower() if isinstance(value, str) else value
 
 
+JUDGE_USER = Layout(
+    f"{_JUDGE_INSTRUCTIONS}\n\n<question>\n", Slot("question"), "\n</question>\n\n<reference_answer>\n",
+    Slot("reference"), "\n</reference_answer>\n\n<candidate_answer>\n", Slot("candidate"), "\n</candidate_answer>",
+)
+"""The judge's user message: instructions first (shared prefix), then the row."""
+
+
 def judge_messages(question: str, reference: str, answer: str) -> list[dict]:
     """The judge's prompt: instructions first (shared prefix), then the row."""
-    user = (f"{_JUDGE_INSTRUCTIONS}\n\n<question>\n{question}\n</question>\n\n"
-            f"<reference_answer>\n{reference}\n</reference_answer>\n\n<candidate_answer>\n{answer}\n</candidate_answer>")
+    user = JUDGE_USER.render(question=question, reference=reference, candidate=answer)
     return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
+
+
+@dataclass(frozen=True)
+class JudgeView:
+    """A judge prompt read back: the ``question``, the ``reference`` answer, the ``candidate``
+    (the teacher's final answer), ``text`` the user message it was read from."""
+
+    kind: ClassVar[Literal["judge"]] = "judge"
+    question: str
+    reference: str
+    candidate: str
+    text: str
+
+
+def read_judge_prompt(text: str) -> JudgeView | None:
+    """The view of ``text`` when :func:`judge_messages` wrote it as its user message, else None."""
+    slots = JUDGE_USER.read(text)
+    return None if slots is None else JudgeView(**slots, text=text)
 
 
 def parse_judgement(text: str | None) -> Verdict:

@@ -2,7 +2,7 @@
 and loading is what computes the content hash every step's cache key starts from).
 
 * :func:`load_input` - the documents file -> step 0 of the layout, named by its cache key
-  (:func:`tasks.artifacts.input_key`: the input's content hash and the settings that shape
+  (:func:`rare_core.artifacts.keys.input_key`: the input's content hash and the settings that shape
   the rows), checked, limit applied, an id column added from the text's hash when the input
   has none (:func:`rare_core.inputs.load_documents`) -> :class:`ArtifactRef`. It also removes the
   previous run's dataset, failed rows and report from the output folder, so that the files
@@ -18,21 +18,21 @@ and loading is what computes the content hash every step's cache key starts from
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
+from rare_core.artifacts.input_files import corpus_writer, whole_input_corpus, write_shards
+from rare_core.artifacts.keys import input_key
+from rare_core.artifacts.layout import input_paths
+from rare_core.artifacts.refs import ArtifactRef
 from rare_core.config import LLMRoles, PipelineConfig
-from rare_core.errors import RareError
 from rare_core.hashing import file_sha256
 from rare_core.estimate import build_estimate
 from rare_core.estimate_actual import compare, render_comparison
@@ -40,18 +40,16 @@ from rare_core.tokens import token_counter_for
 from rare_core.exports import export as export_formats, file_chunks
 from rare_core.inputs import count_documents, iter_documents, load_documents
 from rare_core.llm.config import redact_url
-from rare_core.operators.base import ERROR, ERROR_KIND, OK, RESERVED_PREFIX, STATUS, is_blank, step_column
+from rare_core.operators.base import ERROR, ERROR_KIND, OK, RESERVED_PREFIX, STATUS, step_column
 from rare_core.operators.doc2query import QUESTION_INDEX
-from rare_core.operators.reason_distill import DOCUMENT_ORDER, POSITIVE_DOC_NUMBER, SAMPLE_INDEX
-from rare_core.pipeline import STEPS
+from rare_core.pipeline import STEPS, dataset_columns, required_dataset_columns
 from rare_core.prices import price_for
-from rare_core.report import Report, StepRecord, build_report
+from rare_core.report import Report, RunSummary, StepRecord, build_report
 from rare_core.report_html import chart_columns, render_html
 from rare_core.shards import shard_bounds, shard_count
 from rare_core.storage import (
     FORMATS, STREAMED_FORMATS, FrameWriter, format_of, frame_columns, remove_frame, write_text_atomic,
 )
-from tasks.artifacts import ArtifactRef, input_key, input_paths, keyed
 from tasks.progress import FINISH_WAIT, publish
 
 DATASET_STEM = "dataset"
@@ -60,14 +58,10 @@ REPORT_FILE = "report.md"
 REPORT_HTML = "report.html"
 SUMMARY_FILE = "summary.json"
 RUN_CONFIG_FILE = "run_config.json"  # the run's PipelineConfig (no key: only the NAME of its variable)
-POSITIVE = "positive"
 SIMULATED = f"{RESERVED_PREFIX}simulated"
 SAMPLE_ROWS = 5
 ESTIMATE_MAX_DOCS = 20_000
 SAMPLE_CHARS = 240
-
-
-CORPUS_STEM = "corpus"  # {cache_path}/{prefix}_corpus-{key}.parquet: what a sharded run's BM25 searches
 
 
 class LoadedInput(BaseModel):
@@ -120,7 +114,7 @@ def load_input(config: PipelineConfig) -> LoadedInput:
     count = shard_count(total, config.shards, config.dask.workers)
     key = input_key(config, count)
     files = input_paths(config, key, count)
-    everything = _whole_input_corpus(config, key)
+    everything = whole_input_corpus(config, key)
     if everything:
         logger.info("limit=%d: BM25 mines the negatives from all %d documents of the input (%s)", config.limit,
                     everything.rows, everything.path)
@@ -129,140 +123,14 @@ def load_input(config: PipelineConfig) -> LoadedInput:
                              corpus=everything)
         logger.info("Loaded %d documents from %s -> %s", loaded.rows, config.input_path, files[0])
         return loaded
-    corpus = None if config.hardneg.corpus_path or everything else CorpusWriter(config, key)
+    corpus = None if config.hardneg.corpus_path or everything else corpus_writer(config, key)
     chunks = iter_documents(config) if whole is None else [whole]
-    shards = _write_shards(config, files, shard_bounds(total, count), chunks, corpus)
+    shards = write_shards(config, files, shard_bounds(total, count), chunks, corpus)
     loaded = LoadedInput(shards=shards, corpus=everything or (
         corpus.close(lambda: (ref.load() for ref in shards)) if corpus else None))
     logger.info("Loaded %d documents from %s -> %d shards under %s", loaded.rows, config.input_path, count,
                 Path(shards[0].path).parent)
     return loaded
-
-
-def _whole_input_corpus(config: PipelineConfig, key: str) -> ArtifactRef | None:
-    """With ``limit``, the corpus file of the whole input (a trial run's negatives come from the
-    corpus the full run searches, not from its few rows; the index is built once and cached);
-    None without a limit, with a separate ``hardneg.corpus_path``, or when the limit takes every
-    document."""
-    if config.limit is None or config.hardneg.corpus_path:
-        return None
-    everything = config.model_copy(update={"limit": None})
-    if count_documents(everything) <= config.limit:
-        return None
-    corpus = CorpusWriter(everything, key)
-    for chunk in iter_documents(everything):
-        corpus.write(chunk)
-    return corpus.close(lambda: iter_documents(everything))
-
-
-def _write_shards(config: PipelineConfig, files: list[Path], bounds: list[tuple[int, int]],
-                  chunks: Iterable[pd.DataFrame], corpus: "CorpusWriter | None") -> list[ArtifactRef]:
-    """Stream the checked documents (``chunks``, in order) into the step-0 file of each shard
-    (``files``; ``bounds``: their row ranges), and into the corpus file."""
-    sizes = [stop - start for start, stop in bounds]
-    shards: list[ArtifactRef] = []
-    buffer: list[pd.DataFrame] = []
-    buffered = 0
-    for chunk in chunks:
-        if corpus is not None:
-            corpus.write(chunk)
-        while len(chunk):
-            if len(shards) == len(sizes):
-                raise RareError(f"{config.input_path}: more documents than the {sum(sizes)} counted")
-            part, chunk = chunk.iloc[:sizes[len(shards)] - buffered], chunk.iloc[sizes[len(shards)] - buffered:]
-            buffer.append(part)
-            buffered += len(part)
-            if buffered == sizes[len(shards)]:
-                frame = pd.concat(buffer, ignore_index=True) if len(buffer) > 1 else buffer[0].reset_index(drop=True)
-                shards.append(ArtifactRef.write(frame, files[len(shards)]))
-                buffer, buffered = [], 0
-    if len(shards) != len(sizes):
-        raise RareError(f"{config.input_path}: {sum(s.rows for s in shards) + buffered} documents read, "
-                        f"{sum(sizes)} counted")
-    return shards
-
-
-class CorpusWriter:
-    """The corpus file of a sharded run, written as the documents stream by: ``id``, ``text``
-    and ``title`` (when the input's first chunk has the ``hardneg.title_key`` column), from
-    which its one BM25 index is built; named by the cache key of the run's step 0 (``key``).
-
-    Parquet, so that each process reads back only the texts of the negatives it chose: ids keep
-    their type (integers stay integers). When the ids are neither all integers nor all text, or
-    a jsonl's title column first appears after the first chunk, parquet cannot hold the corpus as
-    the single-file run sees it: it is then written as jsonl from the shard files instead.
-    """
-
-    def __init__(self, config: PipelineConfig, key: str) -> None:
-        self.config = config
-        self.path = keyed(Path(config.cache_path).resolve() / f"{config.file_name_prefix}_{CORPUS_STEM}.parquet", key)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.path.with_name(f".{self.path.name}.tmp")
-        self._writer: pq.ParquetWriter | None = None
-        self._schema: pa.Schema | None = None
-        self._fallback = False
-        self.rows = 0
-
-    def _columns(self, chunk: pd.DataFrame, title: bool) -> dict[str, pd.Series]:
-        k = self.config.columns
-
-        def as_text(column: pd.Series) -> list:
-            return [None if is_blank(v) and not isinstance(v, str) else str(v) for v in column.tolist()]
-
-        cols = {"id": chunk[k.id], "text": as_text(chunk[k.text])}
-        if title:
-            cols["title"] = as_text(chunk[self.config.hardneg.title_key])
-        return cols
-
-    def write(self, chunk: pd.DataFrame) -> None:
-        """Append the corpus columns of ``chunk``."""
-        self.rows += len(chunk)
-        if self._fallback:
-            return
-        title_key = self.config.hardneg.title_key
-        if self._schema is None:
-            ids = chunk[self.config.columns.id]
-            id_type = pa.int64() if pd.api.types.is_integer_dtype(ids) else pa.string()
-            if id_type == pa.string() and not all(isinstance(v, str) for v in ids.tolist()):
-                self._fallback = True  # e.g. ints next to text ids: jsonl keeps each id's type
-                return
-            has_title = bool(title_key) and title_key in chunk.columns
-            self._schema = pa.schema([("id", id_type), ("text", pa.string())]
-                                     + ([("title", pa.string())] if has_title else []))
-            self._writer = pq.ParquetWriter(self._tmp, self._schema)
-        has_title = "title" in self._schema.names
-        if (bool(title_key) and title_key in chunk.columns) != has_title:
-            self._abandon()
-            return
-        try:
-            table = pa.table(self._columns(chunk, has_title), schema=self._schema)
-        except (pa.ArrowException, ValueError, TypeError, OverflowError):
-            self._abandon()
-            return
-        self._writer.write_table(table)
-
-    def _abandon(self) -> None:
-        self._fallback = True
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-        self._tmp.unlink(missing_ok=True)
-
-    def close(self, documents: Callable[[], Iterable[pd.DataFrame]]) -> ArtifactRef:
-        """Finish the file (parquet, or jsonl written from the frames ``documents()`` gives
-        again, when parquet could not hold them) -> its reference."""
-        if not self._fallback and self._writer is not None:
-            self._writer.close()
-            os.replace(self._tmp, self.path)
-            return ArtifactRef(path=str(self.path), sha256=file_sha256(self.path), rows=self.rows)
-        path = self.path.with_suffix(".jsonl")
-        title_key = self.config.hardneg.title_key
-        frames = list(documents())
-        has_title = bool(title_key) and any(title_key in f.columns for f in frames)
-        if has_title:
-            frames = [f if title_key in f.columns else f.assign(**{title_key: None}) for f in frames]
-        corpus = pd.concat([pd.DataFrame(self._columns(f, has_title)) for f in frames], ignore_index=True)
-        return ArtifactRef.write(corpus, path)
 
 
 def clear_outputs(config: PipelineConfig) -> list[str]:
@@ -278,23 +146,12 @@ def clear_outputs(config: PipelineConfig) -> list[str]:
 
 
 def trainer_columns(config: PipelineConfig, available: pd.Index) -> dict[str, str]:
-    """Final dataset column -> column of the last step file, in output order. Optional columns
-    come when the step file has them: ``question_index`` (several questions per document),
-    ``sample_index`` (several accepted samples per question), the scenario (a question given
-    without one), the reference or gold answer and the verification's verdict and samples."""
-    k = config.columns
-    reference = k.gold_answer if config.questions_given else k.reference_answer
-    wanted = {
-        k.id: k.id, QUESTION_INDEX: QUESTION_INDEX, SAMPLE_INDEX: SAMPLE_INDEX, k.question: k.question,
-        k.scenario: k.scenario, POSITIVE: k.text,
-        k.hard_negatives: k.hard_negatives, f"{k.hard_negatives}_ids": f"{k.hard_negatives}_ids",
-        DOCUMENT_ORDER: DOCUMENT_ORDER, POSITIVE_DOC_NUMBER: POSITIVE_DOC_NUMBER, k.reasoning: k.reasoning,
-        k.answer: k.answer, reference: reference,
-        step_column("verify", "verdict"): step_column("verify", "verdict"),
-        step_column("verify", "samples"): step_column("verify", "samples"),
-    }
-    required = {k.id, k.question, POSITIVE, k.hard_negatives, k.reasoning, k.answer}
-    return {out: src for out, src in wanted.items() if out in required or src in available}
+    """Final dataset column -> column of the last step file, in output order
+    (:func:`rare_core.pipeline.dataset_columns`): the required ones, and the others the step
+    file has (``question_index`` with several questions per document, a scenario given with the
+    questions, the verification's verdict...)."""
+    required = required_dataset_columns(config)
+    return {out: src for out, src in dataset_columns(config).items() if out in required or src in available}
 
 
 def _simulated(df: pd.DataFrame) -> pd.Series:
@@ -409,29 +266,28 @@ def publish_report(records: list[StepRecord], config: PipelineConfig, source: Lo
                           header=header, sections=_estimate_section(config, source, records))
     out_dir = Path(config.output_path).resolve()
     write_text_atomic(out_dir / REPORT_FILE, report.markdown)
-    write_text_atomic(out_dir / SUMMARY_FILE, json.dumps(report.summary, indent=1))
+    write_text_atomic(out_dir / SUMMARY_FILE, report.run_summary.model_dump_json(indent=1))
     write_text_atomic(out_dir / RUN_CONFIG_FILE, config.model_dump_json(indent=1))
     counter, _ = token_counter_for(config.llm_for("teacher").model)
     charts, rows = chart_frame(final, config)
-    write_text_atomic(out_dir / REPORT_HTML, render_html(report.summary, charts, columns=config.columns,
+    write_text_atomic(out_dir / REPORT_HTML, render_html(report.run_summary, charts, columns=config.columns,
                                                          token_counter=counter, rows=rows))
     published = publish(create_markdown_artifact, markdown=report.markdown, key="rare-report",
-                        description="RARE pipeline report" + (" (SIMULATED answers)" if report.summary["simulated"] else ""))
+                        description="RARE pipeline report" + (" (SIMULATED answers)" if report.run_summary.simulated else ""))
     published.wait(FINISH_WAIT)  # the run's last report: a moment for it to reach the API, never more
     return report
 
 
-def provenance_of(summary: dict, config: PipelineConfig, command: str | None = None) -> dict:
+def provenance_of(summary: RunSummary, config: PipelineConfig, command: str | None = None) -> dict:
     """What a dataset card says of the run that made the data: counts per step, verification,
     simulated or not, prompt versions, the command."""
-    from rare_core.prompts import doc2query, reason_distill
-
     return {
-        "steps": {s["step"]: {"rows in": s["rows_in"], "rows out": s["rows_out"], "failed": s["failed"],
-                              "status": s["status"]} for s in summary.get("steps", [])},
+        "steps": {s.step: {"rows in": s.rows_in, "rows out": s.rows_out, "failed": s.failed, "status": s.status}
+                  for s in summary.steps},
+        "found": [f"{step}: {said}" for step, said in summary.findings()],
         "verification": config.verify.method,
-        "simulated": bool(summary.get("simulated")),
-        "prompt_versions": {"doc2query": doc2query.VERSION, "distill": reason_distill.VERSION},
+        "simulated": summary.simulated,
+        "prompt_versions": {spec.name: spec.operator.prompt_version for spec in STEPS if spec.uses_llm},
         "command": command,
     }
 
@@ -442,6 +298,6 @@ def export_training_formats(dataset: ArtifactRef, config: PipelineConfig, report
     target = Path(config.export_path or Path(config.output_path) / "exports").resolve()
     dataset.verify()
     folders = export_formats(file_chunks(dataset.path), config, config.export, target,
-                             provenance_of(report.summary, config, config.command))
+                             provenance_of(report.run_summary, config, config.command))
     get_run_logger().info("Exported %s to %s", ", ".join(folders), target)
     return {name: str(path) for name, path in folders.items()}

@@ -27,9 +27,9 @@ from typing import Iterator
 from pydantic import BaseModel, Field
 
 from rare_core.config import LLMRoles, PipelineConfig
-from rare_core.llm.client import APILLMServing_request
+from rare_core.llm.serving import APILLMServing_request
 from rare_core.llm.config import LLMConfig, redact_url
-from rare_core.pipeline import SIMULATOR_SCOPE
+from rare_core.step_spec import SIMULATOR_SCOPE
 
 SIMULATED_WARNING = (
     "NO LLM ENDPOINT CONFIGURED for {roles} (base_url is empty): running against the built-in SIMULATOR. "
@@ -52,14 +52,14 @@ class LLMEndpoints(BaseModel):
 def llm_endpoints(config: PipelineConfig, logger: logging.Logger | logging.LoggerAdapter) -> Iterator[LLMEndpoints]:
     """The run's endpoints; starts (and stops) the simulator when a role's ``base_url`` is empty,
     and closes this process's clients of the run on exit. ``config`` has its paths resolved
-    (tasks.artifacts.resolve_paths): the response cache is ``llm.cache_path``, by default
+    (rare_core.artifacts.layout.resolve_paths): the response cache is ``llm.cache_path``, by default
     ``{cache_path}/llm_responses.sqlite``."""
     roles = {role: config.llm_for(role) for role in LLMRoles.model_fields}
     endpoints = LLMEndpoints(simulated_roles=[r for r, c in roles.items() if not c.base_url])
     with ExitStack() as stack:
         simulator = None
         if endpoints.simulated_roles:
-            from rare_core.llm.simulator import SimulatorProcess  # imports uvicorn/fastapi: only when needed
+            from rare_sim import SimulatorProcess  # imports uvicorn/fastapi: only when needed
 
             every = len(endpoints.simulated_roles) == len(roles)
             logger.warning(SIMULATED_WARNING.format(roles="any role" if every else ", ".join(endpoints.simulated_roles),

@@ -1,6 +1,6 @@
 """Which Dask workers run a step's tasks: the steps that search the run's index stay on a few.
 
-A ``shared_index`` step (BM25) searches with Lucene inside the process that runs it: that
+A step that searches the corpus (BM25, ``searches_corpus``) searches with Lucene inside the process that runs it: that
 process starts a JVM and opens the index, once, and keeps them (about 0.5 GB of heap and
 mapped index at 1,000,000 documents; see ``rare_core.operators.bm25_hardneg``). Lucene's
 search threads already use every core of their machine (measured: 2 workers on 2 cores search
@@ -37,7 +37,7 @@ from prefect.context import FlowRunContext
 from prefect.task_runners import TaskRunner
 
 from rare_core.config import PipelineConfig
-from rare_core.pipeline import StepSpec
+from rare_core.step_spec import StepSpec
 
 
 _CHOSEN: dict[str, list[str]] = {}  # flow run id -> its Dask workers' addresses, as first seen
@@ -78,7 +78,7 @@ def _dask_workers(config: PipelineConfig) -> list[str] | None:
 def placed(spec: StepSpec, config: PipelineConfig, position: int) -> AbstractContextManager:
     """Where the ``position``-th task of ``spec`` (its index task is 0, like its first shard) is submitted."""
     wanted = config.dask.search_workers
-    if not spec.shared_index or not wanted:
+    if not spec.searches_corpus or not wanted:
         return nullcontext()
     workers = _dask_workers(config)
     if not workers:
@@ -99,7 +99,7 @@ def _held(keys: list, dask_scheduler=None) -> list:
 
 
 def restart_search_workers(spec: StepSpec, config: PipelineConfig, keys: list) -> int:
-    """After the shards of ``spec`` (a ``shared_index`` step) on a local cluster of the run's
+    """After the shards of ``spec`` (a step that searches the corpus) on a local cluster of the run's
     own: restart the workers :func:`placed` sent its tasks to (see the module docstring).
 
     In: ``keys``, the Dask keys of the step's tasks (its index task and shards), whose futures
@@ -109,7 +109,7 @@ def restart_search_workers(spec: StepSpec, config: PipelineConfig, keys: list) -
     not within :data:`FORGET_TIMEOUT`. Out: how many workers were restarted.
     """
     runner = _dask_runner()
-    if runner is None or not spec.shared_index or not config.dask.workers or not config.dask.search_workers:
+    if runner is None or not spec.searches_corpus or not config.dask.workers or not config.dask.search_workers:
         return 0
     chosen = _CHOSEN.pop(_flow_run(), None)
     if not chosen:

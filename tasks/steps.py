@@ -6,21 +6,21 @@ results persisted under ``{cache_path}/prefect_results``:
 * the **row task** ``(source, config, endpoints, shard) -> StepResult``: read one input file ->
   build the step's operator from its spec and call it -> write its output file (the step's
   file of the layout named by its cache key, ``{cache_path}/{prefix}_step{N}-{key}.{type}``, or
-  with ``shard`` that shard's file: :func:`tasks.artifacts.output_paths`) -> its
+  with ``shard`` that shard's file: :func:`rare_core.artifacts.keys.output_paths`) -> its
   :class:`ArtifactRef` and the operator's :class:`StepSummary`;
 * the **corpus task** (a ``scope="corpus"`` step of a sharded run): every shard's input file
   at once -> the operator over all rows in order -> one output file per shard
   (:class:`ShardsResult`).
 
-A ``shared_index`` step (BM25) of a sharded run also has its **index task**, run once before
+A step that searches the corpus (BM25, ``searches_corpus``) of a sharded run also has its **index task**, run once before
 its shards: it builds the index of the run's corpus file (or opens it) where the shards run.
 
 :func:`run_step` runs one step on one file (the single-file layout); :func:`run_shards` runs a
 step over the shards: the row task per shard, submitted to the flow's task runner (the thread
 pool, or Dask worker processes), each shard cached and resumed on its own. Both force a
-recompute when a cached result must not be served (:func:`~tasks.artifacts.recompute_reason`)
+recompute when a cached result must not be served (:func:`~rare_core.artifacts.sidecar.recompute_reason`)
 and tell whether Prefect served the cache. Both first claim the step's cache keys in the run's
-:class:`~tasks.artifacts.StepLocks` (:func:`~tasks.artifacts.claim`): a key another run on the
+:class:`~rare_core.artifacts.locks.StepLocks` (:func:`~rare_core.artifacts.locks.claim`): a key another run on the
 same cache folder is computing is waited for, then served. Tasks get the run's LLM endpoints as settings and
 make their clients in the process they run in (:func:`tasks.llm.clients_for`). Tasks hold no
 prompt, parsing or BM25 logic.
@@ -39,17 +39,20 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
+from rare_core.artifacts.keys import cache_key, output_paths
+from rare_core.artifacts.layout import results_dir
+from rare_core.artifacts.locks import StepLocks, claim
+from rare_core.artifacts.refs import ArtifactRef, StepResult
+from rare_core.artifacts.sidecar import write_step_artifact
 from rare_core.config import PipelineConfig
-from rare_core.llm.client import cancel_running_batches
+from rare_core.llm.engine import cancel_running_batches
 from rare_core.memory import release_free_memory
 from rare_core.operators.base import StepSummary, merge_summaries
-from rare_core.pipeline import STEPS, StepSpec
+from rare_core.pipeline import STEPS
 from rare_core.report import StepRecord
 from rare_core.shards import Shard
-from tasks.artifacts import (
-    ArtifactRef, StepCachePolicy, StepLocks, StepResult, cache_key, claim, output_paths, results_dir,
-    write_step_artifact,
-)
+from rare_core.step_spec import StepSpec
+from tasks.artifacts import StepCachePolicy, prefect_records
 from tasks.llm import LLMEndpoints, clients_for
 from tasks.placement import flow_task_runner, placed, restart_search_workers
 from tasks.progress import step_progress
@@ -97,7 +100,7 @@ def _row_task(spec: StepSpec) -> Task:
         return StepResult(artifact=ref, summary=summary)
 
     run.__name__ = run.__qualname__ = spec.task_name.replace("-", "_")
-    run.__doc__ = f"{spec.label}: step {spec.index - 1} file -> step {spec.index} file (or one shard's)."
+    run.__doc__ = f"{spec.label}: the previous step's file -> its own (or one shard's)."
     return task(name=spec.task_name, cache_policy=StepCachePolicy(step=spec.name), persist_result=True)(run)
 
 
@@ -137,7 +140,7 @@ def _index_task(spec: StepSpec) -> Task:
 
 ROW_TASKS: dict[str, Task] = {spec.name: _row_task(spec) for spec in STEPS}
 CORPUS_TASKS: dict[str, Task] = {spec.name: _corpus_task(spec) for spec in STEPS if spec.scope == "corpus"}
-INDEX_TASKS: dict[str, Task] = {spec.name: _index_task(spec) for spec in STEPS if spec.shared_index}
+INDEX_TASKS: dict[str, Task] = {spec.name: _index_task(spec) for spec in STEPS if spec.searches_corpus}
 
 
 class StepOutcome(BaseModel):
@@ -177,7 +180,7 @@ def _run_cached(spec: StepSpec, step_task: Task, source: ArtifactRef | list[Arti
         return state, state.result()
 
     key = cache_key(spec, source, config)
-    [reason] = claim(locks, spec, [(source, None)], config, _waiting(spec))
+    [reason] = claim(locks, spec, [(source, None)], config, prefect_records(config), _waiting(spec))
     if reason:
         logger.info("%s: computing it (%s)", spec.name, reason)
     state, result = call(reason is not None)
@@ -212,7 +215,7 @@ def run_step(spec: StepSpec, source: ArtifactRef, config: PipelineConfig, endpoi
 
 
 def prepare_index(spec: StepSpec, config: PipelineConfig) -> PrefectFuture:
-    """Submit the index task of a ``shared_index`` step (``config`` already searching the corpus file)."""
+    """Submit the index task of a step that searches the corpus (``config`` already searching the corpus file)."""
     with placed(spec, config, 0):
         return INDEX_TASKS[spec.name].submit(config)
 
@@ -240,7 +243,7 @@ def run_shards(spec: StepSpec, sources: list[ArtifactRef], config: PipelineConfi
     futures: dict[PrefectFuture, int] = {}
     shards = [Shard(index=i, count=count) for i in range(count)]
     step_keys = [cache_key(spec, source, config, shard) for source, shard in zip(sources, shards)]
-    reasons = claim(locks, spec, list(zip(sources, shards)), config, _waiting(spec))
+    reasons = claim(locks, spec, list(zip(sources, shards)), config, prefect_records(config), _waiting(spec))
     recomputed = sum(reason is not None for reason in reasons)
     for i, (source, shard, reason) in enumerate(zip(sources, shards, reasons)):
         with placed(spec, config, i):
@@ -272,7 +275,7 @@ def run_shards(spec: StepSpec, sources: list[ArtifactRef], config: PipelineConfi
         cached[i] = False
     locks.share(step_keys)
     summary = merge_summaries([r.summary for r in results])
-    if spec.shared_index:
+    if spec.searches_corpus:
         # Drop every future of the step before its search workers restart (tasks/placement.py):
         # the scheduler would compute again a task whose future is still held.
         keys = [key for f in [*futures, *(wait_for or [])]

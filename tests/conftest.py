@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
+from waiting import wait_until
 
 
 @pytest.fixture(scope="session")
@@ -13,7 +12,7 @@ def simulator():
 
     Prefer the function-scoped ``sim`` fixture, which resets it before each test.
     """
-    from rare_core.llm.simulator import SimulatorProcess
+    from rare_sim import SimulatorProcess
 
     with SimulatorProcess(latency=0.0) as process:
         yield process
@@ -26,9 +25,7 @@ def sim(simulator):
     Waits first for requests still in flight from an earlier test (a client that stopped early
     leaves them sleeping at the server): they would otherwise consume this test's faults."""
     simulator.set_latency(0.0)
-    deadline = time.monotonic() + 10
-    while simulator.stats().in_flight and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: not simulator.stats().in_flight, 10, "an earlier test's requests in flight to end")
     simulator.reset()
     return simulator
 

@@ -14,12 +14,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import pytest
+from waiting import wait_until
 
 from deployments.local_server import free_port, stop_process  # noqa: F401 - re-exported for other test modules
 from deployments.local_server import prefect_server as _prefect_server
@@ -50,17 +50,6 @@ def prefect_harness():
         yield
 
 
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):
-    """Poll ``predicate`` until it returns a truthy value (returned) or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
-
-
 def rare_run_process(tmp_path: Path, base_url: str, *extra: str, env: dict[str, str] | None = None,
                      docs: int = 30, workers: int = 4) -> subprocess.Popen:
     """``rare run`` on the first ``docs`` sample documents against ``base_url``, in a process group
@@ -73,17 +62,16 @@ def rare_run_process(tmp_path: Path, base_url: str, *extra: str, env: dict[str, 
         env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "COLUMNS": "100", **(env or {})})
 
 
-def disturbed(proc: subprocess.Popen, ready, disturb, what: str, timeout: float) -> tuple[str, float]:
+def disturbed(proc: subprocess.Popen, ready, disturb, what: str, timeout: float) -> str:
     """Wait until ``ready()`` (``what``), call ``disturb()`` (a signal, a killed server), then wait
-    for ``proc`` -> (its stderr, seconds from the disturbance to its exit); the process group is
-    killed if it is still there at the end."""
+    for ``proc`` (``timeout``: a guard against a hang; how soon it exits is bench/operability.py's)
+    -> its stderr; the process group is killed if it is still there at the end."""
     try:
         wait_until(lambda: ready() or proc.poll() is not None, 120, what)
         assert proc.poll() is None, proc.communicate()
         disturb()
-        disturbed_at = time.monotonic()
         _, err = proc.communicate(timeout=timeout)
-        return err, time.monotonic() - disturbed_at
+        return err
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -11,18 +11,18 @@ import subprocess
 import sys
 import textwrap
 import socket
-import time
 from pathlib import Path
 
 import openai
 import pytest
+from waiting import wait_until
 
 from rare_core.errors import LLMAuthError, LLMEndpointError
 from rare_core.llm import APILLMServing_request, LLMRequest
 from rare_core.llm.batch import BatchRunner
 from rare_core.llm.config import BatchConfig
-from rare_core.llm.simulator import FaultSpec, SimulatorProcess
 from rare_core.prompts import doc2query, reason_distill
+from rare_sim import FaultSpec, SimulatorProcess
 
 SECRET = "sk-batch-test-secret-0123456789"
 FAST = BatchConfig(poll_interval=0.05, poll_max=0.2)
@@ -77,6 +77,12 @@ def api(sim):
 
 def state_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.json")) if folder.exists() else []
+
+
+def polls(sim) -> int:
+    """The batch retrievals (``GET /v1/batches/{id}``) the simulator has counted."""
+    return sum(n for path, n in sim.stats().requests_by_path.items()
+               if path.startswith("/v1/batches/") and not path.endswith("/cancel"))
 
 
 ANSWER_FIELDS = ("text", "reasoning", "reasoning_field", "finish_reason", "prompt_tokens", "completion_tokens",
@@ -231,13 +237,9 @@ def test_kill_9_after_the_batch_exists_then_resume(sim, tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while not state_files(folder):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "no state file within 60 s"
-            time.sleep(0.02)
-        time.sleep(0.3)  # it is polling now
-        assert proc.poll() is None
+        wait_until(lambda: proc.poll() is not None or polls(sim), 60, "the runner to poll its batch")
+        assert proc.poll() is None, proc.communicate()
+        assert state_files(folder)  # written before the first poll
         proc.send_signal(signal.SIGKILL)
         out, _ = proc.communicate(timeout=10)
     finally:

@@ -32,7 +32,8 @@ def frame(rows=GARDEN, questions=None):
 
 @pytest.fixture
 def op(tmp_path):
-    return BM25HardNeg(index_dir=str(tmp_path / "idx"), max_score_ratio=None)
+    # frame() asks every row the same question: without group exclusion the other rows' documents are candidates
+    return BM25HardNeg(index_dir=str(tmp_path / "idx"), max_score_ratio=None, exclude_group_positives=False)
 
 
 def test_output_columns_and_best_first_negatives(op):
@@ -136,7 +137,7 @@ def test_positive_outside_the_searched_depth_is_scored_exactly(tmp_path):
     rows = [("pos", "a lecture " + " ".join(f"word{i}" for i in range(60)))]
     rows += [(f"n{i:02d}", f"quantum physics lecture number {i}") for i in range(30)]
     df = frame(rows, ["quantum physics lecture"] + ["filler"] * 30)
-    op = BM25HardNeg(index_dir=str(tmp_path), max_score_ratio=None)
+    op = BM25HardNeg(index_dir=str(tmp_path), max_score_ratio=None, reserve_top=0)  # first depth 2 * 2 + 10
     out = op.process(df, num_neg=2).iloc[0]
     assert out["positive_rank"] == -1 and len(out["hard_negatives_ids"]) == 2
     ids, scores = BM25Index.build(df, tmp_path).search(["quantum physics lecture"], 100)  # same corpus: reused
@@ -152,10 +153,11 @@ def test_skip_top_skips_the_best_ranks(tmp_path):
     assert skipped["hard_negatives_ids"] == ranking[2:4]
 
 
-def test_the_search_deepens_when_copies_fill_the_first_depth(op):
+def test_the_search_deepens_when_copies_fill_the_first_depth(tmp_path):
     copies = [(f"c{i:02d}", "Tomatoes grow best in warm soil with full sun and regular watering.") for i in range(40)]
     df = frame(GARDEN + copies).head(1)
     df = pd.concat([df, frame(GARDEN[1:] + copies, ["x"] * (len(GARDEN) - 1 + 40))])
+    op = BM25HardNeg(index_dir=str(tmp_path), max_score_ratio=None, reserve_top=0)  # first depth 2 * 3 + 10
     out = op.process(df, num_neg=3).iloc[0]
     assert out["hard_negatives_ids"] == ["g2", "g4", "g5"] and out["rare_hardneg_status"] == "ok"
     assert op.last_summary.extra["search_rounds"] >= 2
@@ -164,7 +166,8 @@ def test_the_search_deepens_when_copies_fill_the_first_depth(op):
 def test_max_depth_bounds_the_deepening(tmp_path):
     copies = [(f"c{i:02d}", "Tomatoes grow best in warm soil with full sun and regular watering.") for i in range(40)]
     df = frame(GARDEN + copies)
-    op = BM25HardNeg(index_dir=str(tmp_path), max_score_ratio=None, max_depth=30)
+    op = BM25HardNeg(index_dir=str(tmp_path), max_score_ratio=None, max_depth=30, reserve_top=0,
+                     exclude_group_positives=False)
     out = op.process(df, num_neg=3).iloc[0]
     assert out["hard_negatives_ids"] == [] and out["rare_hardneg_status"] == "short"
     assert op.last_summary.extra["search_rounds"] == 2  # 16 deep, then 30 deep (the cap)
@@ -214,7 +217,7 @@ def test_separate_corpus_file(tmp_path):
 def test_file_storage_round_trip_with_run(tmp_path):
     entry = write_frame(frame(), tmp_path / "questions.jsonl")
     storage = FileStorage(first_entry_file_name=entry, cache_path=tmp_path / "cache", cache_type="jsonl")
-    op = BM25HardNeg(index_dir=str(tmp_path / "idx"))
+    op = BM25HardNeg(index_dir=str(tmp_path / "idx"), exclude_group_positives=False)  # frame(): one question
     keys = op.run(storage=storage.step(), input_question_key="question", input_text_key="text",
                   output_negatives_key="hard_negatives", num_neg=3)
     assert keys == ["hard_negatives"]  # run() returns the output keys, as the seed API does
@@ -314,7 +317,7 @@ def test_ids_keep_their_type_and_a_custom_id_column_is_used(tmp_path):
                          "text": ["Tomatoes like warm soil and water.", "Basil likes warm soil and sun.",
                                   "Peppers like warm soil and water too.", "Cucumbers want warm soil and water."],
                          "question": ["why do tomatoes want warm soil and water?"] * 4})
-    out = BM25HardNeg(index_dir=str(tmp_path / "idx"), max_score_ratio=None).process(
+    out = BM25HardNeg(index_dir=str(tmp_path / "idx"), max_score_ratio=None, exclude_group_positives=False).process(
         rows, num_neg=2, input_id_key="doc_id")
     ids = [i for row in out["hard_negatives_ids"] for i in row]
     assert ids and all(isinstance(i, int) or i.startswith("h") for i in ids)

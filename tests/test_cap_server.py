@@ -13,7 +13,7 @@ import pytest
 
 from cap_server import CapServer
 from rare_core.llm import APILLMServing_request, LLMRequest
-from rare_core.llm.simulator import SimulatorProcess
+from rare_sim import SimulatorProcess
 
 CAP = 16
 

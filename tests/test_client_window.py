@@ -8,14 +8,14 @@ In: batches of thousands of rows with a few workers. Out: every answer in input 
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
+from waiting import wait_until
 
 from rare_core.errors import LLMAuthError
 from rare_core.llm import LLMRequest, LLMResponse
-from rare_core.llm.client import conversation_window
-from rare_core.llm.simulator import FaultSpec
+from rare_core.llm.engine import conversation_window
+from rare_sim import FaultSpec
 from test_llm_client import chat_requests, client, requests_for
 
 
@@ -104,10 +104,9 @@ def test_cancelling_the_batch_cancels_the_workers(sim, tmp_path):
             await task
         return asyncio.all_tasks() - {asyncio.current_task()}
 
-    assert asyncio.run(run()) == set()
-    sent = chat_requests(sim)
-    time.sleep(0.3)  # three latencies: a batch still running would have sent 12 more
-    assert chat_requests(sim) == sent < 100
+    assert asyncio.run(run()) == set()  # no worker left, and their loop closed: nothing can send more
+    wait_until(lambda: not sim.stats().in_flight, 10, "the requests in flight at the cancel to end")
+    assert chat_requests(sim) < 100
 
 
 def test_a_cached_batch_far_larger_than_the_window_is_answered_at_once(sim, tmp_path):
@@ -116,9 +115,6 @@ def test_a_cached_batch_far_larger_than_the_window_is_answered_at_once(sim, tmp_
     llm = client(sim, tmp_path, max_workers=8)
     for i, req in enumerate(reqs):
         llm.store_response(req, LLMResponse(text=f"stored {i}"))
-    started = time.perf_counter()
-    batch = llm.chat(reqs)
-    elapsed = time.perf_counter() - started
+    batch = llm.chat(reqs)  # its time: bench/targets.py
     assert [r.text for r in batch.responses] == [f"stored {i}" for i in range(rows)]
     assert batch.totals.cache_hits == rows and batch.totals.requests == 0 and chat_requests(sim) == 0
-    assert elapsed < 15, elapsed  # ~2 s here (about 80 us a row): no row waits on the window

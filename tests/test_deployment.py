@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from prefect_fixtures import PROJECT_ROOT, SAMPLE, stop_process, wait_until
+from prefect_fixtures import PROJECT_ROOT, SAMPLE, stop_process
+from waiting import wait_until
 
 from rare_core.storage import read_frame
 

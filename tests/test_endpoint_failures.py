@@ -17,9 +17,9 @@ from cryptography.x509.oid import NameOID
 
 from rare_core.errors import LLMEndpointError
 from rare_core.llm import APILLMServing_request, LLMRequest
-from rare_core.llm.client import UNREACHABLE_ATTEMPTS
+from rare_core.llm.transport import UNREACHABLE_ATTEMPTS
 from rare_core.llm.failures import FailureKind
-from rare_core.llm.simulator import FaultSpec
+from rare_sim import FaultSpec
 
 CHAT = "/v1/chat/completions"
 

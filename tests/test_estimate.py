@@ -14,15 +14,16 @@ import pytest
 
 from rare_core import tokens as tokens_mod
 from rare_core.config import PipelineConfig, Prices
-from rare_core.estimate import (
+from rare_core.estimate import build_estimate, render_estimate
+from rare_core.estimate_model import (
     DEFAULT_ACCEPTANCE_RATE, DISTILL_TOKENS, DISTILL_TOKENS_REASONING, DOC2QUERY_TOKENS_PER_QUESTION,
-    JUDGE_TOKENS, TYPICAL_ANSWER_CHARS, TYPICAL_QUESTION_CHARS, TYPICAL_SCENARIO_CHARS, build_estimate,
-    expected_samples, is_reasoning_model, render_estimate,
+    JUDGE_TOKENS, TYPICAL_ANSWER_CHARS, TYPICAL_QUESTION_CHARS, TYPICAL_SCENARIO_CHARS, expected_samples,
+    is_reasoning_model,
 )
 from rare_core.estimate_actual import compare, render_comparison
 from rare_core.tokens import CHARS4, token_counter_for
 from rare_core.inputs import load_documents
-from rare_core.operators.base import StepSummary
+from rare_core.operators.base import LLMCounters, StepSummary
 from rare_core.prices import PRICE_TABLE, price_for
 from rare_core.prompts import doc2query as d2q_prompt
 from rare_core.prompts import reason_distill as distill_prompt
@@ -45,10 +46,10 @@ def refuse_requests(monkeypatch) -> None:
     def refuse(*_a, **_k):
         raise AssertionError("the estimate must not build a client or open a connection")
 
-    from rare_core.llm import client as client_mod
+    from rare_core.llm.serving import APILLMServing_request
     import openai
 
-    monkeypatch.setattr(client_mod.APILLMServing_request, "__init__", refuse)
+    monkeypatch.setattr(APILLMServing_request, "__init__", refuse)
     monkeypatch.setattr(openai.AsyncOpenAI, "__init__", refuse)
     monkeypatch.setattr(openai.OpenAI, "__init__", refuse)
     monkeypatch.setattr(socket.socket, "connect", refuse)
@@ -80,7 +81,7 @@ def chat_tokens(enc, messages: list[dict]) -> int:
 def test_no_request_and_counts_on_the_sample(docs):
     est = build_estimate(config(), docs)
     assert est.documents == 40 and est.documents_skipped == 0
-    assert est.doc2query.requests == 40 and est.distill.requests == 40
+    assert est.part("doc2query").requests == 40 and est.part("distill").requests == 40
     assert est.totals.requests == 80
     assert est.token_counter == "tiktoken:o200k_base"
     assert not est.simulated
@@ -88,12 +89,12 @@ def test_no_request_and_counts_on_the_sample(docs):
 
 def test_two_questions_double_the_distill_requests(docs):
     est = build_estimate(config(doc2query={"num_questions": 2}), docs)
-    assert est.doc2query.requests == 40 and est.distill.requests == 80
-    assert est.doc2query.completion_tokens_expected_per_request == 2 * DOC2QUERY_TOKENS_PER_QUESTION
+    assert est.part("doc2query").requests == 40 and est.part("distill").requests == 80
+    assert est.part("doc2query").completion_tokens_expected_per_request == 2 * DOC2QUERY_TOKENS_PER_QUESTION
 
 
 def test_loads_the_documents_itself_when_not_given():
-    assert build_estimate(config()).doc2query.requests == 40
+    assert build_estimate(config()).part("doc2query").requests == 40
 
 
 def test_doc2query_prompt_tokens_match_a_direct_count(docs):
@@ -102,8 +103,8 @@ def test_doc2query_prompt_tokens_match_a_direct_count(docs):
     cfg = config().doc2query
     direct = sum(chat_tokens(enc, d2q_prompt.build_messages(t, 1, cfg.max_doc_chars)) for t in docs["text"])
     # The estimate adds the chat framing: a few tokens per message and per request.
-    assert direct < est.doc2query.prompt_tokens <= direct + 40 * 16
-    assert est.doc2query.prompt_tokens_per_request == pytest.approx(est.doc2query.prompt_tokens / 40)
+    assert direct < est.part("doc2query").prompt_tokens <= direct + 40 * 16
+    assert est.part("doc2query").prompt_tokens_per_request == pytest.approx(est.part("doc2query").prompt_tokens / 40)
 
 
 @pytest.mark.parametrize("num_neg", [1, 3, 6])
@@ -121,27 +122,27 @@ def test_distill_prompt_tokens_close_to_real_prompts(docs, num_neg):
         scenario = texts[(i + 7) % len(texts)][:TYPICAL_SCENARIO_CHARS]
         question = texts[(i + 11) % len(texts)][:TYPICAL_QUESTION_CHARS - 1] + "?"
         direct += chat_tokens(enc, distill_prompt.build_messages(scenario, question, [text, *negatives], max_chars))
-    assert est.distill.docs_per_prompt == 1 + num_neg
-    assert est.distill.assumed_scenario_question_chars == TYPICAL_SCENARIO_CHARS + TYPICAL_QUESTION_CHARS
-    assert 0.95 * direct <= est.distill.prompt_tokens <= 1.08 * direct
+    assert est.part("distill").docs_per_prompt == 1 + num_neg
+    assert est.part("distill").assumed_scenario_question_chars == TYPICAL_SCENARIO_CHARS + TYPICAL_QUESTION_CHARS
+    assert 0.95 * direct <= est.part("distill").prompt_tokens <= 1.08 * direct
 
 
 def test_distill_uses_truncated_document_lengths(docs):
     short = build_estimate(config(distill={"max_doc_chars": 300}), docs)
     full = build_estimate(config(), docs)
-    assert short.distill.mean_doc_chars <= 300 + len(" [...]")
-    assert full.distill.mean_doc_chars == pytest.approx(docs["text"].str.len().mean(), rel=0.01)
-    assert short.distill.prompt_tokens < full.distill.prompt_tokens
+    assert short.part("distill").mean_doc_chars <= 300 + len(" [...]")
+    assert full.part("distill").mean_doc_chars == pytest.approx(docs["text"].str.len().mean(), rel=0.01)
+    assert short.part("distill").prompt_tokens < full.part("distill").prompt_tokens
 
 
 def test_chars4_for_a_non_openai_model(docs):
     est = build_estimate(config("llama-3.1-70b-instruct"), docs)
     assert est.token_counter == CHARS4
-    assert est.doc2query.token_counter == CHARS4 and est.distill.token_counter == CHARS4
+    assert est.part("doc2query").token_counter == CHARS4 and est.part("distill").token_counter == CHARS4
     assert any("characters / 4" in note and "llama-3.1-70b-instruct" in note for note in est.notes)
     cfg = config().doc2query
     chars = sum(len(m["content"]) for t in docs["text"] for m in d2q_prompt.build_messages(t, 1, cfg.max_doc_chars))
-    assert chars / 4 < est.doc2query.prompt_tokens <= math.ceil(chars / 4) + 40 * 16
+    assert chars / 4 < est.part("doc2query").prompt_tokens <= math.ceil(chars / 4) + 40 * 16
 
 
 def test_counter_choice_by_model_name():
@@ -184,14 +185,14 @@ def test_offline_encoding_is_tiktokens_own(monkeypatch, docs):
 def test_builtin_prices(docs):
     est = build_estimate(config("gpt-4o-mini"), docs)
     inp, out, b_in, b_out = PRICE_TABLE["gpt-4o-mini"]
-    d = est.doc2query
+    d = est.part("doc2query")
     assert d.cost_list == pytest.approx((d.prompt_tokens * inp + d.completion_tokens_expected * out) / 1e6)
     assert d.cost_batch == pytest.approx(d.cost_list / 2)
     assert d.cost_list_max == pytest.approx((d.prompt_tokens * inp + d.completion_tokens_max * out) / 1e6)
     assert d.cost_expected == d.cost_list  # online mode pays the list price
-    assert est.totals.cost_list == pytest.approx(d.cost_list + est.distill.cost_list)
+    assert est.totals.cost_list == pytest.approx(d.cost_list + est.part("distill").cost_list)
     batch = build_estimate(config("gpt-4o-mini", llm={"mode": "batch"}), docs)
-    assert batch.doc2query.cost_expected == pytest.approx(batch.doc2query.cost_batch)
+    assert batch.part("doc2query").cost_expected == pytest.approx(batch.part("doc2query").cost_batch)
 
 
 def test_price_lookup():
@@ -213,7 +214,7 @@ def test_price_override_respected(docs):
     prices = Prices(input_per_million=1.0, output_per_million=3.0)
     for model in ("gpt-4o", "some-local-model"):
         est = build_estimate(config(model, prices=prices), docs)
-        s = est.distill
+        s = est.part("distill")
         assert s.cost_list == pytest.approx((s.prompt_tokens * 1.0 + s.completion_tokens_expected * 3.0) / 1e6)
         assert s.cost_batch == pytest.approx(s.cost_list / 2)
         assert s.price_source.startswith("config `prices`")
@@ -238,12 +239,12 @@ def test_unknown_model_has_no_cost_and_says_so(docs):
         assert s.cost_list is s.cost_batch is s.cost_list_max is s.cost_batch_max is s.cost_expected is None
     assert est.totals.cost_list is None and est.totals.cost_expected is None
     assert any("no price known" in note and "my-finetune-7b" in note for note in est.notes)
-    assert est.doc2query.prompt_tokens > 0  # tokens are still estimated
+    assert est.part("doc2query").prompt_tokens > 0  # tokens are still estimated
 
 
 def test_simulator_config_is_marked(docs):
     est = build_estimate(PipelineConfig(input_path=SAMPLE), docs)
-    assert est.simulated and est.doc2query.simulated
+    assert est.simulated and est.part("doc2query").simulated
     assert any("simulator" in note for note in est.notes)
 
 
@@ -261,13 +262,13 @@ def test_non_reasoning_model_names(model):
 
 
 def test_reasoning_models_get_the_larger_expected_completion(docs):
-    chat = build_estimate(config("gpt-4o"), docs).distill
-    reasoner = build_estimate(config("o4-mini"), docs).distill
+    chat = build_estimate(config("gpt-4o"), docs).part("distill")
+    reasoner = build_estimate(config("o4-mini"), docs).part("distill")
     assert chat.completion_tokens_expected_per_request == DISTILL_TOKENS
     assert reasoner.completion_tokens_expected_per_request == DISTILL_TOKENS_REASONING
     assert reasoner.reasoning_model and not chat.reasoning_model
     assert reasoner.completion_tokens_expected == 40 * DISTILL_TOKENS_REASONING
-    capped = build_estimate(config("o4-mini", llm={"generation": {"max_tokens": 1000}}), docs).distill
+    capped = build_estimate(config("o4-mini", llm={"generation": {"max_tokens": 1000}}), docs).part("distill")
     assert capped.completion_tokens_expected_per_request == 1000
     assert capped.completion_tokens_max == 40 * 1000
 
@@ -277,9 +278,9 @@ def test_blank_documents_are_not_counted(docs):
                           "text": [docs["text"][0], "", "   \n", None, float("nan"), 123, docs["text"][1]]})
     est = build_estimate(config(), frame)
     assert est.documents == 7 and est.documents_skipped == 5
-    assert est.doc2query.requests == 2 and est.distill.requests == 2
+    assert est.part("doc2query").requests == 2 and est.part("distill").requests == 2
     only = build_estimate(config(), frame.iloc[[0, 6]])
-    assert est.doc2query.prompt_tokens == only.doc2query.prompt_tokens
+    assert est.part("doc2query").prompt_tokens == only.part("doc2query").prompt_tokens
     assert any("5 document(s)" in note for note in est.notes)
 
 
@@ -294,9 +295,9 @@ def test_roles_when_the_config_has_them(docs):
         pytest.skip("this config has no roles yet")
     cfg = config("gpt-4o-mini", roles={"teacher": {"model": "o4-mini", "generation": {"max_tokens": 16000}}})
     est = build_estimate(cfg, docs)
-    assert est.doc2query.model == "gpt-4o-mini" and est.distill.model == "o4-mini"
-    assert est.distill.max_tokens == 16000 and est.distill.completion_tokens_max == 40 * 16000
-    assert est.doc2query.max_tokens == cfg.llm.generation.max_tokens
+    assert est.part("doc2query").model == "gpt-4o-mini" and est.part("distill").model == "o4-mini"
+    assert est.part("distill").max_tokens == 16000 and est.part("distill").completion_tokens_max == 40 * 16000
+    assert est.part("doc2query").max_tokens == cfg.llm.generation.max_tokens
 
 
 def test_render_estimate(docs):
@@ -310,18 +311,18 @@ def test_render_estimate(docs):
 def test_compare_with_actual_steps(docs):
     est = build_estimate(config(), docs)
     actual = [
-        StepRecord(summary=StepSummary(step="doc2query", extra={
-            "requests": 40, "prompt_tokens": est.doc2query.prompt_tokens, "completion_tokens": 2400})),
+        StepRecord(summary=StepSummary(step="doc2query", llm=LLMCounters(
+            requests=40, prompt_tokens=est.part("doc2query").prompt_tokens, completion_tokens=2400))),
         StepRecord(summary=StepSummary(step="hardneg", extra={"short_rows": 0})),
-        StepRecord(summary=StepSummary(step="distill", extra={
-            "requests": 44, "prompt_tokens": 50_000, "completion_tokens": 30_000}), cached=True),
+        StepRecord(summary=StepSummary(step="distill", llm=LLMCounters(
+            requests=44, prompt_tokens=50_000, completion_tokens=30_000)), cached=True),
     ]
     rows = {(r.step, r.metric): r for r in compare(est, actual)}
     assert len(rows) == 6  # the LLM steps only
     assert rows["doc2query", "requests"].ratio == 1.0
     assert rows["doc2query", "prompt_tokens"].ratio == 1.0
     assert rows["doc2query", "completion_tokens"].ratio == pytest.approx(0.5)
-    assert rows["doc2query", "completion_tokens"].estimated_max == est.doc2query.completion_tokens_max
+    assert rows["doc2query", "completion_tokens"].estimated_max == est.part("doc2query").completion_tokens_max
     assert rows["distill", "requests"].ratio == pytest.approx(1.1)
     assert rows["distill", "requests"].cached
     missing = compare(est, actual[:1])
@@ -341,8 +342,8 @@ def test_questions_given_skips_doc2query_and_says_so(tmp_path):
     config = PipelineConfig(input_path=str(path), questions_given=True,
                             doc2query={"num_questions": 3}, verify={"method": "none"})
     est = build_estimate(config)
-    assert est.doc2query.requests == 0 and est.doc2query.prompt_tokens == 0
-    assert est.distill.requests == 5  # one per given question, not num_questions per document
+    assert est.part("doc2query") is None and est.totals.requests == est.part("distill").requests == 5
+    assert est.part("distill").requests == 5  # one per given question, not num_questions per document
     assert any("questions_given" in note for note in est.notes)
     assert not any(note.startswith("verify") for note in est.notes)
     checked = build_estimate(config.model_copy(update={"verify": config.verify.model_copy(update={"method": "auto"})}))
@@ -375,18 +376,18 @@ def test_verification_adds_re_samples_and_judge_calls(docs):
     est = build_estimate(config(verify={"method": "auto", "max_samples": 8}), docs)
     per_row = expected_samples(DEFAULT_ACCEPTANCE_RATE, 8)
     assert est.acceptance_rate == DEFAULT_ACCEPTANCE_RATE
-    assert est.distill.requests == round(40 * per_row) > 40 and est.distill.requests_max == 40 * 8
-    assert est.distill.samples_per_row_expected == pytest.approx(per_row, abs=1e-3)
-    assert est.distill.prompt_tokens_max == 8 * 40 * est.distill.prompt_tokens_per_request
-    assert est.distill.prompt_tokens == pytest.approx(per_row * 40 * est.distill.prompt_tokens_per_request, abs=1)
-    judge = est.judge
+    assert est.part("distill").requests == round(40 * per_row) > 40 and est.part("distill").requests_max == 40 * 8
+    assert est.part("distill").samples_per_row_expected == pytest.approx(per_row, abs=1e-3)
+    assert est.part("distill").prompt_tokens_max == 8 * 40 * est.part("distill").prompt_tokens_per_request
+    assert est.part("distill").prompt_tokens == pytest.approx(per_row * 40 * est.part("distill").prompt_tokens_per_request, abs=1)
+    judge = est.part("judge")
     assert judge is not None and judge.rows == 40
-    assert judge.requests == est.distill.requests and judge.requests_max == 320
+    assert judge.requests == est.part("distill").requests and judge.requests_max == 320
     assert judge.completion_tokens_expected_per_request == JUDGE_TOKENS
     assert judge.cost_list is not None and judge.cost_list_max > judge.cost_list
-    assert est.totals.requests == 40 + 2 * est.distill.requests
+    assert est.totals.requests == 40 + 2 * est.part("distill").requests
     assert est.totals.requests_max == 40 + 320 + 320
-    assert est.totals.cost_list == pytest.approx(est.doc2query.cost_list + est.distill.cost_list + judge.cost_list)
+    assert est.totals.cost_list == pytest.approx(est.part("doc2query").cost_list + est.part("distill").cost_list + judge.cost_list)
     assert not any("neither is in these figures" in note for note in est.notes)
     assert any("every sample is judged" in note for note in est.notes)
 
@@ -400,23 +401,23 @@ def test_judge_prompt_tokens_match_a_direct_count(tmp_path):
                                           "Blockade of the receptor", "(B)"]})
     est = build_estimate(config(questions_given=True, verify={"method": "auto", "max_samples": 4}), frame,
                          acceptance_rate=1.0)
-    judge = est.judge
+    judge = est.part("judge")
     assert judge.rows == 2 and judge.requests == 2 and judge.requests_max == 8  # only the open gold answers
     enc = o200k()
     judged = frame.iloc[[2, 4]]
     bare = sum(chat_tokens(enc, judge_messages(q, g, "")) for q, g in zip(judged["question"], judged["gold_answer"]))
     # plus a stand-in answer of TYPICAL_ANSWER_CHARS (about 4 characters a token) and the chat framing
     assert bare + 2 * TYPICAL_ANSWER_CHARS / 6 < judge.prompt_tokens < bare + 2 * (TYPICAL_ANSWER_CHARS / 3 + 16)
-    assert est.distill.requests == 6 and est.distill.requests_max == 24
+    assert est.part("distill").requests == 6 and est.part("distill").requests_max == 24
     assert any("2 of 6 given question(s)" in note for note in est.notes)
 
 
 def test_acceptance_rate_is_settable(docs):
     cfg = config(verify={"method": "exact", "max_samples": 8})
     sure, even, never = (build_estimate(cfg, docs, acceptance_rate=p) for p in (1.0, 0.5, 0.0))
-    assert sure.distill.requests == 40 < even.distill.requests < never.distill.requests == 320
-    assert {e.distill.requests_max for e in (sure, even, never)} == {320}
-    assert sure.judge is None  # exact checks call no judge
+    assert sure.part("distill").requests == 40 < even.part("distill").requests < never.part("distill").requests == 320
+    assert {e.part("distill").requests_max for e in (sure, even, never)} == {320}
+    assert sure.part("judge") is None  # exact checks call no judge
     assert any("acceptance rate of 50%" in note for note in even.notes)
     with pytest.raises(ValueError, match="acceptance_rate"):
         build_estimate(cfg, docs, acceptance_rate=-0.1)
@@ -424,7 +425,7 @@ def test_acceptance_rate_is_settable(docs):
 
 def test_num_samples_without_check_multiplies_the_teacher_requests(docs):
     est = build_estimate(config(distill={"num_samples": 3}), docs)
-    assert est.distill.requests == est.distill.requests_max == 120 and est.judge is None
+    assert est.part("distill").requests == est.part("distill").requests_max == 120 and est.part("judge") is None
     assert est.acceptance_rate is None
 
 
@@ -441,21 +442,21 @@ def test_currency_is_shown(docs):
 def test_render_shows_expected_and_upper_bound(docs):
     est = build_estimate(config(verify={"method": "auto", "max_samples": 8}), docs)
     text = render_estimate(est)
-    assert f"| distill | gpt-4o-mini | online | {est.distill.requests} / 320 |" in text
-    assert f"| judge | gpt-4o-mini | online | {est.judge.requests} / 320 |" in text
+    assert f"| distill | gpt-4o-mini | online | {est.part('distill').requests} / 320 |" in text
+    assert f"| judge | gpt-4o-mini | online | {est.part('judge').requests} / 320 |" in text
     assert f"| **total** |  |  | {est.totals.requests} / 680 |" in text
     assert len(text.splitlines()) < 30
 
 
 def test_compare_reads_the_judge_counters_from_reason_distill(docs):
     est = build_estimate(config(verify={"method": "judge"}), docs)
-    actual = [StepRecord(summary=StepSummary(step="distill", extra={
-        "requests": 100, "prompt_tokens": 1, "completion_tokens": 1, "judge_requests": 90,
-        "judge_prompt_tokens": 9000, "judge_completion_tokens": 3600}))]
+    actual = [StepRecord(summary=StepSummary(
+        step="distill", llm=LLMCounters(requests=100, prompt_tokens=1, completion_tokens=1),
+        extra={"judge_requests": 90, "judge_prompt_tokens": 9000, "judge_completion_tokens": 3600}))]
     rows = {(r.step, r.metric): r for r in compare(est, actual)}
     assert rows["judge", "requests"].actual == 90 and rows["judge", "requests"].estimated_max == 320
     assert rows["judge", "completion_tokens"].actual == 3600
-    no_judge_calls = [StepRecord(summary=StepSummary(step="distill", extra={"requests": 40}))]
+    no_judge_calls = [StepRecord(summary=StepSummary(step="distill", llm=LLMCounters(requests=40)))]
     assert {(r.metric, r.actual) for r in compare(est, no_judge_calls) if r.step == "judge"} == {
         ("requests", 0), ("prompt_tokens", 0), ("completion_tokens", 0)}
     assert "| judge | requests |" in render_comparison(compare(est, actual))
@@ -489,7 +490,7 @@ def run_distill(sim, tmp_path, frame: pd.DataFrame, verify: dict) -> dict:
                                 cache_path=str(tmp_path / "responses.sqlite"), backoff_base=0.01)
     op = ReasonDistill(llm_serving=llm, verify=VerifyConfig(**verify))
     op.process(df, input_reference_key="gold_answer")
-    extra = op.last_summary.extra
+    extra = {**op.last_summary.llm.model_dump(), **op.last_summary.extra}  # the teacher's counters and the judge's
     assert sim.stats().completions_served == extra["requests"] + extra.get("judge_requests", 0)
     return extra
 
@@ -510,10 +511,10 @@ def test_issue_case_exact_check_estimate_brackets_the_run(sim, tmp_path):
     verify = {"method": "exact", "max_samples": 8}
     est = estimate_without_sending(tmp_path / "q.jsonl", sim, verify, acceptance_rate=1 / 3)
     actual = run_distill(sim, tmp_path, frame, verify)["requests"]
-    assert est.judge is None and est.distill.rows == 12
-    assert est.distill.requests == round(12 * expected_samples(1 / 3, 8))
-    assert 12 < actual <= est.distill.requests_max == 96 == est.totals.requests_max
-    assert 0.7 * est.distill.requests <= actual <= 1.4 * est.distill.requests, (actual, est.distill.requests)
+    assert est.part("judge") is None and est.part("distill").rows == 12
+    assert est.part("distill").requests == round(12 * expected_samples(1 / 3, 8))
+    assert 12 < actual <= est.part("distill").requests_max == 96 == est.totals.requests_max
+    assert 0.7 * est.part("distill").requests <= actual <= 1.4 * est.part("distill").requests, (actual, est.part("distill").requests)
 
 
 def test_judge_calls_and_re_samples_bracket_the_run(sim, tmp_path):
@@ -523,10 +524,10 @@ def test_judge_calls_and_re_samples_bracket_the_run(sim, tmp_path):
     verify = {"method": "auto", "max_samples": 8}
     est = estimate_without_sending(tmp_path / "q.jsonl", sim, verify, acceptance_rate=DEFAULT_ACCEPTANCE_RATE)
     extra = run_distill(sim, tmp_path, frame, verify)
-    assert est.judge.rows == 4 and est.judge.requests_max == 32
-    assert 4 <= extra["judge_requests"] <= est.judge.requests_max
-    assert 12 <= extra["requests"] <= est.distill.requests_max
+    assert est.part("judge").rows == 4 and est.part("judge").requests_max == 32
+    assert 4 <= extra["judge_requests"] <= est.part("judge").requests_max
+    assert 12 <= extra["requests"] <= est.part("distill").requests_max
     assert extra["requests"] + extra["judge_requests"] <= est.totals.requests_max
     # chars/4 for the simulator's model; the simulator bills 1.3 tokens a word: the same scale
     per_call = extra["judge_prompt_tokens"] / extra["judge_requests"]
-    assert 0.6 * est.judge.prompt_tokens_per_request <= per_call <= 1.6 * est.judge.prompt_tokens_per_request
+    assert 0.6 * est.part("judge").prompt_tokens_per_request <= per_call <= 1.6 * est.part("judge").prompt_tokens_per_request

@@ -8,7 +8,6 @@ import os
 import random
 import subprocess
 import sys
-import time
 
 import pandas as pd
 import pytest
@@ -16,10 +15,14 @@ from pydantic import ValidationError
 
 from rare_core.errors import InputColumnError
 from rare_core.filters import (
-    FILTERED, FILTERED_ERROR, FILTERS, DocumentFilter, DocumentFilterConfig, LeakageFilter, LengthFilter,
+    FILTERED, FILTERED_ERROR, DocumentFilter, DocumentFilterConfig, LeakageFilter, LengthFilter,
     LengthFilterConfig, QuestionDedup, QuestionDedupConfig,
 )
+from rare_core.pipeline import STEPS
 from rare_core.storage import FileStorage, read_frame, write_frame
+
+# The filters, from the registry: step name -> operator class.
+FILTERS = {spec.name: spec.operator for spec in STEPS if spec.section.startswith("filters.")}
 
 
 def doc(words: int, word: str = "alpha") -> str:
@@ -41,10 +44,11 @@ UPSTREAM = {"rare_status": "failed", "rare_error": "doc2query: invalid JSON", "r
 
 def test_registry_kind_and_no_output_columns():
     assert FILTERED_ERROR == "filtered" and FILTERED == "filtered"
-    assert set(FILTERS) == {"doc_filter", "question_dedup", "leakage_filter", "length_filter"}
+    assert {"doc_filter", "question_dedup", "leakage_filter", "length_filter", "decontaminate"} <= set(FILTERS)
     assert FILTERS["doc_filter"] is DocumentFilter and FILTERS["question_dedup"] is QuestionDedup
     for name, cls in FILTERS.items():
-        op = cls()
+        needs = {"benchmarks": [__file__]} if name == "decontaminate" else {}  # its one required setting
+        op = cls(**needs)
         assert op.step_name == name and op.output_columns() == [] and op.output_keys() == []
         assert op.config.enabled is True and isinstance(op.config, cls.config_class)
     with pytest.raises(ValidationError):
@@ -242,14 +246,11 @@ def test_question_dedup_is_deterministic_across_runs_and_processes():
     assert QuestionDedup(seed=2).config.seed == 2 and QuestionDedupConfig().seed == 1
 
 
-def test_question_dedup_10k_rows_in_a_few_seconds():
+def test_question_dedup_finds_every_planted_near_duplicate_in_10k_rows():  # its time: bench/targets.py
     questions, planted = synthetic_questions(10_000)
     df = pd.DataFrame({"question": questions, "rare_status": "ok"})
     op = QuestionDedup()
-    t0, cpu0 = time.perf_counter(), time.process_time()
     out = op.process(df)
-    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    assert cpu < 5.0 and wall < 15.0, (cpu, wall)  # ~2 s here; CPU time: robust to a busy machine
     filtered = set(out.index[out["rare_question_dedup_status"] == "filtered"])
     assert filtered == planted
     assert op.last_summary.extra["near_duplicates"] == len(planted) == 1_000

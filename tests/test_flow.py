@@ -10,20 +10,22 @@ import os
 from pathlib import Path
 
 import pytest
-from prefect_fixtures import SAMPLE, wait_until
+from prefect_fixtures import SAMPLE
+from waiting import wait_until
 
 from rare_core.config import PipelineConfig, Prices
 from rare_core.llm.config import LLMConfig
-from rare_core.llm.simulator import FaultSpec
-from rare_core.operators.base import StepSummary
+from rare_core.operators.base import LLMCounters, StepSummary
 from rare_core.report import StepRecord, build_report
 from rare_core.storage import read_frame
+from rare_sim import FaultSpec
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 ROWS = 12
 STEP_TASKS = ("doc2query", "bm25-hardneg", "reason-distill")
-ALL_TASKS = {"load-input", *STEP_TASKS, "export-dataset", "publish-report"}
+CHECK_TASKS = ("grounding",)  # the checks a default run runs after them (they send nothing)
+ALL_TASKS = {"load-input", *STEP_TASKS, *CHECK_TASKS, "export-dataset", "publish-report"}
 SECRET = "sk-test-DO-NOT-LEAK-0123456789"
 
 
@@ -37,12 +39,10 @@ def make_config(tmp_path: Path, sim, **update) -> PipelineConfig:
     return config.model_copy(update=update)
 
 
-def step_file(config: PipelineConfig, step: int | str, exclude: set[Path] = frozenset()) -> Path:
-    """The file a run wrote for ``step`` (its number, or a filter's stem such as ``step1_dedup``)
-    in the cache folder, named by its cache key (``{prefix}_step{N}-{key}.{type}``): the only
-    one there besides ``exclude``."""
-    stem = f"step{step}" if isinstance(step, int) else step
-    files = set(Path(config.cache_path).glob(f"{config.file_name_prefix}_{stem}-*.{config.cache_type}")) - exclude
+def step_file(config: PipelineConfig, step: int, exclude: set[Path] = frozenset()) -> Path:
+    """The file a run wrote for step number ``step`` in the cache folder, named by its cache key
+    (``{prefix}_step{N}-{key}.{type}``): the only one there besides ``exclude``."""
+    files = set(Path(config.cache_path).glob(f"{config.file_name_prefix}_step{step}-*.{config.cache_type}")) - exclude
     assert len(files) == 1, sorted(files)
     return files.pop()
 
@@ -115,7 +115,7 @@ def test_pipeline_end_to_end_on_simulator(tmp_path, sim):
     dataset = read_frame(result.exported.dataset.path)
     assert list(dataset.columns) == [
         "id", "question", "scenario", "positive", "hard_negatives", "hard_negatives_ids", "document_order",
-        "positive_doc_number", "reasoning", "answer", "reference_answer", "rare_simulated"]
+        "positive_doc_number", "reasoning", "answer", "reference_answer", "rare_grounding", "rare_simulated"]
     assert len(dataset) == ROWS and dataset["rare_simulated"].all()
     merged = dataset.merge(docs[["id", "text"]], on="id")
     assert (merged["positive"] == merged["text"]).all()
@@ -127,7 +127,7 @@ def test_pipeline_end_to_end_on_simulator(tmp_path, sim):
     assert report == result.report.markdown and "SIMULATED" in report
     assert f"| doc2query | ran | {ROWS} | {ROWS} | 0 |" in report
     summary = json.loads((out / "summary.json").read_text())
-    assert [s["status"] for s in summary["steps"]] == ["ran", "ran", "ran"]
+    assert [s["status"] for s in summary["steps"]] == ["ran"] * len(STEP_TASKS + CHECK_TASKS)
     assert summary["totals"]["requests"] == 2 * ROWS and summary["dataset_rows"] == ROWS
 
     # the artifacts of the run in the Prefect API
@@ -163,7 +163,7 @@ def test_rerun_is_cached_makes_no_requests_and_no_search(tmp_path, sim, monkeypa
     assert completions(sim) == 0
     assert Path(second.result().exported.dataset.path).read_bytes() == dataset_before
     summary = second.result().report.summary
-    assert [s["status"] for s in summary["steps"]] == ["cached"] * 3 and summary["totals"]["requests"] == 0
+    assert [s["status"] for s in summary["steps"]] == ["cached"] * len(STEP_TASKS + CHECK_TASKS) and summary["totals"]["requests"] == 0
 
 
 def test_changed_num_neg_reruns_only_hardneg_and_distill(tmp_path, sim):
@@ -228,7 +228,7 @@ def test_deleted_step_file_is_recomputed(tmp_path, sim):
 
 
 def test_cache_record_that_disagrees_with_its_step_file_is_recomputed(tmp_path, sim):
-    from tasks.artifacts import file_sha256
+    from rare_core.hashing import file_sha256
 
     config = make_config(tmp_path, sim)
     assert run_flow(config)[0].is_completed()
@@ -244,7 +244,7 @@ def test_cache_record_that_disagrees_with_its_step_file_is_recomputed(tmp_path, 
     sim.reset()
     state, _ = run_flow(config)
     assert state.is_completed(), state.message
-    assert [s["status"] for s in state.result().report.summary["steps"]] == ["cached", "ran", "cached"]
+    assert [s["status"] for s in state.result().report.summary["steps"]] == ["cached", "ran", "cached", "cached"]  # grounding: its input unchanged
     assert step2.read_bytes() == content and completions(sim) == 0
 
 
@@ -311,7 +311,7 @@ def _simulator_children() -> set[int]:
             cmdline = (stat.parent / "cmdline").read_bytes()
         except (OSError, IndexError, ValueError):
             continue
-        if ppid == os.getpid() and b"rare_core.llm.simulator" in cmdline:
+        if ppid == os.getpid() and b"rare_sim" in cmdline:
             pids.add(int(stat.parent.name))
     return pids
 
@@ -364,10 +364,10 @@ def test_cli_exit_status(tmp_path, capsys):
 def test_report_counts_only_this_runs_requests_and_prices_them():
     ran = StepSummary(step="distill", rows_in=10, rows_out=10, processed=10, failed=2,
                       failures_by_reason={"unparseable": 2}, simulated=False,
-                      extra={"requests": 12, "retries": 2, "cache_hits": 1, "prompt_tokens": 1_000_000,
-                             "completion_tokens": 500_000, "failures": 0})
+                      llm=LLMCounters(requests=12, retries=2, cache_hits=1, prompt_tokens=1_000_000,
+                                      completion_tokens=500_000))
     cached = StepSummary(step="doc2query", rows_in=10, rows_out=10, processed=10,
-                         extra={"requests": 10, "prompt_tokens": 10, "completion_tokens": 10})
+                         llm=LLMCounters(requests=10, prompt_tokens=10, completion_tokens=10))
     hardneg = StepSummary(step="hardneg", rows_in=10, rows_out=10, processed=10, extra={"short_rows": 3})
     report = build_report(
         [StepRecord(summary=cached, wall_seconds=0.01, cached=True), StepRecord(summary=hardneg, wall_seconds=1.0),

@@ -12,8 +12,8 @@ import pytest
 from prefect_fixtures import SAMPLE
 from test_flow import cli_env, completions, make_config, run_flow, step_file  # noqa: F401 (cli_env: a fixture)
 
-from rare_core.llm.simulator import FaultSpec
 from rare_core.storage import read_frame, write_frame
+from rare_sim import FaultSpec
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -128,7 +128,7 @@ def test_failed_rows_keep_question_index_and_kind(tmp_path, sim):
 
 
 def test_roles_have_their_own_endpoint_model_and_settings(tmp_path, sim, monkeypatch):
-    from rare_core.llm.simulator import SimulatorProcess
+    from rare_sim import SimulatorProcess
 
     monkeypatch.setenv("TEACHER_KEY", "teacher-secret-1234")
     with SimulatorProcess(latency=0.0, api_key="teacher-secret-1234") as teacher:
@@ -186,6 +186,6 @@ def test_filters_are_steps_that_record_every_row_they_remove(tmp_path, sim):
     assert failed.loc["short", "rare_error"].startswith("doc_filter: too short")
     assert (failed["rare_error_kind"] == "filtered").all()
     assert len(read_frame(Path(config.output_path) / "dataset.jsonl")) == 5
-    assert step_file(config, "step1_dedup").exists()
+    assert step_file(config, 3).exists()  # docfilter 1, doc2query 2, dedup 3: the registry order of the steps run
     report = (Path(config.output_path) / "report.md").read_text(encoding="utf-8")
     assert "doc_filter" in report and "filtered: 2" in report

@@ -8,9 +8,9 @@ import pytest
 
 from rare_core import APILLMServing_request, BM25HardNeg, Doc2Query, FileStorage, ReasonDistill
 from rare_core.errors import InputColumnError
-from rare_core.llm.simulator import FaultSpec
 from rare_core.prompts import doc2query as d2q_prompt
 from rare_core.prompts import reason_distill as rd_prompt
+from rare_sim import FaultSpec
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "pubmedqa_sample.jsonl"
 CHAT = "/v1/chat/completions"
@@ -55,7 +55,7 @@ def test_doc2query_writes_question_scenario_and_provenance(sim, llm, docs):
     assert out["rare_doc2query_simulated"].all()
     assert list(out["id"]) == list(docs["id"])  # input columns and order kept
     assert op.last_summary.rows_out == len(docs) and op.last_summary.failed == 0
-    assert op.last_summary.simulated and op.last_summary.extra["requests"] == len(docs)
+    assert op.last_summary.simulated and op.last_summary.llm.requests == len(docs)
     assert chats(sim) == len(docs)
 
 

@@ -63,7 +63,7 @@ def _load(zip_path: Path):
 @pytest.mark.slow
 def test_nfcorpus_bm25_flat_matches_pyserini(tmp_path):
     if not NFCORPUS_ZIP.exists():
-        pytest.skip(f"BEIR NFCorpus not found at {NFCORPUS_ZIP} (shared/ beside the repo)")
+        pytest.skip(reason=f"shared data not found: {NFCORPUS_ZIP} (BEIR NFCorpus, shared/ beside the repo)")
     docs, queries, qrels = _load(NFCORPUS_ZIP)
     assert len(docs) == 3633 and len(queries) == 323
     index = BM25Index.build(docs, tmp_path, id_col="_id", text_col="text", title_col="title")

@@ -11,8 +11,8 @@ import pytest
 
 from rare_core import APILLMServing_request, BM25HardNeg, Doc2Query, FileStorage, ReasonDistill
 from rare_core.errors import InputColumnError
-from rare_core.llm.simulator import FaultSpec
 from rare_core.storage import read_frame, write_frame
+from rare_sim import FaultSpec
 from test_llm_operators import chats, llm  # noqa: F401 (shared fixture and counter)
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "pubmedqa_sample.jsonl"
@@ -114,8 +114,8 @@ def test_custom_id_column_and_integer_ids_join(tmp_path):
                  "Warfarin is an anticoagulant that lowers clot risk.",
                  "Platelet aggregation leads to clot formation in arteries."],
         "question": ["How does aspirin lower clot risk through platelets?"] * 4})
-    out = BM25HardNeg(index_dir=str(tmp_path / "idx"), max_score_ratio=None).process(
-        frame, num_neg=2, input_id_key="doc_id")
+    out = BM25HardNeg(index_dir=str(tmp_path / "idx"), max_score_ratio=None, exclude_group_positives=False).process(
+        frame, num_neg=2, input_id_key="doc_id")  # one question for every row: the others' documents are candidates
     known = set(frame["doc_id"])
     for own, ids in zip(frame["doc_id"], out["hard_negatives_ids"]):
         assert ids and all(type(i) is int and i in known and i != own for i in ids)

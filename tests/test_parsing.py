@@ -376,8 +376,10 @@ def legitimate_questions(seed: int = 7, plain: int = 300, with_noun: int = 200) 
 
 
 def test_legitimate_questions_from_real_passages_are_rarely_refused():
-    if not (SHARED_DATA / "pubmedqa/abstracts.jsonl").exists() or not (SHARED_DATA / "nfcorpus/nfcorpus.zip").exists():
-        pytest.skip(f"PubMedQA/NFCorpus not found under {SHARED_DATA} (shared/ beside the repo)")
+    missing = [str(p) for p in (SHARED_DATA / "pubmedqa/abstracts.jsonl", SHARED_DATA / "nfcorpus/nfcorpus.zip")
+               if not p.exists()]
+    if missing:
+        pytest.skip(reason=f"shared data not found: {', '.join(missing)} (shared/ beside the repo)")
     questions = legitimate_questions()
     assert len(questions) == 500 and sum(bool(SOURCE_NOUNS.search(q)) for q in questions) >= 200
     refused = [(q, source_reference(q)) for q in questions if source_reference(q)]

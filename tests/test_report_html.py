@@ -1,20 +1,24 @@
-"""rare_core.report_html: the self-contained HTML report (summary facts, steps, charts of the final rows)."""
+"""rare_core.report_html and rare_core.report_summary: the self-contained HTML report (summary facts, steps,
+charts of the final rows) and the typed run summary it shares with report.md and summary.json."""
 
 from __future__ import annotations
 
 import base64
+import json
 import re
-import time
 from html.parser import HTMLParser
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from rare_core.operators.base import StepSummary
+from rare_core.config import Prices
+from rare_core.operators.base import LLMCounters, StepSummary, merge_summaries
+from rare_core.prices import price_for
 from rare_core.report import StepRecord, build_report
 from rare_core import report_html
-from rare_core.report_html import render_html
+from rare_core.report_html import chart_columns, render_html
+from rare_core.report_summary import CACHED_NOTE, KIND_ADVICE, RunSummary
 
 PNG = "data:image/png;base64,"
 N_ROWS = 30
@@ -111,9 +115,12 @@ def realistic_frame(n: int = N_ROWS, seed: int = 7) -> pd.DataFrame:
             "reasoning": " ".join(["the", "document", "shares", "words", "with", "the", "question"] * int(rng.integers(8, 30))),
             "answer": "Document 2 says so.",
             "rare_distill_attempts": int(rng.choice([1, 1, 1, 2, 3])),
+            "rare_distill_status": "ok",
             "rare_distill_simulated": True,
             "rare_verify_samples": int(rng.choice([1, 1, 1, 2, 4, 8])),
             "rare_verify_verdict": "correct",
+            "rare_verify_status": "ok",
+            "rare_question_dedup_status": "ok",
         }
         rows.append(row)
     # 2 rows failed at Doc2Query: no question, BM25 skipped (rank -1, no lists), no reasoning.
@@ -122,31 +129,34 @@ def realistic_frame(n: int = N_ROWS, seed: int = 7) -> pd.DataFrame:
                        rare_error_kind="content", question=None, scenario=None, rare_doc2query_status="failed",
                        hard_negatives=[], hard_negatives_ids=[], hard_negatives_scores=[], positive_score=np.nan,
                        positive_rank=-1, rare_hardneg_status="skipped", reasoning=None, answer=None,
-                       rare_distill_attempts=np.nan, rare_verify_samples=np.nan, rare_verify_verdict=None)
+                       rare_distill_attempts=np.nan, rare_verify_samples=np.nan, rare_verify_verdict=None,
+                       rare_distill_status="skipped", rare_verify_status=None, rare_question_dedup_status="skipped")
     # 2 rows whose positive BM25 did not find within its depth.
     for i in (5, 9):
         rows[i].update(positive_rank=-1)
     # 3 rows the verifier rejected after every sample.
     for i in (11, 20, 26):
         rows[i].update(rare_status="failed", rare_error="verify: no sample matched the reference after 8 samples",
-                       rare_error_kind="content", rare_verify_samples=8, rare_verify_verdict="incorrect")
+                       rare_error_kind="rejected", rare_verify_samples=8, rare_verify_verdict="incorrect",
+                       rare_distill_status=None, rare_verify_status="failed")
     # 1 row dropped as a near-duplicate question.
-    rows[28].update(rare_status="failed", rare_error="dedup: near-duplicate of row 1004", rare_error_kind="input")
+    rows[28].update(rare_status="failed", rare_error="question_dedup: near-duplicate of row 1004",
+                    rare_error_kind="filtered", rare_question_dedup_status="filtered")
     return pd.DataFrame(rows)
 
 
-def make_summary(simulated: bool = True) -> dict:
+def make_summary(simulated: bool = True) -> RunSummary:
     def rec(step, failed=0, **extra):
-        counters = {"requests": 30, "prompt_tokens": 15_000, "completion_tokens": 2_000} if step != "hardneg" else {}
+        llm = LLMCounters(requests=30, prompt_tokens=15_000, completion_tokens=2_000) if step != "hardneg" else None
         return StepRecord(summary=StepSummary(step=step, rows_in=N_ROWS, rows_out=N_ROWS, failed=failed,
                                               failures_by_reason={"unparseable reply": failed} if failed else {},
                                               failures_by_kind={"content": failed} if failed else {},
-                                              simulated=simulated and step != "hardneg",
-                                              extra={**counters, **extra}), wall_seconds=1.5)
+                                              simulated=simulated and step != "hardneg", llm=llm, extra=extra),
+                          wall_seconds=1.5)
     records = [rec("doc2query", failed=2), rec("hardneg", short_rows=0), rec("distill")]
     header = {"Input": "data/docs.jsonl (30 documents)", "LLM (teacher)": "built-in simulator (model name `rare-sim-1`)",
               "Note": "<script>alert('x')</script> & co"}
-    return build_report(records, simulated=simulated, dataset_rows=24, header=header).summary
+    return build_report(records, simulated=simulated, dataset_rows=24, header=header).run_summary
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +209,8 @@ def test_captions_give_the_right_n(frame, default_page):
     assert f"reasoning n = 28, median {np.median(words):g}" in c["chart-lengths"]
     assert "rare_verify_samples" in c["chart-samples"] and n_in(c["chart-samples"]) == 28
     assert n_in(c["chart-outcomes"]) == N_ROWS
-    assert "doc2query 2" in c["chart-outcomes"] and "verify 3" in c["chart-outcomes"] and "dedup 1" in c["chart-outcomes"]
+    assert "doc2query (content) 2" in c["chart-outcomes"] and "verify (rejected) 3" in c["chart-outcomes"]
+    assert "question_dedup (filtered) 1" in c["chart-outcomes"]
     assert "correct 25" in c["chart-outcomes"] and "incorrect 3" in c["chart-outcomes"]
 
 
@@ -233,9 +244,9 @@ def test_frame_without_bm25_columns_skips_those_charts_with_a_note(frame):
 
 def test_no_external_urls_and_text_is_escaped(frame):
     nasty = frame.copy()
-    nasty.loc[28, "rare_error"] = "<img src=x onerror=alert(1)>: injected"  # its category is the markup
+    nasty.loc[28, "rare_error_kind"] = "<img src=x onerror=alert(1)>"  # its outcome's label is the markup
     summary = make_summary()
-    summary["header"]["LLM (question_writer)"] = "https://api.example.com/v1 model `gpt-4o-mini`"
+    summary.header["LLM (question_writer)"] = "https://api.example.com/v1 model `gpt-4o-mini`"
     text = render_html(summary, nasty, title="Report <b>&</b>")
     page = Page(text)
     assert page.urls and all(not re.search(r"https?://", u) for u in page.urls)
@@ -251,16 +262,16 @@ def test_steps_table_and_header_facts(default_page):
     summary = make_summary()
     page = default_page[1]
     body = " ".join(page.text)
-    for key in summary["header"]:
+    for key in summary.header:
         assert key in body
-    for row in summary["steps"]:
-        assert row["step"] in body
+    for line in summary.steps:
+        assert line.step in body
     assert "15,000" in body and "30,000" in body  # prompt tokens of a step and the total
     assert "unparseable reply" in body and "Rows in the final dataset" in body
 
 
 def test_without_matplotlib_the_page_keeps_captions_and_tables(frame, monkeypatch):
-    monkeypatch.setattr(report_html, "_matplotlib", lambda: None)
+    monkeypatch.setattr(report_html, "matplotlib_classes", lambda: None)
     text = render_html(make_summary(), frame)
     page = Page(text)
     assert not page.imgs and len(page.captions) == 5
@@ -268,15 +279,12 @@ def test_without_matplotlib_the_page_keeps_captions_and_tables(frame, monkeypatc
     assert text.count("<details><summary>The figures behind the chart</summary>") == 5
 
 
-def test_100k_rows_in_a_few_seconds():
+def test_100k_rows_count_in_full_and_the_length_chart_samples_them():  # its time: bench/targets.py
     small = realistic_frame(1000, seed=1)
     big = pd.concat([small] * 100, ignore_index=True)
-    start = time.perf_counter()
     page = Page(render_html(make_summary(), big))
-    elapsed = time.perf_counter() - start
     assert len(page.imgs) == 5 and n_in(page.captions["chart-outcomes"]) == 100_000
     assert "random sample of 20,000" in page.captions["chart-lengths"]
-    assert elapsed < 10, elapsed
 
 
 def test_import_rare_core_does_not_load_matplotlib():
@@ -285,3 +293,76 @@ def test_import_rare_core_does_not_load_matplotlib():
 
     code = "import sys, rare_core, rare_core.report_html; assert 'matplotlib' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_outcomes_count_failed_rows_by_their_status_and_kind_columns_not_their_message(frame):
+    # A message that names another step, and one with no "step:" prefix at all: the chart reads
+    # the step whose rare_<step>_status says failed, and rare_error_kind.
+    odd = frame.copy()
+    odd.loc[4, ["rare_status", "rare_error", "rare_error_kind", "rare_distill_status"]] = [
+        "failed", "doc2query: wording that names another step", "request", "failed"]
+    odd.loc[6, ["rare_status", "rare_error", "rare_error_kind", "rare_distill_status"]] = [
+        "failed", "no colon here", "content", "failed"]
+    caption = Page(render_html(make_summary(), odd)).captions["chart-outcomes"]
+    assert "distill (request) 1" in caption and "distill (content) 1" in caption
+    assert "doc2query (content) 2" in caption  # the two rows Doc2Query failed, and no more
+    # The page is drawn from the columns chart_columns names: the kind and every step's status.
+    wanted = set(chart_columns())
+    assert {"rare_status", "rare_error_kind", "rare_doc2query_status", "rare_distill_status", "rare_verify_status",
+            "rare_question_dedup_status", "rare_hardneg_status"} <= wanted
+    assert "rare_error" not in wanted  # the message is not read
+
+
+def _mixed_report(prices=None):
+    filtered = StepSummary(step="doc_filter", rows_in=5, rows_out=5, failed=1, failures_by_reason={"too_short": 1},
+                           failures_by_kind={"filtered": 1})
+    asked = StepSummary(step="distill", rows_in=5, rows_out=5, failed=2, failures_by_reason={"HTTP 503": 2},
+                        failures_by_kind={"request": 2}, extra={"deduplicated": 1, "judge_requests": 3},
+                        llm=LLMCounters(requests=9, prompt_tokens=1_000_000, completion_tokens=10, batch_requests=4,
+                                        refused_429=2))
+    return build_report([StepRecord(summary=filtered, cached=True), StepRecord(summary=asked, wall_seconds=2.0)],
+                        prices, dataset_rows=3, header={"Input": "x.jsonl"})
+
+
+def test_markdown_and_html_show_the_same_words_in_the_same_order():
+    report = _mixed_report()
+    page = render_html(report.run_summary, None)
+    advice = [KIND_ADVICE["request"], KIND_ADVICE["filtered"]]  # request first, as report.md lists them
+    for text in (report.markdown, page):
+        assert text.index(advice[0]) < text.index(advice[1])
+        assert "distill: 4 through the Batch API, 2 refused with 429 (and retried)" in text
+        assert CACHED_NOTE in text and "Rows in the final dataset" in text
+    assert "- distill: deduplicated = 1" in report.markdown and "<td>deduplicated</td>" in page
+
+
+def test_summary_json_is_the_typed_summary_and_an_earlier_file_still_reads():
+    report = _mixed_report({"distill": price_for("gpt-4o-mini")})
+    summary = report.run_summary
+    assert report.summary == json.loads(summary.model_dump_json())  # what summary.json holds
+    assert RunSummary.model_validate_json(summary.model_dump_json()) == summary
+    cached, ran = summary.steps
+    assert (cached.status, cached.requests) == ("cached", 0) and (ran.requests, ran.batch_requests) == (9, 4)
+    assert ran.extra == {"deduplicated": 1, "judge_requests": 3}  # the step's own counters only
+    assert summary.totals.failures_by_kind["request"] == 2 and summary.totals.failures_by_kind["filtered"] == 1
+    assert summary.currency == "USD" and ran.price.model == "gpt-4o-mini" and summary.totals.cost == ran.cost > 0
+    assert _mixed_report(Prices(input_per_million=1.0, currency="EUR")).run_summary.currency == "EUR"
+    assert _mixed_report().run_summary.currency is None
+    # A summary.json written before the typed summary (no price, currency or kinds totals): `rare export` reads it.
+    earlier = {"simulated": False, "builtin_simulator": False, "dataset_rows": 3, "header": {"Input": "x"},
+               "steps": [{"step": "distill", "status": "ran", "rows_in": 5, "rows_out": 5, "failed": 0,
+                          "skipped_upstream_failed": 0, "failures_by_reason": {}, "failures_by_kind": {},
+                          "requests": 9, "retries": 0, "cache_hits": 0, "prompt_tokens": 10, "completion_tokens": 5,
+                          "batch_requests": 0, "batch_prompt_tokens": 0, "batch_completion_tokens": 0,
+                          "refused_429": 0, "wall_seconds": 1.0, "cost": None, "simulated": False, "extra": {}}],
+               "totals": {"requests": 9, "wall_seconds": 1.0, "cost": None}}
+    assert RunSummary.model_validate(earlier).steps[0].requests == 9
+
+
+def test_a_sharded_llm_steps_counters_add_up():
+    shard = StepSummary(step="distill", rows_in=2, rows_out=2, llm=LLMCounters(requests=2, prompt_tokens=100,
+                                                                               refused_429=1))
+    merged = merge_summaries([shard, shard.model_copy(), StepSummary(step="distill", rows_in=1, rows_out=1)])
+    assert merged.llm == LLMCounters(requests=4, prompt_tokens=200, refused_429=2)
+    assert merge_summaries([StepSummary(step="hardneg"), StepSummary(step="hardneg")]).llm is None
+    line = build_report([StepRecord(summary=merged)]).run_summary.steps[0]
+    assert (line.requests, line.prompt_tokens, line.refused_429, line.rows_in) == (4, 200, 2, 5)

@@ -293,7 +293,9 @@ def test_unicode_copies_of_the_positive_are_never_hard_negatives(tmp_path):
     rows = [("g1", positive), *copies.items(), *others]
     df = pd.DataFrame({"id": [i for i, _ in rows], "text": [t for _, t in rows],
                        "question": ["how should tomatoes be watered in warm soil with full sun?"] * len(rows)})
-    out = BM25HardNeg(index_dir=str(tmp_path / "idx"), max_score_ratio=None).process(df, num_neg=3)
+    # every row asks one question: without group exclusion the other rows' documents are candidates
+    out = BM25HardNeg(index_dir=str(tmp_path / "idx"), max_score_ratio=None,
+                      exclude_group_positives=False).process(df, num_neg=3)
     family = {"g1", *copies}
     for i in range(len(copies) + 1):  # the positive and each copy: none of the family comes back
         negs = out.iloc[i]["hard_negatives_ids"]

@@ -16,10 +16,10 @@ import pandas as pd
 import pytest
 
 from rare_core import APILLMServing_request, Doc2Query, ReasonDistill
-from rare_core.llm.simulator import FaultSpec
 from rare_core.operators.llm_step import RoleGuard, RoleGuardConfig, RoleUnusableError
 from rare_core.operators.reason_distill import ReasonDistillConfig
 from rare_core.verify import JUDGE_SYSTEM, VerifyConfig
+from rare_sim import FaultSpec
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "pubmedqa_sample.jsonl"
 CHAT = "/v1/chat/completions"

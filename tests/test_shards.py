@@ -13,7 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from hypothesis import given, strategies as st
-from prefect_fixtures import PROJECT_ROOT, SAMPLE, wait_until
+from prefect_fixtures import PROJECT_ROOT, SAMPLE
+from waiting import wait_until
 
 from rare_core.config import PipelineConfig
 from rare_core.llm.config import LLMConfig
@@ -142,7 +143,7 @@ def test_corpus_scoped_filters_see_every_shard_and_keep_the_single_run_rows(tmp_
     config = _config(tmp_path / "three", sim, shards=3, filters=filters)
     _, sharded, states = _run(config)
     pd.testing.assert_frame_equal(sharded, single)
-    failed = [read_frame(p) for p in sorted(Path(config.cache_path, "dataflow_cache_step_step0_docfilter.shards").glob("*.jsonl"))]
+    failed = [read_frame(p) for p in sorted(Path(config.cache_path, "dataflow_cache_step_step1.shards").glob("*.jsonl"))]
     assert len(failed) == 3
     reasons = pd.concat(failed)["rare_error"].dropna()
     assert reasons.str.startswith("doc_filter: too short").any()  # the filter ran, over every shard

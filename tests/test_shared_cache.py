@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 from prefect_fixtures import PROJECT_ROOT, SAMPLE
 
-from rare_core.llm.simulator import SimulatorProcess
 from rare_core.storage import read_frame
-from tasks.artifacts import StepLocks, keyed
+from rare_core.artifacts.layout import keyed
+from rare_core.artifacts.locks import StepLocks
+from rare_sim import SimulatorProcess
 
 DOCS = 10
 WORKERS = 4

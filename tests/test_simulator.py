@@ -7,11 +7,20 @@ import json
 import re
 import time
 
+from pathlib import Path
+
 import openai
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from waiting import wait_until
 
-from rare_core.llm.simulator import SIMULATED_MODEL_MARKER, FaultSpec, SimulatorProcess
+import rare_sim
+from rare_core.llm.simulated import SIMULATED_FINGERPRINT
 from rare_core.prompts import doc2query, reason_distill
+from rare_core.prompts.view import Doc2QueryView, DistillView, JudgeView, read_prompt
+from rare_core.verify import JUDGE_USER, judge_messages
+from rare_sim import FaultSpec, SimulatorProcess
 
 DOC_A = (
     "Metformin lowers hepatic glucose production. In patients with type 2 diabetes, metformin "
@@ -52,7 +61,7 @@ def test_doc2query_one_question_is_json_built_from_the_document(client):
     assert "metformin" in item["question"]  # the most frequent content word of DOC_A
     assert not any(phrase in item["question"].lower() for phrase in BANNED)
     assert response.model == "my-model"
-    assert response.system_fingerprint == SIMULATED_MODEL_MARKER
+    assert response.system_fingerprint == SIMULATED_FINGERPRINT
     assert response.choices[0].finish_reason == "stop"
     usage = response.usage
     assert usage.prompt_tokens > 0 and usage.completion_tokens > 0
@@ -104,7 +113,7 @@ def test_other_prompts_get_a_short_simulated_echo(client):
 def test_models_endpoint_lists_the_models_asked(client):
     ask(client, hello(), model="model-x")
     ids = [m.id for m in client.models.list().data]
-    assert ids == [SIMULATED_MODEL_MARKER, "model-x"]
+    assert ids == [SIMULATED_FINGERPRINT, "model-x"]
 
 
 # ---------------------------------------------------------------------------- faults
@@ -128,7 +137,7 @@ def test_rate_limit_seen_through_raw_response(sim, client):
     assert err.value.response.status_code == 429
     assert err.value.response.headers["retry-after"] == "1"  # the default
     raw = client.chat.completions.with_raw_response.create(model="m", messages=hello())
-    assert raw.http_response.status_code == 200 and raw.parse().system_fingerprint == SIMULATED_MODEL_MARKER
+    assert raw.http_response.status_code == 200 and raw.parse().system_fingerprint == SIMULATED_FINGERPRINT
 
 
 @pytest.mark.parametrize(
@@ -145,14 +154,10 @@ def test_status_faults_raise_the_matching_client_error(sim, client, kind, error)
 
 def test_hang_times_out_the_client_and_ends_when_it_gives_up(sim, client):
     sim.inject([FaultSpec(kind="hang")])
-    started = time.monotonic()
-    with pytest.raises(openai.APITimeoutError):
+    with pytest.raises(openai.APITimeoutError):  # not the 504 that ends a hang the client waits out
         ask(client, hello(), timeout=0.3)
-    assert time.monotonic() - started < 5
-    deadline = time.monotonic() + 3
-    while sim.stats().in_flight and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert sim.stats().in_flight == 0  # the server noticed the disconnect and let go
+    # the server noticed the disconnect and let go (a hang it does not notice lasts 10 minutes)
+    wait_until(lambda: not sim.stats().in_flight, 30, "the server to let go of the hung request")
     assert ask(client, hello()).choices[0].message.content.startswith("[simulated]")
 
 
@@ -251,9 +256,9 @@ def test_latency_applies_concurrently(sim):
     elapsed = time.monotonic() - started
 
     assert [r.choices[0].message.content for r in responses] == [f"[simulated] echo: request {i}" for i in range(20)]
-    assert 0.3 <= elapsed < 2.0  # serial would take 6 s
+    assert elapsed >= 0.3  # the latency applies
     stats = sim.stats()
-    assert stats.max_in_flight >= 10
+    assert stats.max_in_flight >= 10  # concurrently: 10 or more slept at once
     assert stats.in_flight == 0
     assert stats.completions_served == 20
 
@@ -298,7 +303,7 @@ def test_api_key_is_checked_and_the_process_stops_cleanly():
         assert err.value.code == "invalid_api_key"
         assert "secret-key" not in str(err.value) and "secret-key" not in " ".join(process.args)
         good = openai.OpenAI(base_url=keyed.base_url, api_key="secret-key", max_retries=0)
-        assert ask(good, hello()).system_fingerprint == SIMULATED_MODEL_MARKER
+        assert ask(good, hello()).system_fingerprint == SIMULATED_FINGERPRINT
         assert keyed.stats().completions_served == 1
     assert process.poll() is not None
     with pytest.raises(RuntimeError, match="not running"):
@@ -323,3 +328,85 @@ def test_a_reask_is_answered_like_the_original_prompt(client):
         {"role": "user", "content": "Your reply was not valid JSON. Answer again."},
     ]
     assert ask(client, reask).choices[0].message.content == ask(client, original).choices[0].message.content
+
+
+# ---------------------------------------------------------------------------- prompts read back
+# The simulator knows a prompt only through rare_core.prompts.view.read_prompt, which reads each
+# prompt with the layout its builder writes: whatever a builder writes, the reader gets back.
+
+FRAGMENTS = st.sampled_from([
+    "x", "Metformin", " ", "\n", "\n\n", "é", "?", "[Document 2]\n", "\n\n[Document 3]\n", "[Document 1]",
+    "<question>", "</question>", "<documents>", "</documents>", "<document>", "</document>", "<scenario>\n",
+    "</candidate_answer>", "<reference_answer>", "Number of questions: 7\n", "{json_shape}", "N",
+])
+TEXT = st.lists(FRAGMENTS | st.text(max_size=8), max_size=12).map("".join)
+REASK = [{"role": "assistant", "content": "not usable"}, {"role": "user", "content": "Answer again. [attempt 2]"}]
+
+
+@settings(max_examples=200, deadline=None)
+@given(document=TEXT, num_questions=st.integers(1, 12), max_doc_chars=st.integers(1, 60))
+def test_doc2query_prompt_reads_back_as_built(document, num_questions, max_doc_chars):
+    messages = doc2query.build_messages(document, num_questions, max_doc_chars)
+    view = read_prompt(messages)
+    assert isinstance(view, Doc2QueryView) and view.kind == "doc2query"
+    assert (view.document, view.num_questions) == (doc2query.truncate(document, max_doc_chars), num_questions)
+    assert view.text == messages[-1]["content"]
+    assert read_prompt(messages + REASK) == view
+
+
+def closed_once(value: str, close: str) -> bool:
+    """Whether the first ``close`` after a field holding ``value`` is its own: a field that holds
+    the text closing it is ambiguous to any reader."""
+    return (value + close).find(close) == len(value)
+
+
+@settings(max_examples=200, deadline=None)
+@given(scenario=TEXT, question=TEXT, documents=st.lists(TEXT, max_size=4), max_doc_chars=st.integers(1, 60))
+def test_reason_distill_prompt_reads_back_as_built(scenario, question, documents, max_doc_chars):
+    shown = [doc2query.truncate(doc, max_doc_chars) for doc in documents]
+    assume(closed_once(scenario, "\n</scenario>\n\n<question>\n"))
+    assume(closed_once(question, "\n</question>\n\n<documents>\n"))
+    assume(all(closed_once(doc, f"\n\n[Document {i + 1}]\n") for i, doc in enumerate(shown, start=1)))
+    messages = reason_distill.build_messages(scenario, question, documents, max_doc_chars)
+    view = read_prompt(messages)
+    assert isinstance(view, DistillView) and view.kind == "distill"
+    assert view.scenario == (scenario if scenario.strip() else "")
+    assert (view.question, view.documents) == (question, tuple(shown))
+    assert view.text == messages[-1]["content"]
+    assert read_prompt(messages + REASK) == view
+
+
+@settings(max_examples=200, deadline=None)
+@given(question=TEXT, reference=TEXT, candidate=TEXT)
+def test_judge_prompt_reads_back_as_built(question, reference, candidate):
+    assume(closed_once(question, "\n</question>\n\n<reference_answer>\n"))
+    assume(closed_once(reference, "\n</reference_answer>\n\n<candidate_answer>\n"))
+    messages = judge_messages(question, reference, candidate)
+    view = read_prompt(messages)
+    assert isinstance(view, JudgeView) and view.kind == "judge"
+    assert (view.question, view.reference, view.candidate) == (question, reference, candidate)
+    assert view.text == messages[-1]["content"]
+
+
+def test_only_the_builders_own_prompts_are_read(client):
+    built = [doc2query.build_messages(DOC_A, 2), reason_distill.build_messages("A case.", "Why?", [DOC_A]),
+             judge_messages("Why?", "yes", "no")]
+    for messages in built:
+        reworded = [*messages[:-1], {"role": "user", "content": messages[-1]["content"].replace("the", "a", 1)}]
+        assert read_prompt(messages) is not None and read_prompt(reworded) is None
+        assert ask(client, reworded).choices[0].message.content.startswith("[simulated] echo: ")
+    assert read_prompt(hello()) is None and read_prompt([]) is None
+
+
+def test_the_simulator_never_matches_the_prompts_wording():
+    """rare_sim holds none of the delimiters the prompts put around their fields: it reads
+    prompts through rare_core.prompts.view only."""
+    fixed = [part for layout in (doc2query.USER, reason_distill.USER_WITH_SCENARIO, JUDGE_USER)
+             for part in layout.parts if isinstance(part, str)]
+    markers = {tag for part in fixed for tag in re.findall(r"</?[a-z_]+>", part)}
+    markers -= {"<think>", "</think>", "<answer>", "</answer>"}  # the answer format, which the simulator writes
+    markers |= {"Number of questions", reason_distill.DOCUMENT_HEADER.split("{")[0]}
+    assert {"<document>", "<question>", "<reference_answer>", "[Document "} <= markers
+    for path in Path(rare_sim.__file__).parent.glob("*.py"):
+        source = path.read_text(encoding="utf-8")
+        assert [m for m in markers if m in source] == [], path.name

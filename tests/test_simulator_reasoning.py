@@ -12,16 +12,10 @@ import time
 import openai
 import pytest
 from openai.types.chat import ChatCompletion
+from waiting import wait_until
 
-from rare_core.llm.simulator import (
-    FaultSpec,
-    SimulatorConfig,
-    SimulatorProcess,
-    estimate_tokens,
-    format_reset,
-    prompt_parity,
-)
 from rare_core.prompts import doc2query, reason_distill
+from rare_sim import FaultSpec, SimulatorConfig, SimulatorProcess, estimate_tokens, format_reset, prompt_parity
 
 DOC = (
     "Metformin lowers hepatic glucose production. In patients with type 2 diabetes, metformin improves insulin "
@@ -81,12 +75,14 @@ def run_batch(client, lines, wait=True, **create):
     uploaded = client.files.create(file=("requests.jsonl", jsonl(lines)), purpose="batch")
     batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
                                   completion_window="24h", **create)
-    deadline = time.monotonic() + 10
-    while wait and batch.status not in ("completed", "failed", "cancelled", "expired"):
-        assert time.monotonic() < deadline, batch
-        time.sleep(0.02)
-        batch = client.batches.retrieve(batch.id)
-    return batch
+    if not wait:
+        return batch
+    return wait_until(lambda: ended(client.batches.retrieve(batch.id)), 10, f"batch {batch.id} to end")
+
+
+def ended(batch):
+    """``batch`` if it has ended (completed, failed, cancelled, expired), else None."""
+    return batch if batch.status in ("completed", "failed", "cancelled", "expired") else None
 
 
 def file_lines(client, file_id):
@@ -306,15 +302,18 @@ def test_batch_lines_follow_the_settings_online_requests_follow(configured, clie
 
 def test_batch_completes_after_its_delay_with_counts_growing(configured, client):
     configured.configure(batch_delay=0.6)
-    batch = run_batch(client, [line(f"r{i}", [{"role": "user", "content": f"q{i}"}]) for i in range(6)], wait=False)
     started = time.monotonic()
-    counts = []
-    while batch.status != "completed":
-        time.sleep(0.05)
-        batch = client.batches.retrieve(batch.id)
-        counts.append(batch.request_counts.completed)
-        assert batch.status in ("in_progress", "completed")
-    assert time.monotonic() - started >= 0.5
+    batch = run_batch(client, [line(f"r{i}", [{"role": "user", "content": f"q{i}"}]) for i in range(6)], wait=False)
+    seen = []
+
+    def completed():
+        seen.append(client.batches.retrieve(batch.id))
+        assert seen[-1].status in ("in_progress", "completed")
+        return seen[-1].status == "completed"
+
+    wait_until(completed, 10, "the batch to complete")
+    batch, counts = seen[-1], [b.request_counts.completed for b in seen]
+    assert time.monotonic() - started >= 0.6  # its delay, from before its creation
     assert counts == sorted(counts) and 0 < len(set(counts)) and counts[-1] == 6
     assert any(0 < c < 6 for c in counts)  # seen halfway
     assert batch.in_progress_at is not None

@@ -191,11 +191,11 @@ def test_csv_sidecar_records_the_csv_hash(tmp_path):
 
 
 def test_csv_interrupted_before_its_sidecar_is_refused(tmp_path, monkeypatch):
-    import rare_core.storage as storage
+    import os
 
     path = write_frame(sample_frame(), tmp_path / "f.csv")
     order = []
-    real_replace = storage.os.replace
+    real_replace = os.replace
 
     def replace(src, dst):
         order.append(Path(dst).name)
@@ -203,7 +203,7 @@ def test_csv_interrupted_before_its_sidecar_is_refused(tmp_path, monkeypatch):
             raise KeyboardInterrupt  # killed between the csv and its sidecar
         real_replace(src, dst)
 
-    monkeypatch.setattr(storage.os, "replace", replace)
+    monkeypatch.setattr(os, "replace", replace)
     with pytest.raises(KeyboardInterrupt):
         write_frame(sample_frame().assign(count=[7, 8, 9]), path)
     monkeypatch.undo()
@@ -214,18 +214,18 @@ def test_csv_interrupted_before_its_sidecar_is_refused(tmp_path, monkeypatch):
 
 
 def test_first_csv_write_interrupted_is_not_mistaken_for_a_user_csv(tmp_path, monkeypatch):
-    import rare_core.storage as storage
+    import os
 
     path = tmp_path / "f.csv"
     path.write_text("id\nold\n")  # a user csv (no sidecar) being replaced
-    real_replace = storage.os.replace
+    real_replace = os.replace
 
     def replace(src, dst):
         if Path(dst).name == "f.csv":
             raise KeyboardInterrupt
         real_replace(src, dst)
 
-    monkeypatch.setattr(storage.os, "replace", replace)
+    monkeypatch.setattr(os, "replace", replace)
     with pytest.raises(KeyboardInterrupt):
         write_frame(sample_frame(), path)
     monkeypatch.undo()

@@ -1,6 +1,6 @@
 """Property tests of the storage formats: what each format gives back for generated frames.
 
-Each format promises something precise (rare_core/storage.py's docstring):
+Each format promises something precise (rare_core/storage/frames.py's docstring):
 
 * csv (with its sidecar): the frame exactly: every dtype, every value, every missing marker.
 * jsonl / json: every cell as its JSON value; on read, int columns are int64 / Int64 (with

@@ -1,4 +1,4 @@
-"""Streaming storage (rare_core/storage.py): ``iter_frames``, ``count_rows`` and ``FrameWriter``
+"""Streaming storage (rare_core/storage/frames.py): ``iter_frames``, ``count_rows`` and ``FrameWriter``
 measured against ``read_frame`` / ``write_frame``.
 
 * iter_frames: the frames, concatenated, hold read_frame's rows; a jsonl chunk is exactly what
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import tempfile
 from pathlib import Path
 
@@ -24,9 +25,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import rare_core.storage as storage
 from rare_core.errors import StorageError
 from rare_core.storage import FORMATS, FrameWriter, count_rows, iter_frames, read_frame, write_frame
+from rare_core.storage import formats, json_format
 from test_storage_props import frames, same
 
 SETTINGS = settings(max_examples=60, deadline=None)
@@ -266,12 +267,12 @@ def test_json_and_csv_are_read_whole_then_cut(tmp_path, fmt):
 
 
 def test_whitespace_table_is_str_isspace():
-    assert set(storage._WHITESPACE) == {c for c in range(0x110000) if chr(c).isspace()}
+    assert set(json_format._WHITESPACE) == {c for c in range(0x110000) if chr(c).isspace()}
 
 
 LINE = st.one_of(
     st.sampled_from(['{"t": "a"}', '{"t": "\\u00a0 x"}', ' {"t": 1} ', '{"t": "\u3000"}\r']),
-    st.text(alphabet="".join(map(chr, storage._WHITESPACE)).replace("\n", "") + "\ufeff", max_size=3),
+    st.text(alphabet="".join(map(chr, json_format._WHITESPACE)).replace("\n", "") + "\ufeff", max_size=3),
 ).map(lambda s: s.encode("utf-8"))
 
 
@@ -289,12 +290,12 @@ def test_count_rows_agrees_with_read_frame_on_jsonl(lines, bom, end, block):
             want = len(read_frame(p))
         except StorageError:  # a BOM where read_frame does not strip one: a broken line
             want = None
-        default = storage._COUNT_BLOCK
+        default = json_format._COUNT_BLOCK
         try:
-            storage._COUNT_BLOCK = block  # lines cut across blocks
+            json_format._COUNT_BLOCK = block  # lines cut across blocks
             got = count_rows(p)
         finally:
-            storage._COUNT_BLOCK = default
+            json_format._COUNT_BLOCK = default
         assert got == count_rows(p)
     if want is not None:
         assert got == want
@@ -396,7 +397,7 @@ def test_json_frames_may_have_other_columns(tmp_path):
 def test_json_is_written_as_write_frame_writes_it(tmp_path):
     df = pd.DataFrame({"id": ["a", "b", "c"], "l": [[1, {"k": []}], [], None], "d": [{}, {"x": [1, 2]}, None]})
     p = write_pieces(tmp_path / "d.json", [df.iloc[:1], df.iloc[1:]]).path
-    assert p.read_bytes() == json.dumps(storage._records(df), indent=1, ensure_ascii=False).encode("utf-8")
+    assert p.read_bytes() == json.dumps(formats._records(df), indent=1, ensure_ascii=False).encode("utf-8")
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -490,14 +491,14 @@ def test_lone_surrogates_survive_in_jsonl_and_json(tmp_path):
 
 def test_csv_interrupted_before_its_sidecar_is_refused(tmp_path, monkeypatch):
     path = write_frame(pd.DataFrame({"n": [1]}), tmp_path / "d.csv")
-    real_replace = storage.os.replace
+    real_replace = os.replace
 
     def replace(src, dst):
         if Path(dst).name == "d.csv.jsoncols":
             raise KeyboardInterrupt  # killed between the csv and its sidecar
         real_replace(src, dst)
 
-    monkeypatch.setattr(storage.os, "replace", replace)
+    monkeypatch.setattr(os, "replace", replace)
     with pytest.raises(KeyboardInterrupt):
         write_pieces(path, [pd.DataFrame({"n": [7, 8]}), pd.DataFrame({"n": [9]})])
     monkeypatch.undo()

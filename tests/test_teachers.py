@@ -83,7 +83,7 @@ def test_structured_output_falls_back_once_when_unsupported(sim, tmp_path, quest
 
 
 def test_structured_output_is_asked_for_where_supported(sim, tmp_path, questions):
-    from rare_core.llm.client import LLMRequest
+    from rare_core.llm.types import LLMRequest
     from rare_core.operators.doc2query import response_format
 
     llm = client(sim, tmp_path)
@@ -100,7 +100,7 @@ def test_the_endpoint_receives_exactly_the_request_body(tmp_path):
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from rare_core.llm.client import LLMRequest
+    from rare_core.llm.types import LLMRequest
 
     received: list[dict] = []
     completion = {"id": "c1", "object": "chat.completion", "created": 0, "model": "m",
@@ -151,7 +151,7 @@ def test_a_capped_endpoint_loses_no_row_and_refuses_few(sim, tmp_path, questions
     assert stats.max_in_flight <= 4
     refused = stats.refused_over_cap / (stats.refused_over_cap + stats.completions_served)
     assert refused < 0.15, stats
-    assert op.last_summary.extra["refused_429"] == stats.refused_over_cap
+    assert op.last_summary.llm.refused_429 == stats.refused_over_cap
     assert llm.concurrency.limit <= 6
 
 
@@ -166,7 +166,7 @@ def test_batch_mode_answers_the_same_rows_at_batch_prices(sim, tmp_path, questio
     stats = sim.stats()
     assert out["question"].tolist() == online["question"].tolist()
     assert stats.completions_served == 0 and stats.batch_completions_served == 6 and stats.batches_created == 1
-    assert op.last_summary.extra["batch_requests"] == 6
+    assert op.last_summary.llm.batch_requests == 6
     sim.reset()
     again = Doc2Query(llm_serving=batch_llm).process(docs)  # a rerun is free
     assert again["question"].tolist() == out["question"].tolist() and sim.stats().batches_created == 0

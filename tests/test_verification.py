@@ -14,7 +14,7 @@ from rare_core.storage import read_frame
 GOLD = Path(__file__).resolve().parents[2] / "shared" / "data" / "pubmedqa" / "qa_gold.jsonl"
 
 pytestmark = [pytest.mark.usefixtures("prefect_harness"),
-              pytest.mark.skipif(not GOLD.exists(), reason=f"{GOLD} is not there (shared data beside the project)")]
+              pytest.mark.skipif(not GOLD.exists(), reason=f"shared data not found: {GOLD} (shared/ beside the repo)")]
 
 
 def gold_config(tmp_path, sim, limit=40, **verify):
@@ -44,7 +44,7 @@ def test_rejection_sampling_keeps_only_answers_that_match_the_gold_label(tmp_pat
     # the simulator draws yes/no/maybe at random: after 8 samples about 1 - (2/3)^8 = 96% are kept
     assert kept >= 30, (kept, lost)
     requests = sim.stats().completions_served
-    assert requests == int(read_frame(step_file(config, 3))
+    assert requests == int(read_frame(step_file(config, 2))  # questions given: BM25HardNeg is step 1, ReasonDistill step 2
                            ["rare_verify_samples"].sum())  # one request per sample, no judge (closed answers)
     sim.reset()
     state, tasks = run_flow(config, expected_tasks={"load-input", "bm25-hardneg", "reason-distill"})

@@ -21,13 +21,11 @@ from typing import Any, Callable, Iterable, Iterator
 import pandas as pd
 
 from rare_core.config import PipelineConfig
+from rare_core.operators.bm25_hardneg import POSITIVE
+from rare_core.operators.doc2query import QUESTION_INDEX
+from rare_core.operators.reason_distill import DOCUMENT_ORDER, POSITIVE_DOC_NUMBER, SAMPLE_INDEX
 from rare_core.prompts import reason_distill
 
-POSITIVE = "positive"
-DOCUMENT_ORDER = "document_order"
-POSITIVE_DOC_NUMBER = "positive_doc_number"
-QUESTION_INDEX = "question_index"
-SAMPLE_INDEX = "sample_index"
 REFERENCE_ANSWER = "reference_answer"
 VERIFY_VERDICT = "rare_verify_verdict"
 VERIFY_SAMPLES = "rare_verify_samples"

@@ -23,7 +23,7 @@ from rare_core.config import PipelineConfig
 from rare_core.exports.base import ExportFormat, Tally, reference_column
 from rare_core.prompts import doc2query, reason_distill
 
-KNOWN_KEYS = ("steps", "filters", "verification", "command", "simulated", "language", "name", "prompt_versions")
+KNOWN_KEYS = ("steps", "filters", "verification", "command", "simulated", "language", "name", "prompt_versions", "found")
 DEFAULT_NAME = "RARE retrieval-augmented reasoning data"
 LICENSE_LINE = "license: other  # fill in: the source documents' license and the models' terms of use"
 _SIZES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
@@ -198,6 +198,8 @@ def render(fmt: ExportFormat, files: list[str], tally: Tally, config: PipelineCo
             else "not recorded", ""]
     if provenance.get("filters"):
         out += ["### Filters", "", counts_table(provenance["filters"], "filter"), ""]
+    if provenance.get("found"):
+        out += ["### What the steps found", "", *(f"- {line}" for line in provenance["found"]), ""]
     if tally.left_out:
         out += ["### Rows left out of this export", "", counts_table(tally.left_out, "reason"), ""]
     other = {k: v for k, v in provenance.items() if k not in KNOWN_KEYS}

@@ -6,14 +6,15 @@ class              step (``rare_<step>_status``)  where and what
 DocumentFilter     ``doc_filter``       before Doc2Query: documents under ``min_words`` words, exact copies
 QuestionDedup      ``question_dedup``   after Doc2Query: exact and MinHash-LSH near-duplicate questions
 LeakageFilter      ``leakage_filter``   after Doc2Query: the reference answer given away, the document copied
+DecontaminateFilter ``decontaminate``   after Doc2Query: documents and questions overlapping a benchmark
 LengthFilter       ``length_filter``    question / reasoning token counts out of bounds
 =================  ===================  ======================================================
 
 No filter drops a row: a rejected row gets ``rare_status="failed"``, ``rare_error="<step>:
 <reason>"``, ``rare_error_kind="filtered"`` (:data:`FILTERED_ERROR`) and
 ``rare_<step>_status="filtered"``; see :mod:`rare_core.filters.common` for the rest of the
-bookkeeping and the summary. :data:`FILTERS` maps each step name to its class (its config
-class is ``cls.config_class``).
+bookkeeping and the summary. Each filter's module holds its step spec (``SPEC``); the
+registry (:data:`rare_core.pipeline.STEPS`) places them.
 """
 
 from __future__ import annotations
@@ -24,12 +25,8 @@ from rare_core.filters.document import DocumentFilter, DocumentFilterConfig
 from rare_core.filters.leakage import LeakageFilter, LeakageFilterConfig
 from rare_core.filters.length import LengthBounds, LengthFilter, LengthFilterConfig
 
-FILTERS: dict[str, type[FilterOperator]] = {
-    cls.step_name: cls for cls in (DocumentFilter, QuestionDedup, LeakageFilter, LengthFilter)
-}
-
 __all__ = [
-    "FILTERED", "FILTERED_ERROR", "FILTERS", "DocumentFilter", "DocumentFilterConfig", "FilterConfig",
+    "FILTERED", "FILTERED_ERROR", "DocumentFilter", "DocumentFilterConfig", "FilterConfig",
     "FilterOperator", "LeakageFilter", "LeakageFilterConfig", "LengthBounds", "LengthFilter",
     "LengthFilterConfig", "QuestionDedup", "QuestionDedupConfig", "whitespace_tokens", "words",
 ]

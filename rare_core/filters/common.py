@@ -34,6 +34,7 @@ from rare_core.operators.base import (
     init_status, is_blank, require_columns, step_column,
 )
 from rare_core.retrieval.negatives import normalize_text
+from rare_core.step_spec import StepSpec
 
 FILTERED_ERROR = "filtered"  # rare_error_kind of a row a filter rejected (to join base.ErrorKind)
 FILTERED = "filtered"  # rare_<filter>_status of a rejected row
@@ -144,3 +145,12 @@ class FilterOperator(Operator):
             wall_seconds=time.perf_counter() - run.started, extra=summary_extra,
         )
         return df
+
+
+def filter_spec(task: str, operator: type[FilterOperator], section: str, keys, description: str,
+                scope: str = "row") -> StepSpec:
+    """A data filter as a step: its settings in ``filters.{section}``, off by default, run when enabled."""
+    return StepSpec(name=operator.step_name, label=task, task_name=task, section=f"filters.{section}",
+                    settings_model=operator.config_class, operator=operator, keys=keys, scope=scope,
+                    description=description, default=lambda: operator.config_class(enabled=False),
+                    enabled=lambda c: getattr(c.filters, section).enabled)

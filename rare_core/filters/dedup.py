@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 from pydantic import Field, field_validator
 
-from rare_core.filters.common import FilterConfig, FilterOperator, words
+from rare_core.filters.common import FilterConfig, FilterOperator, filter_spec, words
 
 if TYPE_CHECKING:
     from datasketch import MinHash
@@ -143,3 +143,7 @@ class QuestionDedup(FilterOperator):
         return self._finish(run, filtered, {
             "threshold": cfg.threshold, "num_perm": cfg.num_perm, "shingle_size": cfg.shingle_size,
             "lsh_bands": int(lsh.b), "lsh_rows_per_band": int(lsh.r), "lsh_candidates": checked})
+
+
+SPEC = filter_spec("dedup", QuestionDedup, "question_dedup", lambda c: {"question_key": c.columns.question},
+                   "After Doc2Query: near-duplicate questions (MinHash LSH).", scope="corpus")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import pandas as pd
 from pydantic import Field
 
-from rare_core.filters.common import FilterConfig, FilterOperator
+from rare_core.filters.common import FilterConfig, FilterOperator, filter_spec
 from rare_core.operators.base import canonical_id, is_blank
 from rare_core.retrieval.negatives import normalize_text, text_key
 
@@ -78,3 +78,7 @@ class DocumentFilter(FilterOperator):
                 of = f"row {first}"
             filtered[pos] = (EXACT_DUPLICATES, f"exact duplicate of {of}")
         return self._finish(run, filtered, {"min_words": cfg.min_words})
+
+
+SPEC = filter_spec("docfilter", DocumentFilter, "documents", lambda c: {"input_key": c.columns.text, "id_key": c.columns.id},
+                   "Before Doc2Query: exact duplicates, too few words.", scope="corpus")

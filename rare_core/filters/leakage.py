@@ -45,7 +45,7 @@ from functools import lru_cache
 import pandas as pd
 from pydantic import Field, field_validator
 
-from rare_core.filters.common import WORD_PATTERN, FilterConfig, FilterOperator, words
+from rare_core.filters.common import WORD_PATTERN, FilterConfig, FilterOperator, filter_spec, words
 from rare_core.operators.base import is_blank
 from rare_core.retrieval.negatives import normalize_text
 
@@ -167,3 +167,9 @@ class LeakageFilter(FilterOperator):
                     return ANSWER_LEAK, (f"{name} copies {cfg.ngram} consecutive words of the reference answer: "
                                          f"{_quote(copied)}")
         return None
+
+
+SPEC = filter_spec("leakage", LeakageFilter, "leakage",
+                   lambda c: {"question_key": c.columns.question, "scenario_key": c.columns.scenario,
+                              "reference_key": c.reference_key, "input_key": c.columns.text},
+                   "After Doc2Query: the answer or the document copied into the question.")

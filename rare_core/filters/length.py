@@ -25,7 +25,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rare_core.errors import InputColumnError
-from rare_core.filters.common import FilterConfig, FilterOperator, whitespace_tokens
+from rare_core.filters.common import FilterConfig, FilterOperator, filter_spec, whitespace_tokens
 from rare_core.operators.base import is_blank
 
 
@@ -110,3 +110,8 @@ class LengthFilter(FilterOperator):
         return self._finish(run, filtered, {
             "checked_columns": ",".join(column for _, column, _ in checks),
             "token_counter": getattr(count, "__name__", type(count).__name__)})
+
+
+SPEC = filter_spec("length", LengthFilter, "length",
+                   lambda c: {"question_key": c.columns.question, "reasoning_key": c.columns.reasoning},
+                   "After ReasonDistill: question and reasoning lengths.")

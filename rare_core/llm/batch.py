@@ -1,10 +1,10 @@
 """``BatchRunner``: the client side of the OpenAI Batch API (``llm.mode: batch``).
 
-In: a list of :class:`~rare_core.llm.client.LLMRequest` and the
-:class:`~rare_core.llm.client.APILLMServing_request` they belong to (its endpoint, key, model,
+In: a list of :class:`~rare_core.llm.types.LLMRequest` and the
+:class:`~rare_core.llm.serving.APILLMServing_request` they belong to (its endpoint, key, model,
 generation parameters, response cache and ``config.batch``: :class:`~rare_core.llm.config.BatchConfig`),
 plus ``state_dir``, a folder for the ids of batches in progress. Out: one
-:class:`~rare_core.llm.client.LLMResponse` per request, in input order: ``batch=True`` on answers
+:class:`~rare_core.llm.types.LLMResponse` per request, in input order: ``batch=True`` on answers
 that came through the Batch API, ``cached=True`` on those the response cache already held,
 ``shared=True`` on copies for identical requests, ``error="batch: <reason>"`` where none came.
 
@@ -25,7 +25,7 @@ that came through the Batch API, ``cached=True`` on those the response cache alr
 4. Every batch is polled (``batches.retrieve``) with waits growing from ``poll_interval`` to
    ``poll_max`` seconds; ``on_progress(done, total)`` (rows) follows the ``request_counts``.
 5. When a batch is over, its output and error files are read: each 200 line becomes an answer
-   (:func:`~rare_core.llm.client.response_from_completion`), stored in the response cache at
+   (:func:`~rare_core.llm.responses.response_from_completion`), stored in the response cache at
    once (a rerun is free). Lines that failed (error file, status != 200, an odd body, a batch
    that failed, expired or was cancelled before answering them) are submitted once more in a
    second batch; what fails again gets ``error="batch: <reason>"``.
@@ -54,12 +54,14 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import openai
 
 from rare_core.errors import LLMAuthError, LLMEndpointError
-from rare_core.llm.client import LLMRequest, LLMResponse, response_from_completion
+from rare_core.llm.responses import response_from_completion
+from rare_core.llm.types import LLMRequest, LLMResponse
 from rare_core.llm.config import redact_url
 from rare_core.llm.failures import UNREACHABLE, transport_failure
+from rare_core.llm.progress import Progress, scrub
 
 if TYPE_CHECKING:
-    from rare_core.llm.client import APILLMServing_request
+    from rare_core.llm.serving import APILLMServing_request
 
 try:
     import fcntl
@@ -121,7 +123,7 @@ class BatchRunner:
     def run(self, requests: list[LLMRequest], on_progress: ProgressCallback | None = None) -> list[LLMResponse]:
         """One response per request, in order; blocks until every batch is over."""
         groups, results, pending = self._pending(requests)
-        progress = _Progress(on_progress, len(requests), self._scrub)
+        progress = Progress(on_progress, len(requests), self._key)
         progress.update(sum(1 for r in results if r is not None))
         if pending:
             answers = self._send(pending, groups, progress)
@@ -168,7 +170,7 @@ class BatchRunner:
             results[j] = resp.model_copy(update={"shared": True})
 
     def _send(self, pending: dict[str, LLMRequest], groups: dict[str, list[int]],
-              progress: _Progress) -> dict[str, LLMResponse]:
+              progress: Progress) -> dict[str, LLMResponse]:
         """Two rounds at most: every request, then once more those whose lines failed."""
         with self._client() as client:
             answers, failed = self._round(client, pending, groups, progress)
@@ -185,7 +187,7 @@ class BatchRunner:
         return answers
 
     def _round(self, client: openai.OpenAI, pending: dict[str, LLMRequest], groups: dict[str, list[int]],
-               progress: _Progress) -> tuple[dict[str, LLMResponse], dict[str, str]]:
+               progress: Progress) -> tuple[dict[str, LLMResponse], dict[str, str]]:
         """Submit, wait for and read one set of batches. Returns the answers (errors that a
         resubmission cannot fix included) and the failed lines to submit again, with reasons."""
         chunks, answers = self._chunks(pending, groups)
@@ -281,7 +283,7 @@ class BatchRunner:
         log.info("created batch %s with %d requests (%d bytes)", batch.id, len(chunk.keys), len(chunk.data))
         chunk.batch = batch
 
-    def _wait(self, client: openai.OpenAI, chunks: list[_Chunk], progress: _Progress, base: int) -> None:
+    def _wait(self, client: openai.OpenAI, chunks: list[_Chunk], progress: Progress, base: int) -> None:
         """Poll until every batch is over (or lost), waits growing from poll_interval to poll_max."""
         active = [c for c in chunks if c.batch is not None and c.batch.status not in TERMINAL]
         delay = self.settings.poll_interval
@@ -304,7 +306,7 @@ class BatchRunner:
                     active.remove(chunk)
             self._report(chunks, progress, base)
 
-    def _report(self, chunks: list[_Chunk], progress: _Progress, base: int) -> None:
+    def _report(self, chunks: list[_Chunk], progress: Progress, base: int) -> None:
         done = base
         for chunk in chunks:
             batch = chunk.batch
@@ -477,30 +479,4 @@ class BatchRunner:
         return self._scrub(f"{type(exc).__name__}: {exc}")
 
     def _scrub(self, text: str) -> str:
-        key = self._key
-        return text.replace(key, "***") if key and len(key) >= 4 else text
-
-
-class _Progress:
-    """``on_progress(done, total)`` when ``done`` grows; an exception in it is logged once and
-    ignored (a broken progress bar must not stop a batch)."""
-
-    def __init__(self, callback: ProgressCallback | None, total: int, scrub: Callable[[str], str]) -> None:
-        self.callback, self.total, self.scrub = callback, total, scrub
-        self.done = -1
-        self.warned = False
-
-    def update(self, done: int) -> None:
-        done = min(done, self.total)
-        if done <= self.done or not self.total:
-            return
-        self.done = done
-        if self.callback is None:
-            return
-        try:
-            self.callback(done, self.total)
-        except Exception as exc:  # noqa: BLE001
-            if not self.warned:
-                self.warned = True
-                log.warning("the on_progress callback raised %s: %s (ignored for the rest of this run)",
-                            type(exc).__name__, self.scrub(str(exc))[:500])
+        return scrub(text, self._key)

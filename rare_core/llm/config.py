@@ -1,8 +1,9 @@
 """Configuration of the LLM client: endpoint, concurrency, rate limits, retries, generation.
 
 In: settings (``LLMConfig``, ``GenerationParams``). Out: validated settings, plus
-:func:`endpoint_scope` (the endpoint's identity in the response-cache key) and the URL helpers
-:func:`normalize_base_url` / :func:`redact_url`. A ``base_url`` that carries credentials (user
+:func:`endpoint_scope` (the endpoint's identity in the response-cache key), the URL helpers
+:func:`normalize_base_url` / :func:`redact_url` and :func:`next_budget` (the token budget a
+truncated reply is asked again with). A ``base_url`` that carries credentials (user
 info, or a query parameter named like a key) is refused: keys live only in the environment.
 """
 
@@ -165,3 +166,13 @@ def redact_url(url: str) -> str:
     if parts.port:
         host = f"{host}:{parts.port}"
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def next_budget(config: LLMConfig, current: int | None) -> int | None:
+    """The token budget to ask a truncated reply again with: twice ``current`` (None: the
+    configured ``generation.max_tokens``), at most ``config.max_tokens_cap``; None when
+    ``current`` is already at or above the cap (asking again would be cut again)."""
+    current = config.generation.max_tokens if current is None else current
+    if current >= config.max_tokens_cap:
+        return None
+    return min(2 * current, config.max_tokens_cap)

@@ -36,7 +36,7 @@ class FailureKind(str, Enum):
 
 
 # Kinds that say the endpoint is not there (as opposed to busy or failing): when a client has
-# never had an answer, a few of these in a row stop the run (rare_core.llm.client).
+# never had an answer, a few of these in a row stop the run (rare_core.llm.transport).
 UNREACHABLE = frozenset({FailureKind.REFUSED, FailureKind.DNS, FailureKind.TLS, FailureKind.NOT_COMPLETION})
 
 

@@ -60,8 +60,26 @@ def step_column(step: str, field: str) -> str:
     return f"{RESERVED_PREFIX}{step}_{field}"
 
 
+class LLMCounters(BaseModel):
+    """What an LLM step's requests took in one run (from the client's totals of its batches)."""
+
+    requests: int = 0
+    retries: int = 0
+    cache_hits: int = 0  # rows served from the response cache
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    batch_requests: int = 0  # of ``requests``, those answered through the Batch API (batch prices)
+    batch_prompt_tokens: int = 0
+    batch_completion_tokens: int = 0
+    refused_429: int = 0  # 429s the endpoint answered (each retried)
+
+    def __add__(self, other: "LLMCounters") -> "LLMCounters":
+        return LLMCounters(**{k: getattr(self, k) + getattr(other, k) for k in LLMCounters.model_fields})
+
+
 class StepSummary(BaseModel):
-    """What one step did: rows in and out, failures by reason and by kind, and its step-specific counters."""
+    """What one step did: rows in and out, failures by reason and by kind, an LLM step's request
+    counters (``llm``; None for a step that sends none) and its step-specific counters (``extra``)."""
 
     step: str
     rows_in: int = 0
@@ -73,6 +91,7 @@ class StepSummary(BaseModel):
     failures_by_kind: dict[str, int] = Field(default_factory=dict)
     wall_seconds: float = 0.0
     simulated: bool = False
+    llm: LLMCounters | None = None
     extra: dict[str, float | int | str | bool] = Field(default_factory=dict)
 
 
@@ -199,7 +218,7 @@ class Operator:
 
 
 def summarize(step: str, df_in: pd.DataFrame, out: pd.DataFrame, active: pd.Series, started: float,
-              simulated: bool = False, extra: dict | None = None) -> StepSummary:
+              simulated: bool = False, extra: dict | None = None, llm: LLMCounters | None = None) -> StepSummary:
     """The :class:`StepSummary` of a step from its input and output frames."""
     col = step_column(step, "status")
     failed = out[col] == FAILED if col in out.columns else pd.Series(False, index=out.index)
@@ -208,7 +227,7 @@ def summarize(step: str, df_in: pd.DataFrame, out: pd.DataFrame, active: pd.Seri
         skipped_upstream_failed=int((~active).sum()), failed=int(failed.sum()),
         failures_by_reason=failure_counts(out.loc[failed, ERROR].str.removeprefix(f"{step}: ")),
         failures_by_kind=dict(Counter(out.loc[failed, ERROR_KIND])),
-        wall_seconds=time.perf_counter() - started, simulated=simulated, extra=extra or {},
+        wall_seconds=time.perf_counter() - started, simulated=simulated, llm=llm, extra=extra or {},
     )
 
 
@@ -219,9 +238,9 @@ _MAX_EXTRA = frozenset({"index_docs", "search_rounds"})
 
 def merge_summaries(summaries: list[StepSummary]) -> StepSummary:
     """The summary of a step run shard by shard: counts and seconds summed (``wall_seconds``
-    is then the work done, not the time it took), failures merged, ``extra`` numbers summed
-    (by maximum for :data:`_MAX_EXTRA`), flags true when true for every shard; ``simulated``
-    when any shard was."""
+    is then the work done, not the time it took), failures merged, ``llm`` counters and ``extra``
+    numbers summed (by maximum for :data:`_MAX_EXTRA`), flags true when true for every shard;
+    ``simulated`` when any shard was."""
     if len(summaries) == 1:
         return summaries[0]
     first = summaries[0]
@@ -240,8 +259,10 @@ def merge_summaries(summaries: list[StepSummary]) -> StepSummary:
                 extra[key] = bool(extra[key]) and value
             elif isinstance(value, (int, float)) and not isinstance(extra[key], (str, bool)):
                 extra[key] = max(extra[key], value) if key in _MAX_EXTRA else round(extra[key] + value, 6)
+    counters = [s.llm for s in summaries if s.llm is not None]
+    llm = sum(counters, LLMCounters()) if counters else None
     return StepSummary(step=first.step, **merged, failures_by_reason=dict(reasons), failures_by_kind=dict(kinds),
-                       simulated=any(s.simulated for s in summaries), extra=extra)
+                       simulated=any(s.simulated for s in summaries), llm=llm, extra=extra)
 
 
 def frame_from_rows(df: pd.DataFrame, rows: list[dict]) -> pd.DataFrame:

@@ -20,11 +20,20 @@ hash of the row's text, :func:`~rare_core.operators.base.document_id`); ids are 
 text (:func:`~rare_core.operators.base.canonical_id`: ``101`` and ``101.0`` are one id). The
 corpus is the input frame's documents (rows sharing an id and a text are one document, as the
 rows of a document's several questions are) or the ``corpus_path`` file (columns ``id``,
-``text`` and optionally ``title``). Two different texts under one id are an
+``text`` and optionally ``title``: :mod:`rare_core.retrieval.corpus_file`). Two different texts under one id are an
 ``InputColumnError`` naming the id: the index could hold only one of them, and the other's
 row would be scored against the wrong document. The selection
 rules are those of :mod:`rare_core.retrieval.negatives`, the search depths those of
 :mod:`rare_core.retrieval.mining` (``max_depth`` default 1000, like the reference miner's top 1000).
+
+Beyond its own positive, a row never gets as a negative the positive (id or text) of another
+row of the frame asking the same question (the same words; rows failed upstream count too:
+their documents still answer it), with ``exclude_group_positives``, nor a near-duplicate of its
+positive (``near_duplicate_threshold``); the best ``reserve_top`` ranks only fill a row that
+the ranks below leave short. The defaults were chosen on ``bench/negatives_quality.py``. The
+summary's ``extra`` counts ``group_rows`` (mined rows whose question rows with another positive
+ask), ``group_excluded`` and ``near_duplicates_excluded`` (candidates each rule dropped that
+the other guards let through).
 
 Memory: the corpus texts are held only until they are fingerprinted and written for the
 indexer (the index build releases them, before Java indexes); a parquet ``corpus_path``'s are
@@ -61,14 +70,18 @@ from rare_core.operators.base import (
     FAILED, INPUT_ERROR, OK, SHORT, SKIPPED, Operator, active_mask, canonical_id, distinct_keys, document_id,
     guard_outputs, init_status, is_blank, mark_failed, require_columns, step_column, summarize,
 )
+from rare_core.retrieval.corpus_file import ID, TEXT, check_columns, title_column
 from rare_core.retrieval.index import BM25Index, Corpus
-from rare_core.retrieval.mining import Miner
+from rare_core.filters.common import words
+from rare_core.retrieval.mining import Miner, NearDuplicates, question_groups
 from rare_core.retrieval.negatives import text_key
 from rare_core.storage import format_of, read_frame
+from rare_core.step_spec import SEARCH_INDEX, StepSpec
 
 STEP = "hardneg"
 POSITIVE_SCORE = "positive_score"
 POSITIVE_RANK = "positive_rank"
+POSITIVE = "positive"  # the positive's text in the final dataset (the input's text column)
 CHUNK_QUESTIONS = 20_000  # questions searched and selected together (bounds the hits held)
 READ_BATCH = 65_536  # rows per batch when a parquet corpus file is read
 
@@ -82,12 +95,23 @@ class BM25HardNegConfig(BaseModel):
     k1: float = Field(0.9, gt=0, description="BM25 term-frequency saturation.")
     b: float = Field(0.4, ge=0, le=1, description="BM25 length normalisation.")
     skip_top: int = Field(0, ge=0, description="Ranks at the top of the BM25 ranking never used as negatives.")
+    reserve_top: int = Field(
+        40, ge=0, description="Ranks at the top of the BM25 ranking used as negatives only to fill a row that the "
+                              "ranks below leave short (best first): the documents matching the question best are "
+                              "the likeliest unjudged positives. 0: no reserve.")
     max_score_ratio: float | None = Field(
         0.95, gt=0, description="Drop candidates scoring >= this ratio of the positive's score; None disables.")
     query_weighting: Literal["bow", "bm25"] = Field("bow", description="Bag of words, or query-side BM25 weights.")
     corpus_path: str | None = Field(None, description="Separate corpus file (id, text[, title]); default: the input rows.")
     index_dir: str = Field("./cache/bm25_index", description="Cache root of the Lucene indexes.")
     max_depth: int = Field(1000, ge=1, description="Deepest ranking searched for a row before it is left short.")
+    exclude_group_positives: bool = Field(
+        True, description="Never use as a negative the positive (by id or text) of another input row asking the "
+                          "same question (the same words: case, punctuation and Unicode forms aside).")
+    near_duplicate_threshold: float | None = Field(
+        0.8, gt=0, le=1, description="Drop candidates whose word 3-shingles have a MinHash-estimated Jaccard "
+                                     "similarity with the positive's at or above this (as the question dedup); "
+                                     "None disables.")
     threads: int | None = Field(None, ge=1, description="Indexing threads; default: all cores (search uses all).")
     title_key: str | None = Field(
         "title", description="Input column indexed before the text when present (a corpus_path file: its 'title' "
@@ -128,20 +152,21 @@ def _parquet_corpus(path: str, title_col: str | None) -> tuple[Corpus, "_TextSou
     source = _open_parquet(path)
     names = source.schema_arrow.names
     where = f"{STEP} corpus {path}"
-    require_columns(pd.DataFrame(columns=names), ["id", "text"], where)
-    raw_ids = source.read(columns=["id"]).column("id").to_pandas(types_mapper=_ARROW_STRINGS.get)
+    check_columns(names, where)
+    raw_ids = source.read(columns=[ID]).column(ID).to_pandas(types_mapper=_ARROW_STRINGS.get)
     ids = raw_ids.map(canonical_id)
     blank = np.zeros(len(ids), dtype=bool)
     start = 0
-    for batch in source.iter_batches(batch_size=READ_BATCH, columns=["text"]):
+    for batch in source.iter_batches(batch_size=READ_BATCH, columns=[TEXT]):
         blank[start:start + batch.num_rows] = _blank_texts(batch.column(0))
         start += batch.num_rows
     repeated = ids.duplicated(keep=False).to_numpy()
     if repeated.any():
         rows = np.flatnonzero(repeated)
-        _refuse_shared_ids(ids[repeated], pd.Series(_parquet_take(path, "text", rows), index=ids.index[rows]), where)
+        _refuse_shared_ids(ids[repeated], pd.Series(_parquet_take(path, TEXT, rows), index=ids.index[rows]), where)
     keep = ~ids.duplicated().to_numpy() & ~blank
-    columns = ["text"] + (["title"] if title_col and "title" in names else [])
+    title = title_column(names, title_col)
+    columns = [TEXT] + ([title] if title else [])
 
     def batches():
         first = 0
@@ -209,7 +234,7 @@ class _TextSource:
         source_rows = self.rows[corpus_rows]
         if self.series is not None:
             return self.series.take(source_rows).astype(str).tolist()
-        return _parquet_take(self.path, "text", source_rows)
+        return _parquet_take(self.path, TEXT, source_rows)
 
     def take_ids(self, corpus_rows: np.ndarray) -> list | None:
         """The id values of ``corpus_rows`` as the source holds them (None: use the index's)."""
@@ -324,11 +349,11 @@ class BM25HardNeg(Operator):
             return _parquet_corpus(path, title_col)
         if path:
             src = read_frame(path)  # its errors name a missing file or an unsupported format
-            require_columns(src, ["id", "text"], f"{STEP} corpus {path}")
-            cols = {"id": src["id"].map(canonical_id), "text": src["text"]}
-            if title_col and "title" in src.columns:
-                cols["title"] = src["title"]
-            series, id_values, where = src["text"], _id_values(src["id"]), f"{STEP} corpus {path}"
+            check_columns(src.columns, f"{STEP} corpus {path}")
+            cols = {"id": src[ID].map(canonical_id), "text": src[TEXT]}
+            if title := title_column(src.columns, title_col):
+                cols["title"] = src[title]
+            series, id_values, where = src[TEXT], _id_values(src[ID]), f"{STEP} corpus {path}"
         else:
             cols = {"id": positive_ids, "text": df[text_col]}
             if title_col and title_col in df.columns:
@@ -413,7 +438,7 @@ class BM25HardNeg(Operator):
         status[(active & no_question).to_numpy()] = FAILED
         extra = {"short_rows": 0, "queries": int(len(todo)), "index_seconds": 0.0, "search_seconds": 0.0,
                  "index_reused": False, "index_opens": 0, "index_docs": 0, "search_rounds": 0,
-                 "truncated_queries": 0}
+                 "truncated_queries": 0, "group_rows": 0, "group_excluded": 0, "near_duplicates_excluded": 0}
         if len(todo):
             positive_ids, id_values = self._positive_ids(df, input_text_key, input_id_key)
             mining, fresh = self._mining(df, input_text_key, positive_ids, id_values)
@@ -422,19 +447,30 @@ class BM25HardNeg(Operator):
                          index_reused=index.reused or not fresh, index_docs=index.num_docs,
                          index_opens=int(fresh))  # summed over shards: processes that opened it for a shard
             t0 = time.perf_counter()
+            threshold = self.config.near_duplicate_threshold
+            near = NearDuplicates(lambda r: mining.source.take(index.input_rows[r]), threshold) if threshold else None
             miner = Miner(index, mining.keys, num_neg=num_neg, skip_top=self.config.skip_top,
-                          max_score_ratio=self.config.max_score_ratio, max_depth=self.config.max_depth)
+                          max_score_ratio=self.config.max_score_ratio, max_depth=self.config.max_depth,
+                          reserve_top=self.config.reserve_top, near_duplicates=near)
             questions = df[input_question_key].to_numpy()
             texts = df[input_text_key].to_numpy()
             pids = positive_ids.to_numpy()
+            groups = [None] * n  # every row of the frame counts, failed upstream or not: its positive still answers
+            if self.config.exclude_group_positives:
+                groups = question_groups([None if is_blank(t) else " ".join(words(q)) or None
+                                          for q, t in zip(questions, texts)], pids.tolist(), texts.tolist())
+                extra["group_rows"] = sum(groups[row] is not None for row in todo)
             chosen = []  # index rows of each mined row's negatives, in todo order
             truncated_before = index.truncated_queries
             for start in range(0, len(todo), CHUNK_QUESTIONS):
                 rows = todo[start:start + CHUNK_QUESTIONS]
-                mined = miner.mine([str(q) for q in questions[rows]], pids[rows].tolist(), texts[rows].tolist())
+                mined = miner.mine([str(q) for q in questions[rows]], pids[rows].tolist(), texts[rows].tolist(),
+                                   [groups[row] for row in rows])
                 extra["search_rounds"] = max(extra["search_rounds"], mined.rounds)
                 for row, sel, score in zip(rows, mined.selections, mined.positive_scores):
                     chosen.append(sel.ids)
+                    extra["group_excluded"] += sel.group_excluded
+                    extra["near_duplicates_excluded"] += sel.near_duplicates
                     neg_scores[row], pos_rank[row] = sel.scores, sel.positive_rank
                     if score is not None:
                         pos_score[row] = score
@@ -456,3 +492,25 @@ class BM25HardNeg(Operator):
         df[step_column(STEP, "status")] = status
         self.last_summary = summarize(STEP, df_in, df, active, started, extra=extra)
         return df
+
+
+def _corpus_hash(config) -> dict:
+    corpus = config.hardneg.corpus_path  # a separate corpus: its content counts, like the input's
+    return {"corpus_sha256": file_sha256_memo(corpus) if corpus else None}
+
+
+def describe(summary) -> list[str]:
+    short = int(summary.extra.get("short_rows", 0))
+    return [f"{short:,} row(s) got fewer negatives than asked (kept, marked `short`)"] if short else []
+
+
+SPEC = StepSpec(
+    name=STEP, label="BM25HardNeg", task_name="bm25-hardneg", section="hardneg", settings_model=BM25HardNegConfig,
+    operator=BM25HardNeg,
+    keys=lambda c: {"input_question_key": c.columns.question, "input_text_key": c.columns.text,
+                    "output_negatives_key": c.columns.hard_negatives, "input_id_key": c.columns.id},
+    # The index folder and thread count change how negatives are found, not which.
+    cache_exclude=frozenset({"index_dir", "threads"}), cache_inputs=_corpus_hash,
+    resources=frozenset({SEARCH_INDEX}), describe=describe, cache_files={"index_dir": "bm25_index"}, input_files=("corpus_path",),
+    dataset=lambda c: {POSITIVE: c.columns.text, c.columns.hard_negatives: c.columns.hard_negatives,
+                       f"{c.columns.hard_negatives}_ids": f"{c.columns.hard_negatives}_ids"})

@@ -19,16 +19,20 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rare_core.llm.client import LLMRequest
+from rare_core.llm.types import LLMRequest
 from rare_core.operators.base import (
     INPUT_ERROR, OK, SKIPPED, active_mask, as_nullable_int, distinct_keys, failed_fields, guard_outputs,
     frame_from_rows, init_status, is_blank, mark_failed, require_columns, step_column, summarize,
 )
 from rare_core.operators.llm_step import (
-    PROVENANCE_INTS, LLMOperator, RoleGuardConfig, ask_and_parse, provenance,
+    PROVENANCE_INTS, LLMOperator, RoleGuardConfig, ask_and_parse, llm_counters, provenance,
 )
 from rare_core.parsing import parse_questions
 from rare_core.prompts import doc2query as prompt
+from rare_core.estimate_model import (
+    DOC2QUERY_TOKENS_PER_QUESTION, EstimateInputs, EstimatePart, count_all, expected_completion, llm_line,
+)
+from rare_core.step_spec import StepSpec
 
 STEP = "doc2query"
 QUESTION_INDEX = "question_index"
@@ -132,6 +136,42 @@ class Doc2Query(LLMOperator):
         out = frame_from_rows(df, out_rows)
         as_nullable_int(out, [QUESTION_INDEX, *(step_column(STEP, f) for f in PROVENANCE_INTS)])
         self.last_summary = summarize(STEP, df, out, active, started, totals.simulated,
-                                      {**totals.model_dump(exclude={"simulated", "wall_seconds"}),
-                                       "truncations": sum(o.truncations for o in outcomes)})
+                                      {"deduplicated": totals.deduplicated,
+                                       "truncations": sum(o.truncations for o in outcomes)}, llm_counters(totals))
         return out
+
+
+def estimate(inputs: EstimateInputs) -> EstimatePart:
+    """Every document's real prompt rendered and counted (documents the operator fails without a
+    request left out); one request per document, ~:data:`DOC2QUERY_TOKENS_PER_QUESTION`
+    completion tokens per question asked."""
+    config = inputs.config
+    settings: Doc2QueryConfig = config.doc2query
+    llm = config.llm_for(SPEC.role)
+    counter = inputs.counter(llm.model)
+    n, requests = settings.num_questions, len(inputs.texts)
+    prompt_tokens = count_all(counter, (prompt.build_messages(t, n, settings.max_doc_chars) for t in inputs.texts))
+    per = expected_completion(llm.model, llm.generation.max_tokens, DOC2QUERY_TOKENS_PER_QUESTION * n)
+    line = llm_line(STEP, SPEC.role, llm, counter, per, requests=requests, requests_max=requests,
+                    prompt_tokens=prompt_tokens, prompt_tokens_max=prompt_tokens,
+                    prompt_tokens_per_request=prompt_tokens / requests if requests else 0.0,
+                    completion_tokens_expected=requests * per, completion_tokens_max=requests * llm.generation.max_tokens)
+    notes = [f"expected completion per request: {STEP} {per:,} (~{DOC2QUERY_TOKENS_PER_QUESTION} per question)"]
+    skipped = len(inputs.documents) - requests
+    if skipped:
+        notes.append(f"{skipped} document(s) with blank or non-text {config.columns.text!r} left out: "
+                     f"{SPEC.label} fails them without a request")
+    return EstimatePart([line], notes)
+
+
+SPEC = StepSpec(
+    name=STEP, label="Doc2Query", task_name="doc2query", section="doc2query", settings_model=Doc2QueryConfig,
+    operator=Doc2Query, role="question_writer",
+    introduces={"question_writer": "Doc2Query: writes the questions."}, enabled=lambda c: not c.questions_given,
+    keys=lambda c: {"input_key": c.columns.text, "output_question_key": c.columns.question,
+                    "output_scenario_key": c.columns.scenario, "output_reference_key": c.columns.reference_answer},
+    cache_exclude=frozenset({"role_guard"}),  # the guard stops a step; it never changes a finished step's rows
+    estimate=estimate,
+    # Given questions (questions_given) reach the dataset under the same names.
+    dataset=lambda c: {QUESTION_INDEX: QUESTION_INDEX, c.columns.question: c.columns.question,
+                       c.columns.scenario: c.columns.scenario})

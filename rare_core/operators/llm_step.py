@@ -10,7 +10,7 @@ In: one :class:`LLMRequest` per row and a parse function. Out: one :class:`Outco
 * A reply cut off at its token budget (``finish_reason == "length"``) is not re-asked with the
   same budget (it would be cut again and paid again): it is asked once more, the same
   conversation, with the budget doubled up to ``llm.max_tokens_cap``
-  (:func:`rare_core.llm.client.next_budget`); at the cap it fails at once, naming the setting.
+  (:func:`rare_core.llm.config.next_budget`); at the cap it fails at once, naming the setting.
 * A request that failed at the HTTP level is not re-asked here (the client already retried
   whatever a retry can fix): the row fails as ``request``, and a rerun asks again.
 * With ``retry_unusable_cached``, an unusable answer that came from the response cache (a
@@ -30,8 +30,10 @@ from typing import Callable, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from rare_core.errors import LLMError
-from rare_core.llm.client import APILLMServing_request, LLMRequest, LLMResponse, ProgressCallback, RunTotals, next_budget
-from rare_core.operators.base import CONTENT_ERROR, REQUEST_ERROR, ErrorKind, Operator, step_column
+from rare_core.llm.config import next_budget
+from rare_core.llm.serving import APILLMServing_request
+from rare_core.llm.types import LLMRequest, LLMResponse, ProgressCallback, RunTotals
+from rare_core.operators.base import CONTENT_ERROR, REQUEST_ERROR, ErrorKind, LLMCounters, Operator, step_column
 from rare_core.parsing import ParseError
 
 T = TypeVar("T")
@@ -135,6 +137,11 @@ class Outcome(Generic[T]):
     model: str | None = None
     simulated: bool = False
     truncations: int = 0
+
+
+def llm_counters(totals: RunTotals) -> LLMCounters:
+    """A step's :attr:`StepSummary.llm` from the client's totals of its batches."""
+    return LLMCounters(**totals.model_dump(include=set(LLMCounters.model_fields)))
 
 
 def ask_and_parse(

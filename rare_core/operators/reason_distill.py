@@ -26,23 +26,31 @@ from __future__ import annotations
 
 import re
 import time
+from typing import NamedTuple
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from dataclasses import dataclass, field
 
-from rare_core.llm.client import LLMRequest, LLMResponse, RunTotals
+from rare_core.llm.types import LLMRequest, LLMResponse, RunTotals
 from rare_core.operators.base import (
-    CONTENT_ERROR, ERROR, FAILED, INPUT_ERROR, OK, REJECTED_ERROR, REQUEST_ERROR, SKIPPED, STATUS, active_mask,
+    CONTENT_ERROR, ERROR, FAILED, INPUT_ERROR, OK, REJECTED_ERROR, REQUEST_ERROR, SKIPPED, active_mask,
     as_nullable_int, distinct_keys, failed_fields, failure_counts, guard_outputs,
     frame_from_rows, init_status, is_blank, mark_failed, require_columns, step_column, summarize,
 )
 from rare_core.operators.llm_step import (
-    PROVENANCE_INTS, LLMOperator, Outcome, RoleGuard, RoleGuardConfig, ask_and_parse, provenance,
+    PROVENANCE_INTS, LLMOperator, Outcome, RoleGuard, RoleGuardConfig, ask_and_parse, llm_counters, provenance,
 )
 from rare_core.parsing import Reasoning, parse_reasoning
 from rare_core.prompts import reason_distill as prompt
+from rare_core.estimate_model import (
+    DISTILL_TOKENS, DISTILL_TOKENS_REASONING, JUDGE_TOKENS, JUDGE_TOKENS_REASONING, TYPICAL_ANSWER_CHARS,
+    TYPICAL_QUESTION_CHARS, TYPICAL_REFERENCE_CHARS, TYPICAL_SCENARIO_CHARS, EstimateInputs, EstimatePart, Sampling,
+    count_all, expected_completion, expected_samples, sampled, standin, standin_pool,
+)
+from rare_core.prompts.doc2query import truncate
+from rare_core.step_spec import StepSpec
 from rare_core.verify import PROMPT_VERSION as JUDGE_VERSION
 from rare_core.verify import Verdict, VerifyConfig, exact_verdict, judge_messages, needs_judge, parse_judgement
 
@@ -198,8 +206,8 @@ class ReasonDistill(LLMOperator):
         as_nullable_int(out, [POSITIVE_DOC_NUMBER, SAMPLE_INDEX, step_column(VERIFY, "samples"),
                               *(step_column(STEP, f) for f in PROVENANCE_INTS)])
         citations = out.get(step_column(STEP, "citation"), pd.Series(dtype=object))
-        extra = {**totals.model_dump(exclude={"simulated", "wall_seconds"}),
-                 "truncations": sum(r.truncations for r in runs.values()), **judged,
+        extra = {"deduplicated": totals.deduplicated, "truncations": sum(r.truncations for r in runs.values()),
+                 **judged,
                  "cites_negatives_only": int((citations == "negatives_only").sum()),
                  "cites_no_document": int((citations == "none").sum())}
         if checking:
@@ -208,7 +216,7 @@ class ReasonDistill(LLMOperator):
                                              if not r.kept and r.rejected and r.judge_failure is None),
                          verify_no_verdict=sum(1 for r in runs.values() if not r.kept and r.judge_failure is not None),
                          samples_drawn=sum(r.samples for r in runs.values()))
-        self.last_summary = summarize(STEP, df, out, active, started, totals.simulated, extra)
+        self.last_summary = summarize(STEP, df, out, active, started, totals.simulated, extra, llm_counters(totals))
         verify_status = step_column(VERIFY, "status")
         if checking and verify_status in out.columns:  # rows given up by verification are this step's failures too
             given_up = out[verify_status].eq(FAILED) & out[ERROR].str.startswith(f"{VERIFY}:")
@@ -343,3 +351,148 @@ class _Run:
         why = self.last_verdict.reason if self.last_verdict else last.error
         return failed_fields(VERIFY, f"no accepted answer in {self.samples} sample(s) of at most {max_samples} "
                                      f"(last: {why})", REJECTED_ERROR)
+
+
+def _judged(config) -> tuple[str, ...]:
+    return (JUDGE,) if config.verify.method in ("judge", "auto") else ()
+
+
+class _Plan(NamedTuple):
+    """What the step will ask: the questions sent to the teacher, those of them whose answers the
+    judge checks (with their question and reference when the input gives them), and the samples
+    per question."""
+
+    asked: int
+    judged: int
+    given: list[tuple[str, str]]  # (question, reference) of each judged row; empty for generated ones
+    sampling: Sampling
+
+
+def _plan(inputs: EstimateInputs) -> _Plan:
+    """The rows and samples, as the operator decides them: a given row is sent when its text and
+    question are text and, when checked, its reference is not blank; a row stops at
+    ``distill.num_samples`` accepted, or at ``verify.max_samples`` (``num_samples`` unchecked)."""
+    config = inputs.config
+    method, wanted = config.verify.method, config.distill.num_samples
+    checking = method != "none"
+    limit = config.verify.max_samples if checking else wanted
+    sampling = Sampling(expected_samples(inputs.acceptance_rate if checking else 1.0, limit, wanted), limit)
+    if not config.questions_given:
+        asked = len(inputs.texts) * config.doc2query.num_questions
+        return _Plan(asked, asked if method in ("judge", "auto") else 0, [], sampling)
+    k, documents = config.columns, inputs.documents
+    references = documents[k.gold_answer].tolist() if checking else [None] * len(documents)
+    asked, given = 0, []
+    for text, question, reference in zip(documents[k.text].tolist(), documents[k.question].tolist(), references):
+        if not (inputs.is_text(text) and inputs.is_text(question)) or (checking and is_blank(reference)):
+            continue
+        asked += 1
+        if checking and needs_judge(method, reference):
+            given.append((question, str(reference)))
+    return _Plan(asked, len(given), given, sampling)
+
+
+def standin_messages(texts: list[str], max_doc_chars: int, num_neg: int) -> tuple[list[dict], float]:
+    """One prompt with stand-in texts, and the mean truncated document length: 1 + ``num_neg``
+    documents as long as the corpus's mean document cut to ``max_doc_chars``, a scenario and a
+    question of the typical lengths, all cut from the corpus's own text."""
+    lengths = [len(truncate(t, max_doc_chars)) for t in texts]
+    mean_len = sum(lengths) / len(lengths)
+    pool = standin_pool(texts, max_doc_chars)
+    slots = 1 + num_neg
+    stride = max(1, len(pool) // (slots + 2))
+    doc_len = round(mean_len)
+    docs = [standin(pool, i * stride, doc_len) for i in range(slots)]
+    scenario = standin(pool, slots * stride, TYPICAL_SCENARIO_CHARS)
+    question = standin(pool, (slots + 1) * stride, TYPICAL_QUESTION_CHARS - 1) + "?"
+    # The stand-ins are already as long as a cut document: render them as they are.
+    return prompt.build_messages(scenario, question, docs, max(max_doc_chars, doc_len)), mean_len
+
+
+def _verify_notes(config, plan: _Plan, acceptance_rate: float) -> list[str]:
+    method, limit = config.verify.method, plan.sampling.limit
+    if method == "none":
+        return []
+    notes = [
+        f"verify ({method}): a row is sampled until {config.distill.num_samples} answer(s) pass, at most "
+        f"verify.max_samples={limit}: expected {plan.sampling.expected:.2f} samples per row at an acceptance rate "
+        f"of {acceptance_rate:.0%} per sample (an assumption: `rare estimate --acceptance-rate`; a trial run's report "
+        f"gives verify_accepted / samples_drawn); max = {limit} samples per row"]
+    if method == "exact":
+        return notes
+    if config.questions_given:
+        notes.append(f"judge: {plan.judged} of {plan.asked} given question(s) have an open gold answer and are "
+                     "judged, once per sample; the others are checked exactly, for free")
+    else:
+        notes.append("judge: every sample is judged (the references Doc2Query writes are assumed open)")
+    return notes
+
+
+def estimate(inputs: EstimateInputs) -> EstimatePart:
+    """The teacher: one sample per question and per re-sample, its prompt (a scenario, a
+    question and 1 + ``hardneg.num_neg`` documents cut to ``max_doc_chars``) rendered once
+    with stand-in texts cut from the corpus (the negatives are other documents of it, so each
+    slot is as long as its mean cut document) and counted. The judge (``verify.method`` judge or
+    auto): one request per sample of a row it checks, its prompt rendered with the row's
+    question and gold answer where given, else stand-ins of the typical lengths."""
+    config, texts = inputs.config, inputs.texts
+    plan = _plan(inputs)
+    max_chars, num_neg = config.distill.max_doc_chars, config.hardneg.num_neg
+    llm = config.llm_for(SPEC.role)
+    counter = inputs.counter(llm.model)
+    per_prompt, mean_len = 0, None
+    if texts:
+        messages, mean_len = standin_messages(texts, max_chars, num_neg)
+        per_prompt = counter.count_messages(messages)
+    per = expected_completion(llm.model, llm.generation.max_tokens, DISTILL_TOKENS, DISTILL_TOKENS_REASONING)
+    teacher = sampled(STEP, SPEC.role, llm, counter, plan.asked, plan.asked * per_prompt, plan.sampling, per,
+                      docs_per_prompt=1 + num_neg, mean_doc_chars=None if mean_len is None else round(mean_len, 1),
+                      assumed_scenario_question_chars=TYPICAL_SCENARIO_CHARS + TYPICAL_QUESTION_CHARS)
+    lines = [teacher]
+    completion = f"{STEP} {per:,} ({'reasoning' if teacher.reasoning_model else 'non-reasoning'} model)"
+    if config.verify.method in ("judge", "auto"):
+        judge_llm = config.llm_for(JUDGE)
+        judge_counter = inputs.counter(judge_llm.model)
+        pool = standin_pool(texts, max_chars)
+        answer = standin(pool, 0, TYPICAL_ANSWER_CHARS)
+        if plan.given:
+            one_round = count_all(judge_counter, (judge_messages(q, ref, answer) for q, ref in plan.given))
+        else:
+            question = standin(pool, len(pool) // 3, TYPICAL_QUESTION_CHARS - 1) + "?"
+            reference = standin(pool, 2 * len(pool) // 3, TYPICAL_REFERENCE_CHARS)
+            one_round = plan.judged * judge_counter.count_messages(judge_messages(question, reference, answer))
+        judge_per = expected_completion(judge_llm.model, judge_llm.generation.max_tokens, JUDGE_TOKENS,
+                                        JUDGE_TOKENS_REASONING)
+        lines.append(sampled(JUDGE, JUDGE, judge_llm, judge_counter, plan.judged, one_round, plan.sampling, judge_per,
+                             actual_step=STEP, actual_prefix=f"{JUDGE}_"))
+        completion += f", {JUDGE} {judge_per:,}"
+    notes = _verify_notes(config, plan, inputs.acceptance_rate)
+    notes.append(
+        f"{STEP} prompt: scenario + question assumed ~{TYPICAL_SCENARIO_CHARS + TYPICAL_QUESTION_CHARS} chars, "
+        f"{1 + num_neg} documents each as long as the corpus's mean document cut to {max_chars} chars "
+        f"({teacher.mean_doc_chars or 0:,.0f} chars); every question assumed to reach {SPEC.label} with its full "
+        "share of negatives")
+    if config.hardneg.corpus_path:
+        notes.append("hardneg.corpus_path is set: negatives assumed as long as the input's documents")
+    notes.append(f"expected completion per request: {completion}; re-asks of unusable replies (up to "
+                 f"distill.max_attempts={config.distill.max_attempts} per sample; the judge's likewise) and doubled "
+                 "budgets after a cut-off reply come on top of the upper bound")
+    return EstimatePart(lines, notes)
+
+
+SPEC = StepSpec(
+    name=STEP, label="ReasonDistill", task_name="reason-distill", section="distill",
+    settings_model=ReasonDistillConfig, operator=ReasonDistill, role="teacher", more_roles=_judged,
+    introduces={"teacher": "ReasonDistill: writes the reasoning and the answer.",
+                JUDGE: "Verification: judges open answers against the reference."},
+    keys=lambda c: {"input_text_key": c.columns.text, "input_question_key": c.columns.question,
+                    "input_scenario_key": c.columns.scenario, "input_hardneg_key": c.columns.hard_negatives,
+                    "output_key": c.columns.reasoning, "output_answer_key": c.columns.answer,
+                    "input_reference_key": c.reference_key},
+    extra_args=lambda c, clients: {"verify": c.verify, "judge_serving": clients.get(JUDGE)},
+    cache_inputs=lambda c: {"verify": c.verify.model_dump(mode="json")},
+    cache_exclude=frozenset({"role_guard"}), estimate=estimate,
+    dataset=lambda c: {SAMPLE_INDEX: SAMPLE_INDEX, DOCUMENT_ORDER: DOCUMENT_ORDER,
+                       POSITIVE_DOC_NUMBER: POSITIVE_DOC_NUMBER, c.columns.reasoning: c.columns.reasoning,
+                       c.columns.answer: c.columns.answer, c.reference_key: c.reference_key,
+                       **{step_column(VERIFY, f): step_column(VERIFY, f) for f in ("verdict", "samples")}})

@@ -1,8 +1,9 @@
 """Pick hard negatives from one query's BM25 ranking: pure Python, no JVM.
 
 In: the ranking (ids and scores, best first), the positive's ids and normalized text, its score,
-and the guard settings. Out: :class:`Selection` with the chosen ids/scores, the positive's rank
-and whether the ranking ran out before ``num_neg`` negatives were found.
+and the guard settings. Out: :class:`Selection` with the chosen ids/scores (best first), the
+positive's rank and whether the ranking ran out before ``num_neg`` negatives were found below
+``reserve_top``.
 
 Rules, applied walking down the ranking (rank 1 = best):
 
@@ -17,7 +18,19 @@ Rules, applied walking down the ranking (rank 1 = best):
    the positive does, so it is likely a false negative. A positive that scores 0 drops every
    candidate (they all match the question better than the positive does);
 5. no two negatives share an id or a normalized text;
-6. stop at ``num_neg``.
+6. a candidate that is the positive of another row with the same question (``excluded_ids``, or
+   its text's fingerprint in ``excluded_keys``) is dropped, and counted in ``group_excluded``;
+7. a candidate found to be a near-duplicate of the positive (``near_duplicates``: the caller
+   decides, see :class:`~rare_core.retrieval.mining.NearDuplicates`) is dropped, and counted
+   in ``near_duplicates``;
+8. a candidate ranked ``1..reserve_top`` (raw ranks, as ``skip_top``) is held in reserve: the
+   best documents for the question are the likeliest unjudged positives, so they are used
+   only when the ranks below leave fewer than ``num_neg`` negatives, best first, to fill the
+   row (a corpus smaller than ``reserve_top`` gets the negatives it got without a reserve);
+9. stop at ``num_neg`` negatives below ``reserve_top``.
+
+Rules 6 and 7 are checked after 1-5, so their counts are of candidates that those rules let
+through: what each exclusion changed.
 """
 
 from __future__ import annotations
@@ -60,13 +73,17 @@ class Selection:
 
     ``positive_rank``: 1-based rank of the first ranking entry that is the positive or a copy of
     its text, -1 when neither is in the ranking. ``exhausted``: the walk reached
-    the end of the ranking with fewer than ``num_neg`` negatives (a deeper ranking may give more).
+    the end of the ranking with fewer than ``num_neg`` negatives below ``reserve_top`` (a deeper
+    ranking may give more; the reserve may have filled the row meanwhile).
+    ``group_excluded``, ``near_duplicates``: candidates dropped by rules 6 and 7 on the way.
     """
 
     ids: list[str] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
     positive_rank: int = -1
     exhausted: bool = False
+    group_excluded: int = 0  # candidates dropped by rule 6
+    near_duplicates: int = 0  # candidates dropped by rule 7
 
 
 def select_negatives(
@@ -80,6 +97,10 @@ def select_negatives(
     positive_score: float | None = None,
     skip_top: int = 0,
     max_score_ratio: float | None = 0.95,
+    reserve_top: int = 0,
+    excluded_ids: Collection[str] = (),
+    excluded_keys: Collection[int] = (),
+    near_duplicates: Collection[str] = (),
 ) -> Selection:
     """Apply the rules of this module to one ranking; ``key_of(id)`` gives a document's ``text_key``."""
     selection = Selection()
@@ -87,6 +108,7 @@ def select_negatives(
     if max_score_ratio is not None and positive_score is not None:
         ceiling = max_score_ratio * positive_score
     seen_keys = {positive_key}
+    reserve: list[tuple[str, float, int]] = []  # (id, score, key) of the candidates ranked 1..reserve_top
     for rank, (doc_id, score) in enumerate(zip(ranked_ids, ranked_scores), start=1):
         key = key_of(doc_id)
         is_positive = doc_id in positive_ids or key == positive_key
@@ -102,8 +124,27 @@ def select_negatives(
             continue
         if key in seen_keys:  # same normalized text as the positive or a chosen negative (or same id)
             continue
+        if doc_id in excluded_ids or key in excluded_keys:
+            selection.group_excluded += 1
+            continue
+        if doc_id in near_duplicates:
+            selection.near_duplicates += 1
+            continue
+        if rank <= reserve_top:
+            reserve.append((doc_id, float(score), key))
+            continue
         seen_keys.add(key)
         selection.ids.append(doc_id)
         selection.scores.append(float(score))
     selection.exhausted = len(selection.ids) < num_neg
+    fill: list[tuple[str, float, int]] = []
+    for doc_id, score, key in reserve:
+        if len(selection.ids) + len(fill) >= num_neg:
+            break
+        if key not in seen_keys:
+            seen_keys.add(key)
+            fill.append((doc_id, score, key))
+    if fill:  # ranked above every other negative
+        selection.ids[:0] = [doc_id for doc_id, _, _ in fill]
+        selection.scores[:0] = [score for _, score, _ in fill]
     return selection
