@@ -401,7 +401,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--api-key-env", metavar="VAR", help="NAME of the environment variable holding the key")
     group.add_argument("--max-workers", type=int, metavar="N", help="LLM requests in flight at once")
     group.add_argument("--export", metavar="F[,F...]", help="training formats to write at the end of the run "
-                       "(messages, sharegpt, alpaca, prompt-completion, retrieval, rare, hf)")
+                       "(messages, sharegpt, alpaca, prompt-completion, retrieval, rare, hf, dpo, kto)")
     group.add_argument("--batch", action="store_const", const="batch", dest="mode",
                        help="send the LLM requests through the Batch API (half the price; llm.mode=batch)")
     group.add_argument("--retry-failed", action="store_true", default=None,
@@ -487,7 +487,7 @@ def _parser() -> argparse.ArgumentParser:
     export_parser = commands.add_parser("export", help="write a finished run's dataset in training formats")
     export_parser.add_argument("out_dir", metavar="OUT_DIR", help="the run's output folder (dataset, run_config.json)")
     export_parser.add_argument("--format", required=True, metavar="F[,F...]",
-                               help="messages, sharegpt, alpaca, prompt-completion, retrieval, rare, hf")
+                               help="messages, sharegpt, alpaca, prompt-completion, retrieval, rare, hf, dpo, kto")
     export_parser.add_argument("--to", required=True, metavar="DIR", help="folder of the exports (one subfolder each)")
     estimate_parser = commands.add_parser("estimate", help="requests, tokens and cost of a run, sending nothing")
     _add_config_options(estimate_parser)

@@ -10,7 +10,8 @@ from rare_core.llm.serving import APILLMServing_request
 from rare_core.operators.bm25_hardneg import BM25HardNeg
 from rare_core.operators.doc2query import Doc2Query
 from rare_core.operators.reason_distill import ReasonDistill
+from rare_core.operators.verification import Verification
 from rare_core.storage import FileStorage
 
-__all__ = ["APILLMServing_request", "BM25HardNeg", "Doc2Query", "FileStorage", "ReasonDistill"]
+__all__ = ["APILLMServing_request", "BM25HardNeg", "Doc2Query", "FileStorage", "ReasonDistill", "Verification"]
 __version__ = "0.1.0"

@@ -14,7 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from rare_core.llm.config import BatchConfig, GenerationParams, LLMConfig
 from rare_core.llm.simulated import SIMULATOR_MODEL
-from rare_core.verify import VerifyConfig
 from rare_core.operators.base import RESERVED_PREFIX
 from rare_core.operators.bm25_hardneg import POSITIVE, POSITIVE_RANK, POSITIVE_SCORE
 from rare_core.operators.doc2query import QUESTION_INDEX
@@ -195,7 +194,6 @@ class _Run(BaseModel):
     llm: LLMConfig = Field(default_factory=LLMConfig,
                            description="LLM endpoint shared by every role; leave base_url empty to run on the built-in simulator.")
     roles: LLMRoles = Field(default_factory=LLMRoles, description="Per-role endpoint settings (" + ", ".join(ROLES) + ").")
-    verify: VerifyConfig = Field(default_factory=VerifyConfig, description="How the teacher's answers are checked.")
     questions_given: bool = Field(
         False, description="The input holds questions (question column, positive in the text column, optional "
                            "gold answer and scenario): Doc2Query is skipped, as the RARE paper does on PubMedQA.")
@@ -207,7 +205,8 @@ class _Run(BaseModel):
     limit: int | None = Field(None, ge=1, description="Use only the first N documents (for trials).")
     prices: Prices | None = Field(None, description="Token prices for the report's cost estimate.")
     export: list[str] = Field(default_factory=list, description="Training formats written at the end of a run "
-                              "(messages, sharegpt, alpaca, prompt-completion, retrieval, rare, hf).")
+                              "(messages, sharegpt, alpaca, prompt-completion, retrieval, rare, hf; "
+                              "dpo and kto: preference data from the samples verification rejected).")
     export_path: str | None = Field(None, description="Folder of the exports; default {output_path}/exports.")
     command: str | None = Field(None, description="The command line that started the run (for the dataset card).")
     shards: int | Literal["auto"] = Field(

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from rare_core.checks import closed_book, grounding
 from rare_core.filters import decontaminate, dedup, document, leakage, length
-from rare_core.operators import bm25_hardneg, doc2query, reason_distill
+from rare_core.operators import bm25_hardneg, doc2query, reason_distill, verification
 from rare_core.step_spec import StepSpec
 
 if TYPE_CHECKING:
@@ -31,6 +31,7 @@ STEPS: tuple[StepSpec, ...] = (
     closed_book.SPEC,
     bm25_hardneg.SPEC,
     reason_distill.SPEC,
+    verification.SPEC,
     grounding.SPEC,
     length.SPEC,
 )

@@ -71,12 +71,11 @@ def _column(columns: Any, name: str) -> str:
 def chart_columns(columns: Any = None) -> list[str]:
     """The columns of the final step file the charts read (the rest can be left out of ``final``):
     the data columns, the bookkeeping ones, and every step's status column."""
-    from rare_core.operators.reason_distill import VERIFY  # verification's status sits beside the steps'
     from rare_core.pipeline import STEPS  # the registry imports every operator: not at import time
 
     names = [_column(columns, "question"), _column(columns, "reasoning"),
              f"{_column(columns, 'hard_negatives')}_scores"]
-    statuses = [step_column(name, "status") for name in dict.fromkeys([*(s.name for s in STEPS), VERIFY])]
+    statuses = [step_column(s.name, "status") for s in STEPS]
     return [*names, RANK, POSITIVE_SCORE, STATUS, ERROR_KIND, VERDICT, *SAMPLE_COLUMNS, *SIMULATED_COLUMNS,
             *dict.fromkeys([HARDNEG_STATUS, *statuses])]
 

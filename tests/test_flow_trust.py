@@ -165,7 +165,7 @@ def test_rare_run_batch_pays_batch_prices_and_resumes_for_free(tmp_path, sim, ca
     assert steps["doc2query"]["batch_requests"] == 4 and steps["distill"]["batch_requests"] == 4
     list_price = sum(s["prompt_tokens"] * 0.15 + s["completion_tokens"] * 0.60 for s in steps.values()) / 1e6
     assert summary["totals"]["cost"] == pytest.approx(list_price / 2)  # gpt-4o-mini at batch prices
-    assert steps["distill"]["extra"]["judge_requests"] == 4
+    assert steps["verify"]["extra"]["judge_requests"] == 4  # the check is a step of its own
     assert len(read_frame(tmp_path / "out" / "dataset.jsonl")) == 4
 
 

@@ -113,9 +113,9 @@ def test_rows_failed_upstream_are_skipped_and_arrays_are_read_as_lists():
     assert describe(op.last_summary)[0] == "0 of 1 rows quote text their document does not hold (removed)"
 
 
-def test_registered_after_reason_distill_on_by_default_and_in_the_dataset():
+def test_registered_after_the_verification_on_by_default_and_in_the_dataset():
     names = [spec.name for spec in STEPS]
-    assert names.index("grounding") == names.index("distill") + 1 and names.index("length_filter") > names.index("grounding")
+    assert names.index("grounding") == names.index("verify") + 1 == names.index("distill") + 2 and names.index("length_filter") > names.index("grounding")
     config = PipelineConfig(input_path="docs.jsonl")
     assert SPEC.enabled(config) and not config.checks.grounding.drop
     assert not SPEC.enabled(SPEC.with_settings(config, enabled=False))

@@ -68,7 +68,8 @@ def test_a_judge_without_verdicts_fails_rows_as_judge_and_the_teacher_is_asked_o
     # one teacher answer per row, two judge replies per row (the re-ask): 30, not 110
     assert stats.completions_served == 10 and stats.faults_served == {"malformed_json": 20}
     assert stats.requests_by_path[CHAT] == 30
-    assert (out["rare_status"] == "failed").all() and (out["rare_distill_status"] == "failed").all()
+    # the teacher's sample is fine (ReasonDistill ok); the check of it failed
+    assert (out["rare_status"] == "failed").all() and (out["rare_distill_status"] == "ok").all()
     assert out["rare_error"].str.startswith("judge: no verdict in the judge's reply: unparseable").all(), \
         out["rare_error"].tolist()
     assert (out["rare_error_kind"] == "content").all()

@@ -44,7 +44,7 @@ def test_rejection_sampling_keeps_only_answers_that_match_the_gold_label(tmp_pat
     # the simulator draws yes/no/maybe at random: after 8 samples about 1 - (2/3)^8 = 96% are kept
     assert kept >= 30, (kept, lost)
     requests = sim.stats().completions_served
-    assert requests == int(read_frame(step_file(config, 2))  # questions given: BM25HardNeg is step 1, ReasonDistill step 2
+    assert requests == int(read_frame(step_file(config, 3))  # questions given: BM25HardNeg 1, ReasonDistill 2, Verify 3
                            ["rare_verify_samples"].sum())  # one request per sample, no judge (closed answers)
     sim.reset()
     state, tasks = run_flow(config, expected_tasks={"load-input", "bm25-hardneg", "reason-distill"})

@@ -36,7 +36,7 @@ from rare_core.estimate_model import (
 )
 from rare_core.filters.common import FILTERED
 from rare_core.llm.types import LLMRequest, RunTotals
-from rare_core.operators.reason_distill import JUDGE  # the role that judges open answers
+from rare_core.operators.verification import JUDGE  # the role that judges open answers
 from rare_core.operators.base import (
     ERROR, ERROR_KIND, FAILED, FILTERED_ERROR, OK, REQUEST_ERROR, RESERVED_PREFIX, SKIPPED, STATUS, active_mask,
     as_nullable_int, distinct_keys, init_status, is_blank, require_columns, step_column, summarize,

@@ -13,7 +13,9 @@ to ``config.distill.max_doc_chars``); its target is ``<think>{reasoning}</think>
 
 Formats (``FORMATS``): ``messages`` (OpenAI chat JSONL), ``sharegpt`` and ``alpaca`` (LLaMA-Factory,
 with ``dataset_info.json``), ``prompt-completion`` (TRL), ``retrieval`` (query/pos/neg JSONL),
-``rare`` (RARE's own records), ``hf`` (``datasets`` ``save_to_disk`` folder).
+``rare`` (RARE's own records), ``hf`` (``datasets`` ``save_to_disk`` folder); the preference
+formats ``dpo`` (accepted/rejected pairs of one prompt) and ``kto`` (every sample with its verdict
+as a label) for TRL and LLaMA-Factory, from the samples verification rejected.
 
 ``provenance`` feeds the card; see :mod:`rare_core.exports.card` for the keys it reads.
 Each folder is written in a temporary sibling folder and renamed into place, so a folder is
@@ -51,6 +53,8 @@ _MODULES = (
     "retrieval",
     "rare",
     "hf",
+    "dpo",
+    "kto",
 )
 _REGISTRY: dict[str, ExportFormat] = {
     f.name: f for f in (importlib.import_module(f"{__name__}.{m}").FORMAT for m in _MODULES)}

@@ -7,10 +7,16 @@ cut to ``config.distill.max_doc_chars``) and the target ``<think>..</think>\\n<a
 :class:`ExampleSource` does it chunk by chunk for a dataset of any size, as often as it is
 iterated, and counts what the card needs (:class:`Tally`) in one pass. A format module defines
 one :class:`ExportFormat` whose ``write`` turns the examples, as they come, into files.
+
+The preference formats read verification's bookkeeping: ``rare_verify_rejected`` (the samples of
+the row's prompt that verification rejected, ``{"sample", "reasoning", "answer", "reason"}``
+each; the same list on every row of a question drawn several times) becomes
+:attr:`Example.rejected`, and :class:`FirstOfPrompt` hands each prompt's rejected samples out once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections import Counter
@@ -29,6 +35,9 @@ from rare_core.prompts import reason_distill
 REFERENCE_ANSWER = "reference_answer"
 VERIFY_VERDICT = "rare_verify_verdict"
 VERIFY_SAMPLES = "rare_verify_samples"
+VERIFY_ACCEPTED = "rare_verify_accepted"
+VERIFY_REJECTED = "rare_verify_rejected"
+PASS_RATE = "rare_pass_rate"
 SIMULATED = "rare_simulated"
 
 
@@ -52,6 +61,33 @@ def target_text(reasoning: str, answer: str) -> str:
     return f"<think>{reasoning}</think>\n<answer>{answer}</answer>"
 
 
+@dataclass(frozen=True)
+class Rejected:
+    """A sample of a row's prompt that verification rejected (what a trainer needs of it)."""
+
+    reasoning: str
+    answer: str
+
+    @property
+    def target(self) -> str:
+        return target_text(self.reasoning, self.answer)
+
+
+def _rejected(value: Any, rid: Any) -> list[Rejected]:
+    """A plain ``rare_verify_rejected`` cell -> its samples; ``ValueError`` naming the row on a bad shape."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ValueError(f"row id={rid!r}: {VERIFY_REJECTED} must be a list of samples, got {type(value).__name__}")
+    out = []
+    for item in value:
+        if not (isinstance(item, dict) and isinstance(item.get("reasoning"), str) and isinstance(item.get("answer"), str)):
+            raise ValueError(f"row id={rid!r}: each sample in {VERIFY_REJECTED} must be a dict with the texts "
+                             f"'reasoning' and 'answer', got {str(item)[:80]!r}")
+        out.append(Rejected(reasoning=item["reasoning"], answer=item["answer"]))
+    return out
+
+
 @dataclass
 class Example:
     """One dataset row, ready for any format."""
@@ -71,6 +107,13 @@ class Example:
     reference: str | None = None  # the reference (or gold) answer, when the dataset has one
     columns: dict[str, Any] = field(default_factory=dict)  # the plain columns, under the frame's names
     optional: dict[str, Any] = field(default_factory=dict)  # the optional columns present, under the frame's names
+    rejected: list[Rejected] = field(default_factory=list)  # the samples of this prompt verification rejected
+
+    @property
+    def prompt_key(self) -> bytes:
+        """The same for every row of one prompt (a question drawn several times), short to keep."""
+        text = json.dumps([str(self.id), self.optional.get(QUESTION_INDEX), self.system, self.user], ensure_ascii=True)
+        return hashlib.blake2b(text.encode("ascii"), digest_size=16).digest()
 
     @property
     def prompt_messages(self) -> list[dict]:
@@ -99,6 +142,8 @@ class ExportFormat:
     task_categories: tuple[str, ...] = ("text-generation", "question-answering")
     data_files: str | None = None  # the card's ``configs`` data_files glob (None: not loadable from the hub)
     notes: str = ""
+    records: Callable[["Tally"], int] | None = None  # records written, when not one per row (the card's size)
+    card_lines: Callable[["Tally"], list[str]] | None = None  # the format's own figures in the card
 
 
 @dataclass
@@ -146,22 +191,26 @@ def _used_columns(dataset: pd.DataFrame, config: PipelineConfig) -> tuple[list[s
                          f"(columns: {', '.join(map(str, dataset.columns))})")
     known = [n["id"], QUESTION_INDEX, n["question"], n["scenario"], POSITIVE, n["hard_negatives"],
              n["hard_negatives_ids"], DOCUMENT_ORDER, POSITIVE_DOC_NUMBER, n["reasoning"], n["answer"],
-             n["reference"], SAMPLE_INDEX, VERIFY_VERDICT, VERIFY_SAMPLES, SIMULATED]
+             n["reference"], SAMPLE_INDEX, VERIFY_VERDICT, VERIFY_SAMPLES, VERIFY_ACCEPTED, PASS_RATE, SIMULATED]
     used = [c for c in dict.fromkeys(known) if c in dataset.columns]
-    return used, [c for c in (QUESTION_INDEX, SAMPLE_INDEX, n["reference"], VERIFY_VERDICT, VERIFY_SAMPLES) if c in used]
+    optional = (QUESTION_INDEX, SAMPLE_INDEX, n["reference"], VERIFY_VERDICT, VERIFY_SAMPLES, VERIFY_ACCEPTED, PASS_RATE)
+    return used, [c for c in optional if c in used]
 
 
 def iter_examples(dataset: pd.DataFrame, config: PipelineConfig, left_out: dict[str, int]) -> Iterator[Example]:
     """The frame's rows -> examples, one at a time. Rows without a usable reasoning or answer are
     left out and counted into ``left_out`` (reason -> count); a missing required column, or a
-    ``document_order`` that is not a permutation of the row's documents, is a ``ValueError``
-    naming it (and the row's id)."""
+    ``document_order`` that is not a permutation of the row's documents, or a badly shaped
+    ``rare_verify_rejected``, is a ``ValueError`` naming it (and the row's id). The rejected
+    samples go to :attr:`Example.rejected`, not to its columns."""
     n = _names(config)
     used, optional = _used_columns(dataset, config)
+    read = used + [VERIFY_REJECTED] if VERIFY_REJECTED in dataset.columns else used
     max_chars = config.distill.max_doc_chars
-    for rec in dataset[used].to_dict("records"):
+    for rec in dataset[read].to_dict("records"):
         row = {c: plain(v) for c, v in rec.items()}
         rid = row[n["id"]]
+        rejected = _rejected(row.pop(VERIFY_REJECTED, None), rid)
         question, positive = _text(row[n["question"]]), _text(row[POSITIVE])
         scenario = _text(row.get(n["scenario"])) or ""  # a question given without one: no scenario block
         reasoning, answer = row[n["reasoning"]], row[n["answer"]]
@@ -206,7 +255,25 @@ def iter_examples(dataset: pd.DataFrame, config: PipelineConfig, left_out: dict[
             id=rid, question=question, scenario=scenario, positive=positive, hard_negatives=negatives,
             document_order=order, reasoning=reasoning, answer=answer, simulated=simulated, system=system,
             user=user, target=target_text(reasoning, answer), reference=reference, columns=row,
-            optional={c: row[c] for c in optional})
+            optional={c: row[c] for c in optional}, rejected=rejected)
+
+
+class FirstOfPrompt:
+    """Each prompt's rejected samples handed out once: ``of(ex)`` gives the example's rejected
+    samples the first time its prompt comes (the first accepted row of its question), ``[]``
+    after. Only prompts with rejected samples are remembered (16 bytes each)."""
+
+    def __init__(self) -> None:
+        self._seen: set[bytes] = set()
+
+    def of(self, ex: Example) -> list[Rejected]:
+        if not ex.rejected:
+            return []
+        key = ex.prompt_key
+        if key in self._seen:
+            return []
+        self._seen.add(key)
+        return ex.rejected
 
 
 @dataclass
@@ -221,6 +288,27 @@ class Tally:
     verdicts: Counter = field(default_factory=Counter)  # verification verdict ("none" if missing) -> rows
     left_out: dict[str, int] = field(default_factory=dict)
     columns: list[str] = field(default_factory=list)
+    drawn: Counter = field(default_factory=Counter)  # samples drawn for the row's question -> rows
+    pass_rates: Counter = field(default_factory=Counter)  # rare_pass_rate (rows with one) -> rows
+    rejected: int = 0  # rejected samples, each prompt's counted once
+    no_rejected: int = 0  # rows whose prompt has no rejected sample
+    _first: FirstOfPrompt = field(default_factory=FirstOfPrompt, repr=False)
+
+    @property
+    def median_pass_rate(self) -> float | None:
+        total = sum(self.pass_rates.values())
+        if not total:
+            return None
+        values, seen = sorted(self.pass_rates.items()), 0
+        lower = upper = None
+        for value, n in values:
+            seen += n
+            if lower is None and seen >= (total + 1) // 2:
+                lower = value
+            if seen >= total // 2 + 1:
+                upper = value
+                break
+        return (lower + upper) / 2
 
     def add(self, ex: Example) -> None:
         self.rows += 1
@@ -231,6 +319,12 @@ class Tally:
         if VERIFY_VERDICT in ex.optional:
             verdict = ex.optional[VERIFY_VERDICT]
             self.verdicts["none" if verdict is None else str(verdict)] += 1
+        if ex.optional.get(VERIFY_SAMPLES) is not None:
+            self.drawn[int(ex.optional[VERIFY_SAMPLES])] += 1
+        if ex.optional.get(PASS_RATE) is not None:
+            self.pass_rates[float(ex.optional[PASS_RATE])] += 1
+        self.rejected += len(self._first.of(ex))
+        self.no_rejected += not ex.rejected
 
 
 class ExampleSource:
@@ -274,10 +368,10 @@ def _line(record: dict) -> str:
 
 
 def write_jsonl(path: Path, records: Iterable[dict]) -> str:
-    """One JSON line per record, written as they come."""
-    with open(path, "w", encoding="utf-8") as out:
+    """One JSON line per record, written as they come (for a ``.json`` path, one JSON list: :class:`RecordFile`)."""
+    with RecordFile(path) as out:
         for record in records:
-            out.write(_line(record) + "\n")
+            out.write(record)
     return path.name
 
 
@@ -295,20 +389,38 @@ def write_json(path: Path, data: Any) -> str:
     return path.name
 
 
-def write_json_list(path: Path, records: Iterable[dict]) -> str:
-    """The records as one JSON list (laid out as ``json.dumps(list, indent=1)``), written as they come."""
-    with open(path, "w", encoding="utf-8") as out:
-        out.write("[")
-        for i, record in enumerate(records):
-            out.write(("," if i else "") + "\n " + _dumps(record).replace("\n", "\n "))
-        out.write("\n]\n" if out.tell() > 1 else "]\n")
-    return path.name
+class RecordFile:
+    """Records written as they come, for writers that fill several files in one pass: one JSON
+    line each (``.jsonl``) or one JSON list laid out as ``json.dumps(list, indent=1)`` (``.json``).
+    ``with RecordFile(path) as f: f.write(record)``; ``name`` is the file's name."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.name, self.as_list, self.count = path, path.name, path.suffix == ".json", 0
+
+    def __enter__(self) -> "RecordFile":
+        self._out = open(self.path, "w", encoding="utf-8")
+        if self.as_list:
+            self._out.write("[")
+        return self
+
+    def write(self, record: dict) -> None:
+        if self.as_list:
+            self._out.write(("," if self.count else "") + "\n " + _dumps(record).replace("\n", "\n "))
+        else:
+            self._out.write(_line(record) + "\n")
+        self.count += 1
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self.as_list and exc[0] is None:
+                self._out.write("\n]\n" if self.count else "]\n")
+        finally:
+            self._out.close()
 
 
 def write_with_dataset_info(folder: Path, file: str, records: Iterable[dict], info: dict) -> list[str]:
     """The records (JSONL, or a JSON list for a ``.json`` file) and LLaMA-Factory's ``dataset_info.json``."""
-    data = write_json_list(folder / file, records) if file.endswith(".json") else write_jsonl(folder / file, records)
-    return [data, write_json(folder / "dataset_info.json", info)]
+    return [write_jsonl(folder / file, records), write_json(folder / "dataset_info.json", info)]
 
 
 def dataset_key(fmt: str) -> str:

@@ -1,6 +1,7 @@
 """The dataset card (``README.md``) written beside every export: Hugging Face YAML front matter
 and a body with the provenance (counts per step and filter, models, prompt versions,
-verification, simulated or not, the command) and the format's fields.
+verification, samples drawn and pass rate when the dataset records them, simulated or not, the
+command), the format's fields and its own figures (``ExportFormat.card_lines``).
 
 ``provenance`` keys read (all optional): ``steps`` and ``filters`` (counts: a list of dicts with a
 ``step``/``filter``/``name`` key, a dict name -> dict of counts, or a dict name -> count),
@@ -61,13 +62,14 @@ def front_matter(fmt: ExportFormat, tally: Tally, provenance: dict) -> str:
     if langs := _languages(provenance):
         meta["language"] = langs
     meta["task_categories"] = list(fmt.task_categories)
-    meta["size_categories"] = [size_category(tally.rows)]
+    records = fmt.records(tally) if fmt.records else tally.rows
+    meta["size_categories"] = [size_category(records)]
     meta["pretty_name"] = f"{provenance.get('name') or DEFAULT_NAME} ({fmt.name})"
     tags = ["rare", "synthetic", "retrieval-augmented-generation", "reasoning"]
     if is_simulated(tally, provenance):
         tags.append("simulated")
     meta["tags"] = tags
-    if fmt.data_files:
+    if fmt.data_files and records:  # an empty file is not loadable
         meta["configs"] = [{"config_name": "default", "data_files": [{"split": "train", "path": fmt.data_files}]}]
     body = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000)
     return f"---\n{LICENSE_LINE}\n{body}---\n"
@@ -138,6 +140,23 @@ def _verification(tally: Tally, config: PipelineConfig, provenance: dict) -> str
     return text
 
 
+def pass_rate_lines(tally: Tally) -> list[str]:
+    """Samples drawn per row's question -> rows, and the median ``rare_pass_rate``; none when
+    the dataset records neither."""
+    if not tally.drawn and not tally.pass_rates:
+        return []
+    out = ["### Samples drawn and pass rate", ""]
+    if tally.drawn:
+        out += ["Samples the teacher drew for the row's question (`rare_verify_samples`):", "",
+                counts_table([{"samples drawn": k, "rows": v} for k, v in sorted(tally.drawn.items())],
+                             "samples drawn"), ""]
+    median = tally.median_pass_rate
+    if median is not None:
+        out += [f"Median pass rate (`rare_pass_rate`, accepted / drawn, over the {sum(tally.pass_rates.values())} "
+                f"rows whose question drew more than one sample): {median:.3g}.", ""]
+    return out
+
+
 def render(fmt: ExportFormat, files: list[str], tally: Tally, config: PipelineConfig, provenance: dict) -> str:
     """The whole README.md."""
     n = tally.rows
@@ -154,6 +173,8 @@ def render(fmt: ExportFormat, files: list[str], tally: Tally, config: PipelineCo
     source = "questions given with the input" if given else "Doc2Query questions"
     out += [f"{fmt.summary[:1].upper()}{fmt.summary[1:]}. {n} rows, made by the RARE pipeline ({source}, "
             f"BM25 hard negatives, ReasonDistill reasoning) from `{PurePath(config.input_path).name}`.", ""]
+    if fmt.card_lines:
+        out += [*fmt.card_lines(tally), ""]
 
     out += ["## Files and fields", "", "Files: " + ", ".join(f"`{f}`" for f in files) + ", and this card.", "",
             "| field | content |", "|---|---|"]
@@ -198,6 +219,7 @@ def render(fmt: ExportFormat, files: list[str], tally: Tally, config: PipelineCo
             else "not recorded", ""]
     if provenance.get("filters"):
         out += ["### Filters", "", counts_table(provenance["filters"], "filter"), ""]
+    out += pass_rate_lines(tally)
     if provenance.get("found"):
         out += ["### What the steps found", "", *(f"- {line}" for line in provenance["found"]), ""]
     if tally.left_out:

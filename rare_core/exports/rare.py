@@ -42,7 +42,7 @@ FORMAT = ExportFormat(
             "system": "the teacher's system message (RARE's `train/sft.py` uses `instruction` and `predict` only)",
             "question": "the question", "answer": "the teacher's final answer",
             "question_index / sample_index / reference_answer (or gold_answer) / rare_verify_verdict / "
-            "rare_verify_samples": "when the dataset has them",
+            "rare_verify_samples / rare_verify_accepted / rare_pass_rate": "when the dataset has them",
             "rare_simulated": "true when the answer came from the built-in simulator",
             "dataset_info.json": f"LLaMA-Factory entry `{NAME}`: `prompt` -> `instruction`, "
                                  "`response` -> `predict`, `system` -> `system`"},
