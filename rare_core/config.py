@@ -15,10 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 from rare_core.llm.config import BatchConfig, GenerationParams, LLMConfig
 from rare_core.llm.simulated import SIMULATOR_MODEL
 from rare_core.operators.base import RESERVED_PREFIX
-from rare_core.operators.bm25_hardneg import POSITIVE, POSITIVE_RANK, POSITIVE_SCORE
+from rare_core.operators.bm25_hardneg import POSITIVE_RANK, POSITIVE_SCORE
 from rare_core.operators.doc2query import QUESTION_INDEX
 from rare_core.operators.reason_distill import DOCUMENT_ORDER, POSITIVE_DOC_NUMBER
 from rare_core.pipeline import STEPS
+from rare_core.step_spec import POSITIVE
 
 Format = Literal["json", "jsonl", "csv", "parquet"]
 
@@ -242,6 +243,14 @@ class _Run(BaseModel):
             self.llm = self.llm.model_copy(update={"model": SIMULATOR_MODEL})
         for role in LLMRoles.model_fields:
             self.llm_for(role)  # each role must resolve to a valid endpoint config
+        return self
+
+    @model_validator(mode="after")
+    def _steps_accept(self) -> "_Run":
+        """Each enabled step's conditions on the rest of the config (``StepSpec.check_config``)."""
+        for spec in STEPS:
+            if spec.check_config is not None and spec.enabled(self):
+                spec.check_config(self)
         return self
 
     def llm_for(self, role: str) -> LLMConfig:

@@ -12,29 +12,30 @@ A new step is its module and one more line here.
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING
 
-from rare_core.checks import closed_book, grounding
-from rare_core.filters import decontaminate, dedup, document, leakage, length
-from rare_core.operators import bm25_hardneg, doc2query, reason_distill, verification
-from rare_core.step_spec import StepSpec
+from rare_core.step_spec import POSITIVE, StepSpec
 
 if TYPE_CHECKING:
     from rare_core.config import PipelineConfig
 
-STEPS: tuple[StepSpec, ...] = (
-    document.SPEC,
-    doc2query.SPEC,
-    dedup.SPEC,
-    leakage.SPEC,
-    decontaminate.SPEC,
-    closed_book.SPEC,
-    bm25_hardneg.SPEC,
-    reason_distill.SPEC,
-    verification.SPEC,
-    grounding.SPEC,
-    length.SPEC,
+# One line per step, in run order: the module (under rare_core) that defines its ``SPEC``.
+_MODULES = (
+    "filters.document",
+    "operators.doc2query",
+    "filters.dedup",
+    "filters.leakage",
+    "filters.decontaminate",
+    "checks.closed_book",
+    "operators.bm25_hardneg",
+    "checks.negatives",
+    "operators.reason_distill",
+    "operators.verification",
+    "checks.grounding",
+    "filters.length",
 )
+STEPS: tuple[StepSpec, ...] = tuple(importlib.import_module(f"rare_core.{m}").SPEC for m in _MODULES)
 STEP_BY_NAME: dict[str, StepSpec] = {spec.name: spec for spec in STEPS}
 INPUT_STEP_INDEX = 0  # the loaded input's file number in the layout
 
@@ -62,7 +63,8 @@ def dataset_columns(config: "PipelineConfig") -> dict[str, str]:
     return out
 
 
-# The dataset's columns a row must have (the others come when the last step file has them).
 def required_dataset_columns(config: "PipelineConfig") -> set[str]:
+    """The dataset's columns every row has (the others come when the last step file has them):
+    what a training example is made of."""
     k = config.columns
-    return {k.id, k.question, bm25_hardneg.POSITIVE, k.hard_negatives, k.reasoning, k.answer}
+    return {k.id, k.question, POSITIVE, k.hard_negatives, k.reasoning, k.answer}

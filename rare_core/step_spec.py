@@ -10,8 +10,9 @@ step is one module (its operator, settings model and spec) and one line in the r
 * its **operator** and the column keys it takes (``keys``: ``process`` keyword -> column);
 * the LLM **roles** it calls (``role``, ``more_roles``), those it introduces (``introduces``) and
   the role each of them falls back to when left unset (``role_falls_back_to``);
-* whether a run needs it (``enabled``) and what its output depends on besides its input file
-  and settings (``cache_inputs``, ``cache_exclude``: :meth:`StepSpec.cache_settings`);
+* whether a run needs it (``enabled``), what it asks of the rest of the run's config when it
+  does (``check_config``), and what its output depends on besides its input file and settings
+  (``cache_inputs``, ``cache_exclude``: :meth:`StepSpec.cache_settings`);
 * how a sharded run gives it its rows (``scope``) and the **resources** it holds where it runs
   (:data:`SEARCH_INDEX`: a JVM and an index of the whole corpus, built once per run);
 * its **files**: settings holding paths that default under the run's cache folder
@@ -40,6 +41,9 @@ if TYPE_CHECKING:  # the config module derives its step sections from the regist
 # The response-cache scope of the built-in simulator, whose port changes every run: its
 # answers are cached under this name, never under a real endpoint's.
 SIMULATOR_SCOPE = "rare-simulator"
+
+# The positive's text in the final dataset (the input's text column under this name).
+POSITIVE = "positive"
 
 # A resource a step holds in the process that runs it: the Lucene index of the whole corpus
 # inside a JVM, which cannot be unloaded (tasks/placement.py keeps such steps on a few Dask
@@ -75,6 +79,9 @@ class StepSpec:
     more_roles: Callable[["PipelineConfig"], tuple[str, ...]] = lambda config: ()
     extra_args: Callable[["PipelineConfig", dict], dict[str, Any]] = lambda config, clients: {}
     enabled: Callable[["PipelineConfig"], bool] = lambda config: True
+    # What the step needs of the rest of the run's config, when it is enabled: raises ValueError
+    # (one line, naming the setting to change) for a config it cannot run with.
+    check_config: Callable[["PipelineConfig"], None] | None = None
 
     cache_exclude: frozenset[str] = field(default_factory=frozenset)
     cache_inputs: Callable[["PipelineConfig"], dict[str, Any]] = _nothing

@@ -12,6 +12,8 @@ from :func:`simulated_parts`:
   seed) when the question is closed;
 * a judge prompt: a verdict JSON (:func:`judge_answer`);
 * a closed-book probe: an answer JSON from the question alone (:func:`closed_book_answer`);
+* a negative check: whether the candidate document holds the reference answer's content words
+  (:func:`negative_check_answer`), so that a planted false negative is caught;
 * anything else: a short echo.
 
 Every answer is marked ``[simulated]``.
@@ -27,7 +29,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Literal
 
-from rare_core.prompts.view import ClosedBookView, Doc2QueryView, DistillView, JudgeView, read_prompt
+from rare_core.prompts.view import (
+    ClosedBookView, Doc2QueryView, DistillView, JudgeView, NegativeCheckView, read_prompt,
+)
 from rare_core.verify import closed_form
 from rare_sim.models import ChatMessage
 
@@ -151,29 +155,39 @@ def closed_book_answer(question: str, seed: int | None = None) -> str:
     return json.dumps({"answer": answer})
 
 
+def holds_most(reference: str, text: str) -> bool:
+    """Whether ``text`` holds at least half of ``reference``'s content words (and it has some)."""
+    words = set(content_words(reference))
+    return bool(words) and len(words & set(content_words(text))) >= 0.5 * len(words)
+
+
 def judge_answer(reference: str, candidate: str) -> str:
     """The simulated judge: correct when the closed forms agree, or when the candidate holds
     most of the reference's content words."""
     want, got = closed_form(reference), closed_form(candidate)
-    if want is not None:
-        ok = want == got
-    else:
-        words = set(content_words(reference))
-        ok = bool(words) and len(words & set(content_words(candidate))) >= 0.5 * len(words)
+    ok = want == got if want is not None else holds_most(reference, candidate)
     verdict = "correct" if ok else "incorrect"
     return json.dumps({"verdict": verdict, "reason": f"[simulated] the candidate {'agrees' if ok else 'disagrees'} "
                                                      f"with the reference"})
+
+
+def negative_check_answer(reference: str, document: str) -> str:
+    """The JSON answer to a negative check: the document supports the answer when it holds most
+    of the reference's content words (a copy of the positive's answering sentence does)."""
+    supports = holds_most(reference, document)
+    why = "holds" if supports else "lacks"
+    return json.dumps({"supports": supports, "reason": f"[simulated] the document {why} the reference's content words"})
 
 
 @dataclass(frozen=True)
 class SimulatedParts:
     """What a simulated model thinks and answers for one prompt, before any formatting.
 
-    ``kind``: ``doc2query``, ``reason_distill``, ``judge``, ``closed_book`` or ``echo``.
+    ``kind``: ``doc2query``, ``reason_distill``, ``judge``, ``closed_book``, ``negative_check`` or ``echo``.
     ``thinking`` and ``answer`` carry no tags; ``topic`` holds the prompt's salient words (long
     thinking is padded with them)."""
 
-    kind: Literal["doc2query", "reason_distill", "judge", "closed_book", "echo"]
+    kind: Literal["doc2query", "reason_distill", "judge", "closed_book", "negative_check", "echo"]
     thinking: str
     answer: str
     topic: tuple[str, ...] = ()
@@ -196,6 +210,10 @@ def simulated_parts(messages: list[ChatMessage], seed: int | None = None) -> Sim
         question = view.question.strip()
         return SimulatedParts("closed_book", "[simulated reasoning] No documents: answer from memory.",
                               closed_book_answer(question, seed), tuple(keywords(question, 4)))
+    if isinstance(view, NegativeCheckView):
+        return SimulatedParts("negative_check", "[simulated reasoning] Look for the answer's words in the document.",
+                              negative_check_answer(view.reference.strip(), view.document.strip()),
+                              tuple(keywords(view.question, 4)))
     if isinstance(view, DistillView):
         question = view.question.strip()
         thinking, answer = reason_distill_parts(question, [d.strip() for d in view.documents], seed)

@@ -27,17 +27,15 @@ from typing import Any, Callable, Iterable, Iterator
 import pandas as pd
 
 from rare_core.config import PipelineConfig
-from rare_core.operators.bm25_hardneg import POSITIVE
+from rare_core.step_spec import POSITIVE
 from rare_core.operators.doc2query import QUESTION_INDEX
 from rare_core.operators.reason_distill import DOCUMENT_ORDER, POSITIVE_DOC_NUMBER, SAMPLE_INDEX
+from rare_core.operators.verification import ACCEPTED as VERIFY_ACCEPTED
+from rare_core.operators.verification import PASS_RATE, SAMPLES as VERIFY_SAMPLES, VERDICT as VERIFY_VERDICT
+from rare_core.operators.verification import REJECTED as VERIFY_REJECTED
 from rare_core.prompts import reason_distill
 
 REFERENCE_ANSWER = "reference_answer"
-VERIFY_VERDICT = "rare_verify_verdict"
-VERIFY_SAMPLES = "rare_verify_samples"
-VERIFY_ACCEPTED = "rare_verify_accepted"
-VERIFY_REJECTED = "rare_verify_rejected"
-PASS_RATE = "rare_pass_rate"
 SIMULATED = "rare_simulated"
 
 

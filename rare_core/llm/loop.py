@@ -14,6 +14,7 @@ import threading
 from typing import Any, Coroutine, TypeVar
 
 _JOIN_POLL = 0.1  # seconds between checks of the waiting thread for a Ctrl-C
+START_WAIT = 5.0  # seconds a thread spawned as a Ctrl-C arrived gets to reach its loop
 _T = TypeVar("_T")
 
 
@@ -66,11 +67,14 @@ def run_on_private_loop(coro: Coroutine[Any, Any, _T]) -> _T:
             finished.set()
 
     thread = threading.Thread(target=target, name="rare-llm-batch", daemon=True)
-    thread.start()
     try:
+        # Inside the try: a Ctrl-C can land while start() waits for the thread to run, and the
+        # thread runs anyway; then it must be stopped like one that reached its batch.
+        thread.start()
         _wait_for(finished)
     except BaseException:
-        ready.wait()
+        if not ready.wait(START_WAIT):  # never spawned (the Ctrl-C came before): nothing to stop
+            raise
         task, loop = box.get("task"), box.get("loop")
         if task is not None:
             try:

@@ -13,7 +13,11 @@ output_negatives_key="hard_negatives", num_neg=None, input_id_key="id", overwrit
   -1 when it is not within the depth that row was searched to (and for rows not searched);
 * ``rare_hardneg_status``: ``ok``; ``short`` (fewer than ``num_neg`` negatives: the corpus has
   no more that pass the guards; not a failure); ``skipped`` (failed upstream: keeps its status
-  and error, gets empty lists); ``failed`` (empty or missing question).
+  and error, gets empty lists); ``failed`` (empty or missing question);
+* with ``spare`` > 0, ``rare_hardneg_spare`` (texts), ``rare_hardneg_spare_ids`` and
+  ``rare_hardneg_spare_scores``: up to ``spare`` candidates beyond the negatives, from the same
+  selection (:func:`~rare_core.retrieval.negatives.select_negatives`), for a check of the
+  negatives (:mod:`rare_core.checks.negatives`) to draw replacements from.
 
 The positive's id is the ``input_id_key`` column when present (else, or where empty, a stable
 hash of the row's text, :func:`~rare_core.operators.base.document_id`); ids are compared as
@@ -76,12 +80,13 @@ from rare_core.filters.common import words
 from rare_core.retrieval.mining import Miner, NearDuplicates, question_groups
 from rare_core.retrieval.negatives import text_key
 from rare_core.storage import format_of, read_frame
-from rare_core.step_spec import SEARCH_INDEX, StepSpec
+from rare_core.step_spec import POSITIVE, SEARCH_INDEX, StepSpec
 
 STEP = "hardneg"
 POSITIVE_SCORE = "positive_score"
 POSITIVE_RANK = "positive_rank"
-POSITIVE = "positive"  # the positive's text in the final dataset (the input's text column)
+SPARE = step_column(STEP, "spare")  # rare_hardneg_spare: the spare candidates' texts
+SPARE_IDS, SPARE_SCORES = f"{SPARE}_ids", f"{SPARE}_scores"
 CHUNK_QUESTIONS = 20_000  # questions searched and selected together (bounds the hits held)
 READ_BATCH = 65_536  # rows per batch when a parquet corpus file is read
 
@@ -101,6 +106,10 @@ class BM25HardNegConfig(BaseModel):
                               "the likeliest unjudged positives. 0: no reserve.")
     max_score_ratio: float | None = Field(
         0.95, gt=0, description="Drop candidates scoring >= this ratio of the positive's score; None disables.")
+    spare: int = Field(
+        0, ge=0, le=100, description="Candidates kept beyond num_neg, best first, for a check of the negatives "
+                                     "(checks.negatives) to draw replacements from (rare_hardneg_spare, "
+                                     "rare_hardneg_spare_ids, rare_hardneg_spare_scores); 0: none kept.")
     query_weighting: Literal["bow", "bm25"] = Field("bow", description="Bag of words, or query-side BM25 weights.")
     corpus_path: str | None = Field(None, description="Separate corpus file (id, text[, title]); default: the input rows.")
     index_dir: str = Field("./cache/bm25_index", description="Cache root of the Lucene indexes.")
@@ -421,7 +430,8 @@ class BM25HardNeg(Operator):
         require_columns(df, [input_question_key, input_text_key], STEP)
         guard_outputs(df, outputs, STEP, overwrite)
         df_in = df
-        df = init_status(df.drop(columns=[c for c in [*outputs, step_column(STEP, "status")] if c in df.columns]))
+        own = [step_column(STEP, "status"), SPARE, SPARE_IDS, SPARE_SCORES]
+        df = init_status(df.drop(columns=[c for c in [*outputs, *own] if c in df.columns]))
         active = active_mask(df)
         no_question = df[input_question_key].map(is_blank)
         for pos in df.index[active & no_question]:
@@ -432,6 +442,9 @@ class BM25HardNeg(Operator):
         negatives: list[list[str]] = [[] for _ in range(n)]
         neg_ids: list[list[object]] = [[] for _ in range(n)]
         neg_scores: list[list[float]] = [[] for _ in range(n)]
+        spares: list[list[str]] = [[] for _ in range(n)]
+        spare_ids: list[list[object]] = [[] for _ in range(n)]
+        spare_scores: list[list[float]] = [[] for _ in range(n)]
         pos_score = np.full(n, np.nan)
         pos_rank = np.full(n, -1, dtype=np.int64)
         status = np.where(active.to_numpy(), OK, SKIPPED).astype(object)
@@ -451,7 +464,7 @@ class BM25HardNeg(Operator):
             near = NearDuplicates(lambda r: mining.source.take(index.input_rows[r]), threshold) if threshold else None
             miner = Miner(index, mining.keys, num_neg=num_neg, skip_top=self.config.skip_top,
                           max_score_ratio=self.config.max_score_ratio, max_depth=self.config.max_depth,
-                          reserve_top=self.config.reserve_top, near_duplicates=near)
+                          reserve_top=self.config.reserve_top, near_duplicates=near, spare=self.config.spare)
             questions = df[input_question_key].to_numpy()
             texts = df[input_text_key].to_numpy()
             pids = positive_ids.to_numpy()
@@ -460,7 +473,7 @@ class BM25HardNeg(Operator):
                 groups = question_groups([None if is_blank(t) else " ".join(words(q)) or None
                                           for q, t in zip(questions, texts)], pids.tolist(), texts.tolist())
                 extra["group_rows"] = sum(groups[row] is not None for row in todo)
-            chosen = []  # index rows of each mined row's negatives, in todo order
+            chosen = []  # index rows of each mined row's negatives then spares, in todo order
             truncated_before = index.truncated_queries
             for start in range(0, len(todo), CHUNK_QUESTIONS):
                 rows = todo[start:start + CHUNK_QUESTIONS]
@@ -468,7 +481,8 @@ class BM25HardNeg(Operator):
                                    [groups[row] for row in rows])
                 extra["search_rounds"] = max(extra["search_rounds"], mined.rounds)
                 for row, sel, score in zip(rows, mined.selections, mined.positive_scores):
-                    chosen.append(sel.ids)
+                    chosen.append(sel.ids + sel.spare_ids)
+                    spare_scores[row] = sel.spare_scores
                     extra["group_excluded"] += sel.group_excluded
                     extra["near_duplicates_excluded"] += sel.near_duplicates
                     neg_scores[row], pos_rank[row] = sel.scores, sel.positive_rank
@@ -480,7 +494,9 @@ class BM25HardNeg(Operator):
             if not mining.kept:
                 index.close()  # unmaps the index files before the texts are read back
             for row, row_texts, row_ids in zip(todo, *_negatives_of(index, mining.source, chosen)):
-                negatives[row], neg_ids[row] = row_texts, row_ids
+                cut = len(row_texts) - len(spare_scores[row])
+                negatives[row], neg_ids[row] = row_texts[:cut], row_ids[:cut]
+                spares[row], spare_ids[row] = row_texts[cut:], row_ids[cut:]
             extra["search_seconds"] = round(time.perf_counter() - t0, 3)
             extra["short_rows"] = int((status == SHORT).sum())
 
@@ -490,6 +506,9 @@ class BM25HardNeg(Operator):
         df[POSITIVE_SCORE] = pos_score
         df[POSITIVE_RANK] = pos_rank
         df[step_column(STEP, "status")] = status
+        if self.config.spare:
+            for column, values in ((SPARE, spares), (SPARE_IDS, spare_ids), (SPARE_SCORES, spare_scores)):
+                df[column] = pd.Series(values, index=df.index, dtype=object)
         self.last_summary = summarize(STEP, df_in, df, active, started, extra=extra)
         return df
 

@@ -50,6 +50,8 @@ from rare_core.verify import Verdict, VerifyConfig, exact_verdict, judge_message
 
 STEP = "verify"
 JUDGE = "judge"  # the role that checks open answers; its failures are reported under its name
+VERDICT = step_column(STEP, "verdict")
+SAMPLES = step_column(STEP, "samples")
 ACCEPTED = step_column(STEP, "accepted")
 REJECTED = step_column(STEP, "rejected")
 PASS_RATE = "rare_pass_rate"
@@ -334,6 +336,5 @@ SPEC = StepSpec(
     cache_inputs=lambda c: {"distill": c.distill.model_dump(mode="json", exclude={"role_guard"}),
                             "teacher_prompt_version": ReasonDistill.prompt_version},
     estimate=estimate, describe=describe,
-    dataset=lambda c: {step_column(STEP, "verdict"): step_column(STEP, "verdict"),
-                       step_column(STEP, "samples"): step_column(STEP, "samples"), ACCEPTED: ACCEPTED,
-                       PASS_RATE: PASS_RATE, REJECTED: REJECTED})
+    dataset=lambda c: {VERDICT: VERDICT, SAMPLES: SAMPLES, ACCEPTED: ACCEPTED, PASS_RATE: PASS_RATE,
+                       REJECTED: REJECTED})

@@ -6,8 +6,9 @@ Out: :func:`read_prompt` -> the :data:`PromptView` of the newest user message th
 prompt modules recognises as its own (a re-ask appends a short correction after the original
 prompt, and is read as the original), or None. Each module reads with the layout its builder
 writes (:mod:`rare_core.prompts.doc2query`, :mod:`rare_core.prompts.reason_distill`, the judge
-of :mod:`rare_core.verify`, the closed-book probe of :mod:`rare_core.prompts.closed_book`), so a
-change of wording changes both together.
+of :mod:`rare_core.verify`, the closed-book probe of :mod:`rare_core.prompts.closed_book`, the
+negative check of :mod:`rare_core.prompts.negative_check`), so a change of wording changes both
+together.
 """
 
 from __future__ import annotations
@@ -15,18 +16,21 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from rare_core.prompts import closed_book, doc2query, reason_distill
+from rare_core.prompts import closed_book, doc2query, negative_check, reason_distill
 from rare_core.prompts.closed_book import ClosedBookView
 from rare_core.prompts.doc2query import Doc2QueryView
+from rare_core.prompts.negative_check import NegativeCheckView
 from rare_core.prompts.reason_distill import DistillView
 from rare_core.verify import JudgeView, read_judge_prompt
 
-PromptView = Doc2QueryView | DistillView | JudgeView | ClosedBookView
-"""A prompt read back; its ``kind`` says which: ``doc2query``, ``distill``, ``judge`` or ``closed_book``."""
+PromptView = Doc2QueryView | DistillView | JudgeView | ClosedBookView | NegativeCheckView
+"""A prompt read back; its ``kind`` says which: ``doc2query``, ``distill``, ``judge``, ``closed_book``
+or ``negative_check``."""
 
-_READERS = (doc2query.read, read_judge_prompt, reason_distill.read, closed_book.read)
+_READERS = (doc2query.read, read_judge_prompt, reason_distill.read, closed_book.read, negative_check.read)
 
-__all__ = ["ClosedBookView", "Doc2QueryView", "DistillView", "JudgeView", "PromptView", "message_text", "read_prompt"]
+__all__ = ["ClosedBookView", "Doc2QueryView", "DistillView", "JudgeView", "NegativeCheckView", "PromptView",
+           "message_text", "read_prompt"]
 
 
 def message_text(message: Mapping[str, Any]) -> str:

@@ -1,7 +1,8 @@
 """Hard-negative mining over a BM25 index: search, the positive's score, selection, deepening.
 
 In: a :class:`~rare_core.retrieval.index.BM25Index`, the documents' text fingerprints by index
-row (``text_key``, one uint64 array), the selection settings and optionally a
+row (``text_key``, one uint64 array), the selection settings (``spare``: candidates kept
+beyond ``num_neg``, :attr:`~rare_core.retrieval.negatives.Selection.spare_ids`) and optionally a
 :class:`NearDuplicates` test. Per batch of questions: their positives and optionally each one's
 :class:`Group` (:func:`question_groups`). Out: a :class:`Mined` with one
 :class:`~rare_core.retrieval.negatives.Selection` per question (negatives as index rows, best
@@ -12,12 +13,12 @@ Exclusions beyond the row's own positive: the positives of every row asking the 
 near-duplicate test needs the candidates' texts, so it runs on the negatives chosen once the
 whole batch is searched (one fetch of texts): the near-duplicates it finds are excluded and
 those rows are selected (and searched deeper) again, the next candidates taking their place,
-until every chosen negative has passed it.
+until every chosen negative and spare has passed it.
 
-The first search goes ``max(skip_top, reserve_top) + 2 * num_neg + 10`` deep; a question left
-short (below ``reserve_top``) while its ranking was cut at that depth is searched again
-``DEEPEN`` times deeper, until it is complete, the depth covers the corpus or reaches
-``max_depth``. A question whose positive scores 0 under ``max_score_ratio`` is not searched
+With ``n = num_neg + spare``, the first search goes ``max(skip_top, reserve_top) + 2 * n + 10``
+deep; a question left short of ``n`` candidates (below ``reserve_top``) while its ranking was
+cut at that depth is searched again ``DEEPEN`` times deeper, until it is complete, the depth
+covers the corpus or reaches ``max_depth``. A question whose positive scores 0 under ``max_score_ratio`` is not searched
 deeper: no candidate can pass that guard.
 """
 
@@ -118,8 +119,8 @@ class Miner:
 
     def __init__(self, index: BM25Index, keys: np.ndarray, *, num_neg: int, skip_top: int = 0,
                  max_score_ratio: float | None = 0.95, max_depth: int = 1000, reserve_top: int = 0,
-                 near_duplicates: NearDuplicates | None = None) -> None:
-        self.index, self.keys, self.num_neg = index, keys, num_neg
+                 near_duplicates: NearDuplicates | None = None, spare: int = 0) -> None:
+        self.index, self.keys, self.num_neg, self.spare = index, keys, num_neg, spare
         self.skip_top, self.max_score_ratio, self.max_depth = skip_top, max_score_ratio, max_depth
         self.reserve_top = reserve_top
         self.near_duplicates = near_duplicates
@@ -161,11 +162,12 @@ class Miner:
         """Negatives for each question (``positive_ids``/``positive_texts``: its source document;
         ``groups``: each question's :class:`Group`, None for no group exclusion)."""
         top = max(self.skip_top, self.reserve_top)
-        limit = min(self.index.num_docs, max(self.max_depth, top + self.num_neg))
+        wanted = self.num_neg + self.spare
+        limit = min(self.index.num_docs, max(self.max_depth, top + wanted))
         pos_keys = [text_key(t) for t in positive_texts]
         anchors = self._anchors(positive_ids, pos_keys).tolist()
         excluded = self._group_exclusions(groups if groups is not None else [None] * len(questions))
-        depth = min(limit, top + 2 * self.num_neg + 10)
+        depth = min(limit, top + 2 * wanted + 10)
         ranked_ids, ranked_scores = self._rankings(questions, depth)
         depths = [depth] * len(questions)
         scores: list[float | None] = [None] * len(questions)
@@ -187,7 +189,8 @@ class Miner:
                 ranked_ids[j], ranked_scores[j], num_neg=self.num_neg, positive_ids={anchors[j]},
                 positive_key=pos_keys[j], key_of=self._key_of, positive_score=scores[j],
                 skip_top=self.skip_top, max_score_ratio=self.max_score_ratio, reserve_top=self.reserve_top,
-                excluded_ids=excluded[j][0], excluded_keys=excluded[j][1], near_duplicates=near[j])
+                excluded_ids=excluded[j][0], excluded_keys=excluded[j][1], near_duplicates=near[j],
+                spare=self.spare)
 
         selections: list[Selection] = [None] * len(questions)  # type: ignore[list-item]
         rounds = 1
@@ -223,9 +226,9 @@ class Miner:
 
 def _test(test: NearDuplicates, questions: list[int], selections: list[Selection], positive_texts: list[str],
           near: list[set[int]], tested: list[set[int]]) -> list[int]:
-    """Run ``test`` on the chosen negatives of ``questions`` it has not seen; record what it found
-    in ``near`` and ``tested``. Out: the questions where it found a near-duplicate."""
-    todo = [(j, [r for r in selections[j].ids if r not in tested[j]]) for j in questions]
+    """Run ``test`` on the chosen negatives and spares of ``questions`` it has not seen; record
+    what it found in ``near`` and ``tested``. Out: the questions where it found a near-duplicate."""
+    todo = [(j, [r for r in selections[j].ids + selections[j].spare_ids if r not in tested[j]]) for j in questions]
     todo = [(j, rows) for j, rows in todo if rows]
     found = test.flags([positive_texts[j] for j, _ in todo], [rows for _, rows in todo])
     again = []

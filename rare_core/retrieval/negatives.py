@@ -1,9 +1,10 @@
 """Pick hard negatives from one query's BM25 ranking: pure Python, no JVM.
 
 In: the ranking (ids and scores, best first), the positive's ids and normalized text, its score,
-and the guard settings. Out: :class:`Selection` with the chosen ids/scores (best first), the
-positive's rank and whether the ranking ran out before ``num_neg`` negatives were found below
-``reserve_top``.
+and the guard settings. Out: :class:`Selection` with the chosen ids/scores (best first), up to
+``spare`` more candidates that pass the same rules (the spares a check of the negatives draws
+replacements from), the positive's rank and whether the ranking ran out before ``num_neg +
+spare`` candidates were found below ``reserve_top``.
 
 Rules, applied walking down the ranking (rank 1 = best):
 
@@ -27,7 +28,10 @@ Rules, applied walking down the ranking (rank 1 = best):
    best documents for the question are the likeliest unjudged positives, so they are used
    only when the ranks below leave fewer than ``num_neg`` negatives, best first, to fill the
    row (a corpus smaller than ``reserve_top`` gets the negatives it got without a reserve);
-9. stop at ``num_neg`` negatives below ``reserve_top``.
+9. stop at ``num_neg`` negatives below ``reserve_top``, or at ``num_neg + spare`` candidates
+   with spares: the first ``num_neg`` are the negatives (the reserve filling them as in rule 8,
+   so they are those that ``spare=0`` gives), the next ones below ``reserve_top`` then the reserve
+   left unused, in rank order, are the spares.
 
 Rules 6 and 7 are checked after 1-5, so their counts are of candidates that those rules let
 through: what each exclusion changed.
@@ -73,13 +77,16 @@ class Selection:
 
     ``positive_rank``: 1-based rank of the first ranking entry that is the positive or a copy of
     its text, -1 when neither is in the ranking. ``exhausted``: the walk reached
-    the end of the ranking with fewer than ``num_neg`` negatives below ``reserve_top`` (a deeper
-    ranking may give more; the reserve may have filled the row meanwhile).
+    the end of the ranking with fewer than ``num_neg + spare`` candidates below ``reserve_top``
+    (a deeper ranking may give more; the reserve may have filled the row meanwhile).
+    ``spare_ids``, ``spare_scores``: the spares (rule 9).
     ``group_excluded``, ``near_duplicates``: candidates dropped by rules 6 and 7 on the way.
     """
 
     ids: list[str] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
+    spare_ids: list[str] = field(default_factory=list)
+    spare_scores: list[float] = field(default_factory=list)
     positive_rank: int = -1
     exhausted: bool = False
     group_excluded: int = 0  # candidates dropped by rule 6
@@ -101,9 +108,11 @@ def select_negatives(
     excluded_ids: Collection[str] = (),
     excluded_keys: Collection[int] = (),
     near_duplicates: Collection[str] = (),
+    spare: int = 0,
 ) -> Selection:
     """Apply the rules of this module to one ranking; ``key_of(id)`` gives a document's ``text_key``."""
     selection = Selection()
+    wanted = num_neg + spare
     ceiling = None
     if max_score_ratio is not None and positive_score is not None:
         ceiling = max_score_ratio * positive_score
@@ -114,7 +123,7 @@ def select_negatives(
         is_positive = doc_id in positive_ids or key == positive_key
         if is_positive and selection.positive_rank < 0:
             selection.positive_rank = rank
-        if len(selection.ids) >= num_neg:
+        if len(selection.ids) >= wanted:
             if selection.positive_rank > 0:
                 break
             continue
@@ -136,15 +145,19 @@ def select_negatives(
         seen_keys.add(key)
         selection.ids.append(doc_id)
         selection.scores.append(float(score))
-    selection.exhausted = len(selection.ids) < num_neg
-    fill: list[tuple[str, float, int]] = []
+    selection.exhausted = len(selection.ids) < wanted
+    spares = list(zip(selection.ids[num_neg:], selection.scores[num_neg:]))
+    del selection.ids[num_neg:], selection.scores[num_neg:]
+    fill: list[tuple[str, float]] = []
     for doc_id, score, key in reserve:
-        if len(selection.ids) + len(fill) >= num_neg:
+        if len(selection.ids) + len(fill) >= num_neg and len(spares) >= spare:
             break
         if key not in seen_keys:
             seen_keys.add(key)
-            fill.append((doc_id, score, key))
+            (fill if len(selection.ids) + len(fill) < num_neg else spares).append((doc_id, score))
     if fill:  # ranked above every other negative
-        selection.ids[:0] = [doc_id for doc_id, _, _ in fill]
-        selection.scores[:0] = [score for _, score, _ in fill]
+        selection.ids[:0] = [doc_id for doc_id, _ in fill]
+        selection.scores[:0] = [score for _, score in fill]
+    selection.spare_ids = [doc_id for doc_id, _ in spares[:spare]]
+    selection.spare_scores = [score for _, score in spares[:spare]]
     return selection
