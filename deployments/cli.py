@@ -263,6 +263,9 @@ def run(config: PipelineConfig, verbose: bool = False) -> int:
                       f"negatives are mined from all {total:,} (their index is built once and cached)",
                       soft_wrap=True, highlight=False)
     started = time.time()
+    # The publisher counts the reports it dropped over the process's life (a test session, a
+    # notebook, runs many flows): this run's are those after this point.
+    dropped_before, _ = dropped_reports()
     bars = _ProgressBars(err)
     lines = _Lines(err)
     logging.getLogger("rare").addHandler(lines)
@@ -281,6 +284,7 @@ def run(config: PipelineConfig, verbose: bool = False) -> int:
     report_file = Path(config.output_path).resolve() / REPORT_FILE
     exc = lost if state is None else None if state.is_completed() else state.result(raise_on_failure=False)
     dropped, why = dropped_reports()
+    dropped -= dropped_before
     if dropped or _prefect_unreachable(exc):
         _API_LOST.set()
         written = report_file.is_file() and report_file.stat().st_mtime >= started

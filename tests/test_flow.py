@@ -437,3 +437,18 @@ def test_a_limit_asks_fewer_rows_but_mines_the_whole_input(tmp_path, sim):
     negatives = {str(i) for ids in dataset["hard_negatives_ids"] for i in ids}
     assert negatives - first_five  # negatives from beyond the rows asked
     assert (dataset["hard_negatives_ids"].map(len) == config.hardneg.num_neg).all()  # no short rows
+
+
+@pytest.mark.usefixtures("cli_env")
+def test_reports_dropped_by_an_earlier_run_in_the_process_are_not_this_runs(tmp_path, sim, capsys, monkeypatch):
+    """The publisher counts what it dropped over the process's life (a notebook, a test session
+    runs many flows): a run that drops nothing is not reported as having lost the Prefect API."""
+    import tasks.progress
+    from deployments.cli import EXIT_OK, main
+
+    monkeypatch.setattr(tasks.progress._publisher, "dropped", 5)  # an earlier run's
+    code = main(["run", "--input", str(SAMPLE), "--limit", "2", "--base-url", sim.base_url, "--model", "teacher",
+                 "--output", str(tmp_path / "out"), "--cache-path", str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert code == EXIT_OK, err
+    assert "Prefect API" not in err

@@ -144,7 +144,8 @@ class Verification(LLMOperator):
             "verify_no_verdict": sum(1 for r in runs.values() if not r.kept and r.judge_failure is not None),
             "samples_drawn": sum(r.samples for r in runs.values()),
             "samples_accepted": sum(len(r.kept) for r in runs.values()),
-            "truncations": sum(r.truncations for r in runs.values()), **citation_counts(out)}
+            "truncations": sum(r.truncations for r in runs.values()), **citation_counts(out),
+            **_drawn_histogram(runs)}
         if judged.requests or judged.cache_hits:
             extra.update(judge_requests=judged.requests, judge_prompt_tokens=judged.prompt_tokens,
                          judge_completion_tokens=judged.completion_tokens)
@@ -233,6 +234,17 @@ class Verification(LLMOperator):
         return verdicts, unjudged, totals
 
 
+DRAWN = "questions_drawing_"  # summary counters: questions that drew k samples ({DRAWN}{k})
+
+
+def _drawn_histogram(runs: dict[int, SampleRun]) -> dict[str, int]:
+    """How many questions drew each number of samples (sums across shards, as counters do)."""
+    counts: dict[str, int] = {}
+    for run in runs.values():
+        counts[f"{DRAWN}{run.samples}"] = counts.get(f"{DRAWN}{run.samples}", 0) + 1
+    return counts
+
+
 def _samples_columns(run: SampleRun) -> dict:
     """What a trainer learns of the question's difficulty and the preference data: samples
     accepted, the pass rate (where several were drawn), the rejected samples."""
@@ -311,10 +323,12 @@ def describe(summary) -> list[str]:
     drawn, accepted = int(extra.get("samples_drawn", 0)), int(extra.get("samples_accepted", 0))
     if not drawn:
         return []
+    histogram = sorted((int(key[len(DRAWN):]), int(n)) for key, n in extra.items() if key.startswith(DRAWN))
     return [f"{int(extra.get('verify_accepted', 0)):,} question(s) accepted, {int(extra.get('verify_rejected', 0)):,} "
             f"rejected after every sample, {int(extra.get('verify_no_verdict', 0)):,} without the judge's verdict; "
             f"{accepted:,} of {drawn:,} samples passed ({accepted / drawn:.0%}: the teacher's pass rate; the "
-            f"rejected ones are kept in {REJECTED} for preference data)"]
+            f"rejected ones are kept in {REJECTED} for preference data)",
+            "samples drawn per question (difficulty): " + ", ".join(f"{k}: {n:,}" for k, n in histogram)]
 
 
 def _judged(config) -> tuple[str, ...]:
