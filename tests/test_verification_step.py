@@ -45,3 +45,18 @@ def test_each_row_keeps_its_rejected_samples_and_pass_rate(sim, tmp_path):
     lines = describe(op.last_summary)
     assert lines[1] == "samples drawn per question (difficulty): " + ", ".join(
         f"{k}: {n}" for k, n in sorted(histogram.items()))
+
+
+def test_rows_failed_before_are_skipped_not_checked(sim, tmp_path):
+    frame = given_questions(tmp_path / "q.jsonl").head(3)
+    df = frame.assign(hard_negatives=[[t] for t in frame["text"].iloc[::-1]],
+                      rare_status=["ok", "failed", "ok"], rare_error=[None, "doc2query: unparseable", None],
+                      rare_error_kind=[None, "content", None])
+    llm = APILLMServing_request(api_url=sim.base_url, model_name="teacher", max_workers=2,
+                                cache_path=str(tmp_path / "responses.sqlite"), backoff_base=0.01)
+    out = ReasonDistill(llm_serving=llm, verify=VerifyConfig(method="exact", max_samples=8)).process(
+        df, input_reference_key="gold_answer")
+    failed_before = out[out["id"] == df["id"].iloc[1]].iloc[0]
+    assert failed_before["rare_verify_status"] == "skipped" and failed_before["rare_distill_status"] == "skipped"
+    assert failed_before["rare_error"] == "doc2query: unparseable"  # its own failure, untouched
+    assert set(out.loc[out["id"] != df["id"].iloc[1], "rare_verify_status"]) <= {"ok", "failed"}

@@ -35,7 +35,7 @@ from rare_core.estimate_model import (
 )
 from rare_core.llm.types import LLMRequest, RunTotals
 from rare_core.operators.base import (
-    CONTENT_ERROR, ERROR, ERROR_KIND, FAILED, OK, REJECTED_ERROR, REQUEST_ERROR, STATUS, as_nullable_int,
+    CONTENT_ERROR, ERROR, ERROR_KIND, FAILED, OK, REJECTED_ERROR, REQUEST_ERROR, SKIPPED, STATUS, as_nullable_int,
     failed_fields, frame_from_rows, init_status, require_columns, step_column, summarize,
 )
 from rare_core.operators.llm_step import LLMOperator, Outcome, RoleGuard, ask_and_parse, llm_counters
@@ -136,7 +136,7 @@ class Verification(LLMOperator):
             max_attempts=self.distill.max_attempts, guard=self.role_guard(),
             resample_temperature=self.config.resample_temperature, check=check, first=first,
             retry_unusable_cached=self.retry_failed)
-        out = frame_from_rows(df, list(self._rows(df, runs, orders, keys)))
+        out = frame_from_rows(df, list(self._rows(df, runs, orders, keys, active)))
         as_nullable_int(out, [SAMPLE_INDEX, _column(STEP, "samples"), ACCEPTED])
         extra = {
             "verify_accepted": sum(1 for r in runs.values() if r.kept),
@@ -153,14 +153,14 @@ class Verification(LLMOperator):
                                       totals.simulated or judged.simulated, extra, llm_counters(totals))
         return out
 
-    def _rows(self, df: pd.DataFrame, runs: dict[int, SampleRun], orders: dict, keys: Keys):
-        """The output rows: the rows not checked as they are; a checked row once per accepted
-        sample, or failed with why."""
+    def _rows(self, df: pd.DataFrame, runs: dict[int, SampleRun], orders: dict, keys: Keys, active: pd.Series):
+        """The output rows: the rows not checked as they are (``skipped`` when they failed
+        before); a checked row once per accepted sample, or failed with why."""
         status_col, several = _column(STEP, "status"), self.distill.num_samples > 1
         for pos, base in enumerate(df.to_dict("records")):
             run = runs.get(pos)
             if run is None:
-                yield {**base, status_col: base.get(status_col)}
+                yield {**base, status_col: base.get(status_col) if active[pos] else SKIPPED}
                 continue
             checked = {**self._verdict_columns(run), **_samples_columns(run)}
             if not run.kept:
