@@ -24,10 +24,9 @@ from rare_core.errors import RareError
 from rare_core.report import Report
 from rare_core.pipeline import enabled_steps
 from rare_core.artifacts.layout import resolve_paths
-from rare_core.artifacts.locks import StepLocks
 from tasks.io import ExportResult, export_dataset, export_training_formats, load_input, publish_report
-from tasks.llm import llm_endpoints
 from tasks.progress import ShardProgress
+from tasks.run_context import run_context
 from tasks.steps import prepare_index, run_shards, run_step
 
 FLOW_NAME = "rare-pipeline"
@@ -64,9 +63,10 @@ def rare_pipeline(config: PipelineConfig) -> PipelineResult:
     source = load_input(config)
     artifacts, records = source.shards, []
     steps = enabled_steps(config)
-    # The run's cache keys stay locked until it ends: no other run on the cache folder replaces
-    # a step file this run still reads (rare_core.artifacts.locks.StepLocks).
-    with StepLocks(config.cache_path) as locks, llm_endpoints(config, logger) as llm:
+    # What the run holds (its locked cache keys: no other run on the cache folder replaces a
+    # step file this run still reads; its endpoints and clients) closes when it ends.
+    with run_context(config, logger) as run:
+        llm, locks = run.endpoints, run.locks
         # A sharded run, and a run with a limit, have a corpus file (the whole input): the steps
         # that search it get their index now, built while the steps before them run. Each index
         # future is handed to its step (popped):

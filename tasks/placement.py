@@ -89,6 +89,12 @@ def placed(spec: StepSpec, config: PipelineConfig, position: int) -> AbstractCon
     return dask.annotate(workers=[chosen[position % len(chosen)]], allow_other_workers=True)
 
 
+def forget_workers() -> None:
+    """Forget the workers chosen for the current flow run (its end: tasks.run_context)."""
+    if FlowRunContext.get() is not None:
+        _CHOSEN.pop(_flow_run(), None)
+
+
 FORGET_TIMEOUT = 10.0  # seconds for the scheduler to forget the step's tasks once their futures are dropped
 RESTART_TIMEOUT = 120.0
 
