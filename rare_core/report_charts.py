@@ -44,7 +44,6 @@ POSITIVE_SCORE = "positive_score"
 HARDNEG_STATUS = "rare_hardneg_status"
 VERDICT = "rare_verify_verdict"
 SAMPLE_COLUMNS = ("rare_verify_samples", "rare_distill_attempts")
-SIMULATED_COLUMNS = ("rare_doc2query_simulated", "rare_distill_simulated", "rare_verify_simulated")
 NOT_SEARCHED = ("skipped", "failed")
 STEP_STATUS = re.compile(r"rare_(.+)_status")  # a step's status column (rare_core.operators.base.step_column)
 FAILING = (FAILED, FILTERED)  # a step's status of a row it failed, or a filter removed

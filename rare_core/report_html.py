@@ -25,7 +25,7 @@ import pandas as pd
 
 from rare_core.operators.base import ERROR_KIND, STATUS, step_column
 from rare_core.report_charts import (
-    HARDNEG_STATUS, LENGTH_SAMPLE, POSITIVE_SCORE, RANK, SAMPLE_COLUMNS, SIMULATED_COLUMNS, VERDICT, Chart, Skip,
+    HARDNEG_STATUS, LENGTH_SAMPLE, POSITIVE_SCORE, RANK, SAMPLE_COLUMNS, VERDICT, Chart, Skip,
     lengths_chart, outcomes_chart, rank_chart, ratio_chart, samples_chart,
 )
 from rare_core.report_draw import matplotlib_classes, png
@@ -76,7 +76,7 @@ def chart_columns(columns: Any = None) -> list[str]:
     names = [_column(columns, "question"), _column(columns, "reasoning"),
              f"{_column(columns, 'hard_negatives')}_scores"]
     statuses = [step_column(s.name, "status") for s in STEPS]
-    return [*names, RANK, POSITIVE_SCORE, STATUS, ERROR_KIND, VERDICT, *SAMPLE_COLUMNS, *SIMULATED_COLUMNS,
+    return [*names, RANK, POSITIVE_SCORE, STATUS, ERROR_KIND, VERDICT, *SAMPLE_COLUMNS, *simulated_columns(),
             *dict.fromkeys([HARDNEG_STATUS, *statuses])]
 
 
@@ -105,8 +105,15 @@ def _steps_section(summary: RunSummary) -> list[str]:
     return out + ["</section>"]
 
 
+def simulated_columns() -> list[str]:
+    """``rare_<step>_simulated`` of every step of the registry that calls an LLM."""
+    from rare_core.pipeline import STEPS  # the registry imports every operator: not at import time
+
+    return [step_column(s.name, "simulated") for s in STEPS if s.uses_llm]
+
+
 def _frame_simulated(df: pd.DataFrame) -> bool:
-    for col in SIMULATED_COLUMNS:
+    for col in simulated_columns():
         if col in df.columns and bool(df[col].fillna(False).astype(bool).any()):
             return True
     return False

@@ -26,7 +26,7 @@ class StepCachePolicy(CachePolicy):
     :data:`~rare_core.artifacts.refs.Source`), ``config: PipelineConfig`` and ``shard: Shard | None``
     (any other parameter, such as the LLM endpoints, is ignored)."""
 
-    step: str = "doc2query"
+    step: str = ""  # the registry name of the step (tasks/steps.py gives each task its own)
 
     def compute_key(self, task_ctx: TaskRunContext, inputs: dict[str, Any],
                     flow_parameters: dict[str, Any], **kwargs: Any) -> str:
